@@ -1,0 +1,12 @@
+//! Everything the roomfleet binaries share: the wire protocol, ID rules, config loading,
+//! small HTTP helpers, Prometheus metrics, the listener with file-limit handling, and the
+//! shutdown helper.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod http;
+pub mod ids;
+pub mod listen;
+pub mod metrics;
+pub mod protocol;
+pub mod shutdown;

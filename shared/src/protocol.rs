@@ -1,0 +1,278 @@
+//! The wire protocol: JSON text frames between clients and nodes (docs/protocol.md), the
+//! stable error codes and the close codes. Bodies stay raw JSON so a node never re-parses
+//! what it only forwards.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::ids::{RoomId, UserId};
+
+/// Longest client-chosen publish `id`, so acks stay small.
+pub const MAX_CLIENT_ID_LEN: usize = 64;
+
+/// Close codes the servers use (RFC 6455 where one fits, 4xxx for our own).
+pub mod close {
+    /// The node is shutting down; reconnect (through the router) later.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Policy violation: slow consumer, or sustained publishing over the rate limit.
+    pub const POLICY: u16 = 1008;
+    /// A frame larger than the configured maximum.
+    pub const TOO_BIG: u16 = 1009;
+    /// An internal error on the node.
+    pub const INTERNAL: u16 = 1011;
+    /// Drain: the node is being emptied; reconnect through the router now.
+    pub const SERVICE_RESTART: u16 = 1012;
+    /// The peer answered no ping within the idle timeout.
+    pub const IDLE_TIMEOUT: u16 = 4000;
+    /// The room already holds its maximum number of members.
+    pub const ROOM_FULL: u16 = 4009;
+}
+
+/// Stable `error` frame codes: clients branch on these, so never rename one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The text frame was not JSON, or not an object of a known shape.
+    BadJson,
+    /// The frame's `type` is not one the server accepts.
+    UnknownType,
+    /// Binary frames are not part of the protocol.
+    BinaryUnsupported,
+    /// The frame is larger than the node's maximum; the connection is closed with 1009.
+    FrameTooLarge,
+    /// Publishing faster than the per-connection rate; the frame was dropped.
+    RateLimited,
+    /// The publish `id` is not a string of at most 64 bytes or an unsigned integer.
+    BadId,
+    /// The room holds its maximum number of members; the connection is closed with 4009.
+    RoomFull,
+    /// The room spans nodes and Redis is unreachable; publishes fail until it is back.
+    Degraded,
+    /// Something went wrong on the server; the frame was not processed.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadJson => "bad_json",
+            Self::UnknownType => "unknown_type",
+            Self::BinaryUnsupported => "binary_unsupported",
+            Self::FrameTooLarge => "frame_too_large",
+            Self::RateLimited => "rate_limited",
+            Self::BadId => "bad_id",
+            Self::RoomFull => "room_full",
+            Self::Degraded => "degraded",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// Every code, for metrics labels and docs.
+    pub const ALL: [ErrorCode; 9] = [
+        Self::BadJson,
+        Self::UnknownType,
+        Self::BinaryUnsupported,
+        Self::FrameTooLarge,
+        Self::RateLimited,
+        Self::BadId,
+        Self::RoomFull,
+        Self::Degraded,
+        Self::Internal,
+    ];
+}
+
+/// The client's correlation ID of a publish, echoed in the `ack` and the `message`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ClientId {
+    Num(u64),
+    Str(String),
+}
+
+/// A frame from a client.
+#[derive(Debug)]
+pub enum ClientFrame {
+    /// Publish `body` to the room as a sequenced `message`; `id` asks for an `ack`.
+    Publish { body: Box<RawValue>, id: Option<ClientId> },
+    /// Relay `body` to the other members as an ephemeral, unsequenced `signal`.
+    Signal { body: Box<RawValue> },
+}
+
+/// What is wrong with a client's text frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// The flat shape every client frame is read through: a tagged enum cannot hold a `RawValue`.
+#[derive(Deserialize)]
+struct RawClientFrame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    body: Option<Box<RawValue>>,
+    id: Option<Box<RawValue>>,
+}
+
+impl ClientFrame {
+    /// Parses one text frame, naming the stable error code when it is not acceptable.
+    pub fn parse(text: &str) -> Result<Self, FrameError> {
+        let raw: RawClientFrame<'_> = serde_json::from_str(text).map_err(|e| FrameError {
+            code: ErrorCode::BadJson,
+            message: format!("not a protocol frame: {e}"),
+        })?;
+        let body = raw.body.unwrap_or_else(null_body);
+        match &*raw.kind {
+            "publish" => {
+                let id = match raw.id {
+                    None => None,
+                    Some(id) if id.get() == "null" => None,
+                    Some(id) => Some(parse_client_id(&id)?),
+                };
+                Ok(Self::Publish { body, id })
+            }
+            "signal" => Ok(Self::Signal { body }),
+            other => Err(FrameError {
+                code: ErrorCode::UnknownType,
+                message: format!("unknown frame type {:?}", truncate(other, 32)),
+            }),
+        }
+    }
+}
+
+fn null_body() -> Box<RawValue> {
+    RawValue::from_string("null".to_owned()).expect("null is JSON")
+}
+
+fn parse_client_id(raw: &RawValue) -> Result<ClientId, FrameError> {
+    let bad = || FrameError {
+        code: ErrorCode::BadId,
+        message: format!(
+            "id must be a string of at most {MAX_CLIENT_ID_LEN} bytes or an unsigned integer"
+        ),
+    };
+    match serde_json::from_str::<ClientId>(raw.get()) {
+        Ok(ClientId::Str(s)) if s.len() > MAX_CLIENT_ID_LEN => Err(bad()),
+        Ok(id) => Ok(id),
+        Err(_) => Err(bad()),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Whether a presence event is a join or a leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceEvent {
+    Join,
+    Leave,
+}
+
+/// A frame from the server. Serialized once per room and shared by every member's queue.
+/// Clients read it as plain JSON (`serde_json::Value` or their own struct): a tagged enum
+/// cannot deserialize the raw `body`.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// First frame: who is in the room (every node) and the last `seq` before this member.
+    Welcome { room: RoomId, user: UserId, node: String, members: Vec<UserId>, seq: u64 },
+    /// A published message, to every member including the sender.
+    Message {
+        room: RoomId,
+        from: UserId,
+        seq: u64,
+        ts: u64,
+        body: Box<RawValue>,
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        id: Option<ClientId>,
+    },
+    /// The sender's publish with this `id` got this `seq`.
+    Ack { id: ClientId, seq: u64 },
+    /// A member joined or left the room.
+    Presence { event: PresenceEvent, user: UserId },
+    /// An ephemeral relay (typing, cursors): not sequenced, not acknowledged.
+    Signal { from: UserId, body: Box<RawValue> },
+    /// Something the client sent could not be processed; `code` is stable.
+    Error { code: ErrorCode, message: String },
+}
+
+impl ServerFrame {
+    /// The frame as JSON text; serializing our own types cannot fail.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("server frames serialize")
+    }
+
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::Error { code, message: message.into() }
+    }
+}
+
+/// Milliseconds since the Unix epoch, for `message.ts`.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_publish_and_signal() {
+        match ClientFrame::parse(r#"{"type":"publish","body":{"t":"hi"},"id":"a1"}"#).unwrap() {
+            ClientFrame::Publish { body, id } => {
+                assert_eq!(body.get(), r#"{"t":"hi"}"#);
+                assert_eq!(id, Some(ClientId::Str("a1".into())));
+            }
+            other => panic!("{other:?}"),
+        }
+        match ClientFrame::parse(r#"{"type":"publish","body":1,"id":7}"#).unwrap() {
+            ClientFrame::Publish { id, .. } => assert_eq!(id, Some(ClientId::Num(7))),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            ClientFrame::parse(r#"{"type":"signal","body":[1,2]}"#),
+            Ok(ClientFrame::Signal { .. })
+        ));
+    }
+
+    #[test]
+    fn names_the_error_code() {
+        let code = |t: &str| ClientFrame::parse(t).unwrap_err().code;
+        assert_eq!(code("nope"), ErrorCode::BadJson);
+        assert_eq!(code(r#"{"body":1}"#), ErrorCode::BadJson);
+        assert_eq!(code(r#"{"type":"dance"}"#), ErrorCode::UnknownType);
+        assert_eq!(code(r#"{"type":"publish","id":{"x":1}}"#), ErrorCode::BadId);
+        assert_eq!(code(r#"{"type":"publish","id":-1}"#), ErrorCode::BadId);
+        let long = format!(r#"{{"type":"publish","id":"{}"}}"#, "x".repeat(65));
+        assert_eq!(code(&long), ErrorCode::BadId);
+    }
+
+    #[test]
+    fn server_frames_have_the_documented_shape() {
+        let m = ServerFrame::Message {
+            room: RoomId::parse("r").unwrap(),
+            from: UserId::parse("u").unwrap(),
+            seq: 3,
+            ts: 10,
+            body: RawValue::from_string(r#"{"a":1}"#.into()).unwrap(),
+            id: None,
+        };
+        assert_eq!(
+            m.to_json(),
+            r#"{"type":"message","room":"r","from":"u","seq":3,"ts":10,"body":{"a":1}}"#
+        );
+        let e = ServerFrame::error(ErrorCode::RateLimited, "slow down");
+        assert_eq!(e.to_json(), r#"{"type":"error","code":"rate_limited","message":"slow down"}"#);
+        for code in ErrorCode::ALL {
+            assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{}\"", code.as_str()));
+        }
+    }
+}
