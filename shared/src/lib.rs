@@ -10,3 +10,4 @@ pub mod listen;
 pub mod metrics;
 pub mod protocol;
 pub mod shutdown;
+pub mod testkit;

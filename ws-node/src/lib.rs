@@ -1,1 +1,27 @@
-//! ws-node
+//! roomfleet's ws-node: WebSocket sessions, rooms with presence and sequenced broadcast,
+//! and the `Bus` that carries rooms spanning several nodes. Start one with [`Node::new`]
+//! and [`serve`]; tests run it on port 0.
+#![forbid(unsafe_code)]
+
+pub mod bus;
+pub mod config;
+mod frames;
+pub mod metrics;
+mod node;
+mod rate;
+pub mod room;
+mod server;
+mod session;
+mod span;
+
+pub use bus::{Bus, LocalBus, LocalHub};
+pub use config::Config;
+pub use node::Node;
+pub use server::serve;
+
+impl Node {
+    /// Starts the shutdown: stop accepting, close every connection with 1001.
+    pub fn shutdown(&self) {
+        self.token.cancel();
+    }
+}

@@ -1,1 +1,123 @@
-fn main() {}
+//! `ws-node`: parses flags (environment and config file too), binds, serves until SIGTERM.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use ws_node::{Config, LocalBus, Node};
+
+/// One roomfleet ws-node. Every flag is also an environment variable (shown) and a key of
+/// the `--config` TOML file (the flag name with `_` or `-`).
+#[derive(Parser, Debug)]
+#[command(version, about, args_override_self = true)]
+struct Args {
+    /// TOML config file; its keys are the long flag names.
+    #[arg(long, env = "WSNODE_CONFIG")]
+    config: Option<String>,
+    /// Address to listen on for WebSocket upgrades and plain HTTP.
+    #[arg(long, env = "WSNODE_LISTEN", default_value = "127.0.0.1:7001")]
+    listen: SocketAddr,
+    /// This node's ID: in `welcome.node` and in routers' rings.
+    #[arg(long, env = "WSNODE_NODE_ID", default_value = "node-a")]
+    node_id: String,
+    /// Largest client frame in bytes (bigger closes with 1009).
+    #[arg(long, env = "WSNODE_MAX_FRAME_BYTES", default_value_t = 65536)]
+    max_frame_bytes: usize,
+    /// Publishes and signals per second per connection.
+    #[arg(long, env = "WSNODE_PUBLISH_RATE", default_value_t = 20.0)]
+    publish_rate: f64,
+    /// Burst above the publish rate.
+    #[arg(long, env = "WSNODE_PUBLISH_BURST", default_value_t = 40.0)]
+    publish_burst: f64,
+    /// Frames refused in a row for the rate limit before closing with 1008.
+    #[arg(long, env = "WSNODE_RATE_ABUSE_FRAMES", default_value_t = 200)]
+    rate_abuse_frames: u32,
+    /// Members per room on this node.
+    #[arg(long, env = "WSNODE_MAX_ROOM_MEMBERS", default_value_t = 10_000)]
+    max_room_members: usize,
+    /// Connections this node holds (default: open-file limit less 256).
+    #[arg(long, env = "WSNODE_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Frames queued per connection before it is closed as a slow consumer.
+    #[arg(long, env = "WSNODE_OUTBOUND_QUEUE", default_value_t = 1024)]
+    outbound_queue: usize,
+    /// Ping interval in seconds.
+    #[arg(long, env = "WSNODE_PING_INTERVAL", default_value_t = 20.0)]
+    ping_interval: f64,
+    /// Seconds without any frame from the client before closing with 4000.
+    #[arg(long, env = "WSNODE_IDLE_TIMEOUT", default_value_t = 60.0)]
+    idle_timeout: f64,
+    /// Default drain window in seconds for `POST /admin/drain`.
+    #[arg(long, env = "WSNODE_DRAIN_WINDOW", default_value_t = 10.0)]
+    drain_window: f64,
+    /// Seconds shutdown waits for connections to close.
+    #[arg(long, env = "WSNODE_SHUTDOWN_GRACE", default_value_t = 10.0)]
+    shutdown_grace: f64,
+    /// Bearer token required on `/admin/*`.
+    #[arg(long, env = "WSNODE_ADMIN_TOKEN")]
+    admin_token: Option<String>,
+}
+
+fn secs(what: &str, v: f64) -> anyhow::Result<Duration> {
+    anyhow::ensure!(v.is_finite() && v >= 0.0, "--{what} must be a non-negative number of seconds");
+    Ok(Duration::from_secs_f64(v))
+}
+
+impl Args {
+    fn into_config(self) -> anyhow::Result<Config> {
+        shared::ids::UserId::parse(&self.node_id).map_err(|e| {
+            anyhow::anyhow!("--node-id: {}", e.to_string().replace("user", "node id"))
+        })?;
+        anyhow::ensure!(self.publish_rate > 0.0, "--publish-rate must be positive");
+        anyhow::ensure!(self.outbound_queue >= 2, "--outbound-queue must be at least 2");
+        let d = Config::default();
+        Ok(Config {
+            node_id: self.node_id,
+            max_frame_bytes: self.max_frame_bytes,
+            publish_rate: self.publish_rate,
+            publish_burst: self.publish_burst,
+            rate_abuse_frames: self.rate_abuse_frames.max(1),
+            max_room_members: self.max_room_members,
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
+            outbound_queue: self.outbound_queue,
+            ping_interval: secs("ping-interval", self.ping_interval)?,
+            idle_timeout: secs("idle-timeout", self.idle_timeout)?,
+            drain_window: secs("drain-window", self.drain_window)?,
+            shutdown_grace: secs("shutdown-grace", self.shutdown_grace)?,
+            admin_token: self.admin_token,
+            ..d
+        })
+    }
+}
+
+fn main() {
+    shared::shutdown::init_tracing();
+    let result = shared::config::args_with_file("WSNODE_")
+        .map_err(anyhow::Error::from)
+        .and_then(|argv| {
+            let args = Args::try_parse_from(argv).unwrap_or_else(|e| e.exit());
+            let listen = args.listen;
+            Ok((listen, args.into_config()?))
+        })
+        .and_then(|(listen, config)| run(listen, config));
+    if let Err(e) = result {
+        eprintln!("ws-node: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+#[tokio::main]
+async fn run(listen: SocketAddr, config: Config) -> anyhow::Result<()> {
+    let listener = shared::listen::bind(listen, false)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let bus = Arc::new(LocalBus::standalone(&config.node_id));
+    let node = Node::new(config, bus);
+    tracing::info!(node = %node.config.node_id, %listen, "ws-node serving");
+    let serving = tokio::spawn(ws_node::serve(node.clone(), listener));
+    shared::shutdown::signal().await;
+    node.shutdown();
+    let _ = serving.await;
+    Ok(())
+}

@@ -1,0 +1,284 @@
+//! The `Bus` between a node's rooms and the other nodes: a room's node set, its channel,
+//! its shared `seq`, and node-to-node control messages. `LocalBus` is the in-process hub
+//! (one process, any number of nodes); `RedisBus` (redis_bus.rs) is the same over Redis.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use shared::ids::{RoomId, UserId};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// Events a node's bus delivers, in channel order.
+pub const EVENT_QUEUE: usize = 65_536;
+
+/// A bus operation that failed; the room reports `degraded` to its members.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BusError {
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub type BusResult<T> = Result<T, BusError>;
+
+/// A room event on its way to every node holding the room. The frame is pre-serialized by
+/// the origin; a sequenced one has the room's next `seq` spliced between `head` and `tail`
+/// by the bus, atomically with publishing it.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    /// The connection it came from, so its own node can skip echoing presence to it.
+    pub conn: u64,
+    pub head: String,
+    /// `Some` for sequenced frames (messages): the frame is `head + seq + tail`.
+    pub tail: Option<String>,
+}
+
+/// Node-to-node control messages of the span handshake.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum Control {
+    /// "I hold this room too: subscribe to its channel and publish through the bus."
+    Span { room: RoomId },
+    /// "Done; here are my members of the room." Sent after subscribing.
+    Confirm { room: RoomId, users: Vec<UserId> },
+    /// "I no longer hold this room": a survivor may now be alone.
+    Left { room: RoomId },
+}
+
+/// What a node receives from the bus.
+#[derive(Debug, Clone)]
+pub enum BusEvent {
+    /// A room frame, `seq` 0 when unsequenced, from `origin` node's connection `conn`.
+    Room { room: RoomId, seq: u64, origin: Arc<str>, conn: u64, frame: Utf8Bytes },
+    /// A control message from node `from`.
+    Control { from: String, msg: Control },
+    /// The connection to the bus was lost: spanning rooms are degraded until `Restored`.
+    Lost,
+    /// The bus is back: re-register rooms, resubscribe, raise `seq` keys.
+    Restored,
+}
+
+/// A bus as a node sees it. Every method is one atomic step on the shared state.
+pub trait Bus: Send + Sync + 'static {
+    /// Adds this node to the room's node set; returns the other live holders.
+    fn join(&self, room: &RoomId) -> BoxFuture<'_, BusResult<Vec<String>>>;
+    /// Removes this node from the room's node set; returns the holders left.
+    fn leave(&self, room: &RoomId) -> BoxFuture<'_, BusResult<Vec<String>>>;
+    /// The room's live holders (this node included), pruning nodes whose heartbeat expired.
+    fn holders(&self, room: &RoomId) -> BoxFuture<'_, BusResult<Vec<String>>>;
+    fn subscribe(&self, room: &RoomId) -> BoxFuture<'_, BusResult<()>>;
+    fn unsubscribe(&self, room: &RoomId) -> BoxFuture<'_, BusResult<()>>;
+    /// Raises the room's shared `seq` to at least `seq` (never lowers it).
+    fn raise_seq(&self, room: &RoomId, seq: u64) -> BoxFuture<'_, BusResult<()>>;
+    /// The room's shared `seq`: the last one stamped.
+    fn current_seq(&self, room: &RoomId) -> BoxFuture<'_, BusResult<u64>>;
+    /// Publishes to the room's channel; returns the stamped `seq` (0 when unsequenced).
+    fn publish(&self, room: &RoomId, env: Envelope) -> BoxFuture<'_, BusResult<u64>>;
+    fn send_control(&self, to: &str, msg: Control) -> BoxFuture<'_, BusResult<()>>;
+    /// The event stream; the node takes it once at start.
+    fn take_events(&self) -> Option<mpsc::Receiver<BusEvent>>;
+    /// Whether this bus reaches other processes (a Redis bus does; a local hub does not).
+    fn is_remote(&self) -> bool {
+        false
+    }
+}
+
+/// Builds the frame an envelope becomes once stamped with `seq`.
+pub fn stamp(env: &Envelope, seq: u64) -> Utf8Bytes {
+    match &env.tail {
+        Some(tail) => Utf8Bytes::from(format!("{}{seq}{tail}", env.head)),
+        None => Utf8Bytes::from(env.head.clone()),
+    }
+}
+
+#[derive(Default)]
+struct HubState {
+    sets: HashMap<RoomId, HashSet<Arc<str>>>,
+    seqs: HashMap<RoomId, u64>,
+    subs: HashMap<RoomId, HashSet<Arc<str>>>,
+    nodes: HashMap<Arc<str>, mpsc::Sender<BusEvent>>,
+}
+
+/// The in-process hub behind every `LocalBus` of one process (`fleet up`, tests).
+#[derive(Clone, Default)]
+pub struct LocalHub {
+    state: Arc<Mutex<HubState>>,
+}
+
+impl std::fmt::Debug for LocalHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LocalHub")
+    }
+}
+
+impl LocalHub {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The bus of node `node_id` on this hub.
+    pub fn bus(&self, node_id: &str) -> LocalBus {
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        let id: Arc<str> = Arc::from(node_id);
+        self.lock().nodes.insert(id.clone(), tx);
+        LocalBus { hub: self.clone(), id, events: Mutex::new(Some(rx)) }
+    }
+
+    /// Forgets a node as if its heartbeat expired: it leaves every room set.
+    pub fn kill(&self, node_id: &str) {
+        let mut st = self.lock();
+        st.nodes.remove(node_id);
+        for set in st.sets.values_mut() {
+            set.remove(node_id);
+        }
+        for set in st.subs.values_mut() {
+            set.remove(node_id);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HubState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One node's handle on a [`LocalHub`].
+pub struct LocalBus {
+    hub: LocalHub,
+    id: Arc<str>,
+    events: Mutex<Option<mpsc::Receiver<BusEvent>>>,
+}
+
+impl std::fmt::Debug for LocalBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LocalBus({})", self.id)
+    }
+}
+
+impl LocalBus {
+    /// A bus for a node that runs alone.
+    pub fn standalone(node_id: &str) -> Self {
+        LocalHub::new().bus(node_id)
+    }
+
+    fn now<T: Send + 'static>(v: T) -> BoxFuture<'static, BusResult<T>> {
+        Box::pin(std::future::ready(Ok(v)))
+    }
+}
+
+fn sorted(set: impl IntoIterator<Item = Arc<str>>) -> Vec<String> {
+    let mut v: Vec<String> = set.into_iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
+impl Bus for LocalBus {
+    fn join(&self, room: &RoomId) -> BoxFuture<'_, BusResult<Vec<String>>> {
+        let mut st = self.hub.lock();
+        let set = st.sets.entry(room.clone()).or_default();
+        set.insert(self.id.clone());
+        let others = sorted(set.iter().filter(|n| n.as_ref() != self.id.as_ref()).cloned());
+        Self::now(others)
+    }
+
+    fn leave(&self, room: &RoomId) -> BoxFuture<'_, BusResult<Vec<String>>> {
+        let mut st = self.hub.lock();
+        let left = match st.sets.get_mut(room) {
+            Some(set) => {
+                set.remove(&*self.id);
+                let left = sorted(set.iter().cloned());
+                if set.is_empty() {
+                    st.sets.remove(room);
+                }
+                left
+            }
+            None => Vec::new(),
+        };
+        Self::now(left)
+    }
+
+    fn holders(&self, room: &RoomId) -> BoxFuture<'_, BusResult<Vec<String>>> {
+        let st = self.hub.lock();
+        Self::now(st.sets.get(room).map(|s| sorted(s.iter().cloned())).unwrap_or_default())
+    }
+
+    fn subscribe(&self, room: &RoomId) -> BoxFuture<'_, BusResult<()>> {
+        self.hub.lock().subs.entry(room.clone()).or_default().insert(self.id.clone());
+        Self::now(())
+    }
+
+    fn unsubscribe(&self, room: &RoomId) -> BoxFuture<'_, BusResult<()>> {
+        let mut st = self.hub.lock();
+        if let Some(s) = st.subs.get_mut(room) {
+            s.remove(&*self.id);
+            if s.is_empty() {
+                st.subs.remove(room);
+            }
+        }
+        Self::now(())
+    }
+
+    fn raise_seq(&self, room: &RoomId, seq: u64) -> BoxFuture<'_, BusResult<()>> {
+        let mut st = self.hub.lock();
+        let cur = st.seqs.entry(room.clone()).or_default();
+        *cur = (*cur).max(seq);
+        Self::now(())
+    }
+
+    fn current_seq(&self, room: &RoomId) -> BoxFuture<'_, BusResult<u64>> {
+        Self::now(self.hub.lock().seqs.get(room).copied().unwrap_or(0))
+    }
+
+    fn publish(&self, room: &RoomId, env: Envelope) -> BoxFuture<'_, BusResult<u64>> {
+        // Stamping and queueing under one lock is what gives every subscriber one order.
+        let mut st = self.hub.lock();
+        let seq = if env.tail.is_some() {
+            let s = st.seqs.entry(room.clone()).or_default();
+            *s += 1;
+            *s
+        } else {
+            0
+        };
+        let frame = stamp(&env, seq);
+        let subs: Vec<Arc<str>> =
+            st.subs.get(room).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        for node in subs {
+            if let Some(tx) = st.nodes.get(&node) {
+                let ev = BusEvent::Room {
+                    room: room.clone(),
+                    seq,
+                    origin: self.id.clone(),
+                    conn: env.conn,
+                    frame: frame.clone(),
+                };
+                if tx.try_send(ev).is_err() {
+                    // Like Redis dropping a subscriber past its output buffer limit.
+                    tracing::warn!(node = %node, "local bus: event queue full; node lagged");
+                    let _ = tx.try_send(BusEvent::Lost);
+                }
+            }
+        }
+        drop(st);
+        Self::now(seq)
+    }
+
+    fn send_control(&self, to: &str, msg: Control) -> BoxFuture<'_, BusResult<()>> {
+        let tx = self.hub.lock().nodes.get(to).cloned();
+        let from = self.id.to_string();
+        let to = to.to_owned();
+        Box::pin(async move {
+            match tx {
+                Some(tx) => tx
+                    .send(BusEvent::Control { from, msg })
+                    .await
+                    .map_err(|_| BusError::Unavailable(format!("node {to} is gone"))),
+                None => Err(BusError::Unavailable(format!("node {to} is gone"))),
+            }
+        })
+    }
+
+    fn take_events(&self) -> Option<mpsc::Receiver<BusEvent>> {
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}

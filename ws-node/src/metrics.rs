@@ -1,0 +1,112 @@
+//! The node's counters and gauges, rendered as Prometheus text on `/metrics`.
+
+use shared::metrics::{Counter, Exposition, Gauge, Histogram};
+use shared::protocol::ErrorCode;
+
+/// Every metric the node exports; fields are updated lock-free on the hot paths.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub connections: Gauge,
+    pub rooms: Gauge,
+    pub spanning_rooms: Gauge,
+    pub upgrades: Counter,
+    pub refused_full: Counter,
+    pub refused_draining: Counter,
+    pub refused_bad_request: Counter,
+    pub refused_fd_limit: Counter,
+    pub messages_in: Counter,
+    pub deliveries: Counter,
+    pub signals: Counter,
+    pub slow_consumer_closes: Counter,
+    pub rate_limit_closes: Counter,
+    pub idle_closes: Counter,
+    pub drain_closes: Counter,
+    pub room_full_closes: Counter,
+    pub redis_publishes: Counter,
+    pub redis_publishes_avoided: Counter,
+    pub redis_reconnects: Counter,
+    pub redis_errors: Counter,
+    pub span_handshake: Histogram,
+    errors: [Counter; ErrorCode::ALL.len()],
+}
+
+impl Metrics {
+    pub fn error(&self, code: ErrorCode) {
+        if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
+            self.errors[i].inc();
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut e = Exposition::new();
+        e.gauge("wsnode_connections", "Open WebSocket connections.", self.connections.get());
+        e.gauge("wsnode_rooms", "Rooms with at least one member on this node.", self.rooms.get());
+        e.gauge(
+            "wsnode_spanning_rooms",
+            "Rooms that also have members on other nodes (carried over Redis).",
+            self.spanning_rooms.get(),
+        );
+        e.counter("wsnode_upgrades_total", "WebSocket upgrades accepted.", &self.upgrades);
+        e.labeled(
+            "wsnode_upgrades_refused_total",
+            "counter",
+            "Upgrades refused before the 101, by reason.",
+            "reason",
+            [
+                ("connection_limit", self.refused_full.get()),
+                ("draining", self.refused_draining.get()),
+                ("bad_request", self.refused_bad_request.get()),
+                ("fd_limit", self.refused_fd_limit.get()),
+            ],
+        );
+        e.counter(
+            "wsnode_messages_in_total",
+            "Publishes accepted from clients.",
+            &self.messages_in,
+        );
+        e.counter(
+            "wsnode_deliveries_total",
+            "Message, presence and signal frames queued to members.",
+            &self.deliveries,
+        );
+        e.counter("wsnode_signals_total", "Signals relayed.", &self.signals);
+        e.labeled(
+            "wsnode_closes_total",
+            "counter",
+            "Connections closed by the node, by reason.",
+            "reason",
+            [
+                ("slow_consumer", self.slow_consumer_closes.get()),
+                ("rate_limit", self.rate_limit_closes.get()),
+                ("idle", self.idle_closes.get()),
+                ("drain", self.drain_closes.get()),
+                ("room_full", self.room_full_closes.get()),
+            ],
+        );
+        e.labeled(
+            "wsnode_error_frames_total",
+            "counter",
+            "Error frames sent, by code.",
+            "code",
+            ErrorCode::ALL.iter().zip(&self.errors).map(|(c, n)| (c.as_str(), n.get())),
+        );
+        e.counter(
+            "wsnode_redis_publishes_total",
+            "PUBLISH commands sent for spanning rooms.",
+            &self.redis_publishes,
+        );
+        e.counter(
+            "wsnode_redis_publishes_avoided_total",
+            "Messages delivered without Redis because their room is on this node only.",
+            &self.redis_publishes_avoided,
+        );
+        e.counter("wsnode_redis_reconnects_total", "Redis reconnections.", &self.redis_reconnects);
+        e.counter("wsnode_redis_errors_total", "Failed Redis operations.", &self.redis_errors);
+        e.histogram(
+            "wsnode_span_handshake_seconds",
+            "Time from joining a room held elsewhere to the other nodes' confirmation.",
+            &self.span_handshake,
+        );
+        e.finish()
+    }
+}

@@ -1,0 +1,269 @@
+//! The node's HTTP side on one listener: the WebSocket upgrade on `/ws`, and `/healthz`,
+//! `/readyz`, `/metrics`, `/admin/rooms`, `/admin/drain` as plain HTTP.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use shared::http::{Body, bearer_ok, json, json_error, metrics_text, query_param, text};
+use shared::ids::{UserId, parse_ws_query};
+use shared::listen::Acceptor;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use crate::node::Node;
+use crate::room::Mode;
+
+/// Serves `node` on `listener` until [`Node::shutdown`], then waits for every connection
+/// to close (they get 1001), at most `shutdown_grace`.
+pub async fn serve(node: Arc<Node>, listener: TcpListener) {
+    let bus_task = tokio::spawn(node.rooms.clone().run_bus(node.token.clone()));
+    let mut acceptor = Acceptor::new(listener);
+    loop {
+        let stream = tokio::select! {
+            _ = node.token.cancelled() => break,
+            (s, _) = acceptor.accept(&node.metrics.refused_fd_limit) => s,
+        };
+        node.tracker.spawn(serve_http(node.clone(), stream));
+    }
+    drop(acceptor);
+    node.tracker.close();
+    if tokio::time::timeout(node.config.shutdown_grace, node.tracker.wait()).await.is_err() {
+        tracing::warn!("shutdown grace expired with connections still open");
+    }
+    bus_task.abort();
+}
+
+/// One HTTP connection: requests until it closes, upgrades, or the node shuts down.
+async fn serve_http(node: Arc<Node>, stream: TcpStream) {
+    let svc_node = node.clone();
+    let svc = service_fn(move |req| {
+        let node = svc_node.clone();
+        async move { Ok::<_, std::convert::Infallible>(route(&node, req)) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Some(node.config.header_timeout))
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => if let Err(e) = r { tracing::debug!("http: {e}") },
+        _ = node.token.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+        }
+    }
+}
+
+fn route(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    if path.starts_with("/admin/") {
+        if let Some(token) = &node.config.admin_token {
+            if !bearer_ok(req.headers(), token) {
+                return json_error(StatusCode::UNAUTHORIZED, "admin requires a bearer token");
+            }
+        }
+    }
+    match (req.method(), path) {
+        (&Method::GET, "/ws") => upgrade(node, req),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
+        (&Method::GET, "/readyz") => {
+            if node.is_draining() || node.token.is_cancelled() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining")
+            } else {
+                text(StatusCode::OK, "ready")
+            }
+        }
+        (&Method::GET, "/metrics") => metrics_text(node.metrics.render()),
+        (&Method::GET, "/admin/rooms") => admin_rooms(node, req.uri().query()),
+        (&Method::POST, "/admin/drain") => admin_drain(node, req.uri().query()),
+        (_, "/ws" | "/healthz" | "/readyz" | "/metrics" | "/admin/rooms" | "/admin/drain") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// Why a request on `/ws` is not a WebSocket upgrade we accept.
+fn check_upgrade_headers(h: &HeaderMap) -> Result<&[u8], (StatusCode, &'static str)> {
+    let has = |name: header::HeaderName, want: &str| {
+        h.get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(want)))
+    };
+    if !has(header::UPGRADE, "websocket") || !has(header::CONNECTION, "upgrade") {
+        return Err((StatusCode::UPGRADE_REQUIRED, "/ws takes only WebSocket upgrades"));
+    }
+    if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        return Err((StatusCode::BAD_REQUEST, "sec-websocket-version must be 13"));
+    }
+    h.get(header::SEC_WEBSOCKET_KEY)
+        .map(|v| v.as_bytes())
+        .filter(|k| !k.is_empty())
+        .ok_or((StatusCode::BAD_REQUEST, "sec-websocket-key is missing"))
+}
+
+/// Validates the upgrade, answers 101, and hands the connection to a session.
+fn upgrade(node: &Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
+    let target = match parse_ws_query(req.uri().query()) {
+        Ok(t) => t,
+        Err(e) => {
+            node.metrics.refused_bad_request.inc();
+            return text(StatusCode::BAD_REQUEST, e.to_string());
+        }
+    };
+    let accept = match check_upgrade_headers(req.headers()) {
+        Ok(key) => derive_accept_key(key),
+        Err((status, why)) => {
+            node.metrics.refused_bad_request.inc();
+            let mut r = text(status, why);
+            if status == StatusCode::UPGRADE_REQUIRED {
+                r.headers_mut()
+                    .insert(header::UPGRADE, http::HeaderValue::from_static("websocket"));
+            }
+            return r;
+        }
+    };
+    if node.is_draining() || node.token.is_cancelled() {
+        node.metrics.refused_draining.inc();
+        return retry_later("node draining; reconnect through the router");
+    }
+    let Some(conn) = node.reserve_slot() else {
+        node.metrics.refused_full.inc();
+        return retry_later("node at its connection limit");
+    };
+    node.metrics.upgrades.inc();
+    let user = target.user.unwrap_or_else(anonymous_user);
+    let cfg = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(8192)
+        .max_message_size(Some(node.config.max_frame_bytes))
+        .max_frame_size(Some(node.config.max_frame_bytes));
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let session_node = node.clone();
+    node.tracker.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(cfg),
+                )
+                .await;
+                crate::session::run(session_node, ws, target.room, user, conn).await;
+            }
+            Err(e) => {
+                session_node.release_slot();
+                tracing::debug!("upgrade failed: {e}");
+            }
+        }
+    });
+    let mut r = Response::new(Body::default());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::UPGRADE, http::HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, http::HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = http::HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
+}
+
+/// 503 with `Retry-After`: the router takes it as "try the next node".
+fn retry_later(why: &str) -> Response<Body> {
+    let mut r = text(StatusCode::SERVICE_UNAVAILABLE, why);
+    r.headers_mut().insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+    r
+}
+
+/// A user ID for clients that did not name one.
+fn anonymous_user() -> UserId {
+    let id = format!("anon-{:016x}", fastrand::u64(..));
+    UserId::parse(&id).expect("generated IDs are valid")
+}
+
+#[derive(Serialize)]
+struct RoomInfo {
+    room: String,
+    members: usize,
+    users: usize,
+    seq: u64,
+    mode: &'static str,
+    remote_nodes: Vec<String>,
+}
+
+/// Rooms listed by `GET /admin/rooms` unless `limit` says otherwise.
+const ROOMS_LIMIT: usize = 1000;
+
+fn admin_rooms(node: &Node, query: Option<&str>) -> Response<Body> {
+    let limit = match query_param(query, "limit").map(|v| v.parse::<usize>()) {
+        None => ROOMS_LIMIT,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => return json_error(StatusCode::BAD_REQUEST, "limit must be a number"),
+    };
+    let filter = query_param(query, "room");
+    let all = node.rooms.all();
+    let total = all.len();
+    let mut rooms: Vec<RoomInfo> = all
+        .iter()
+        .filter(|r| filter.as_deref().is_none_or(|f| r.id.as_str() == f))
+        .map(|r| {
+            let st = r.lock();
+            RoomInfo {
+                room: r.id.to_string(),
+                members: st.members.len(),
+                users: st.users.len(),
+                seq: st.seq,
+                mode: mode_name(st.mode),
+                remote_nodes: st.remote.keys().cloned().collect(),
+            }
+        })
+        .collect();
+    rooms.sort_by(|a, b| b.members.cmp(&a.members).then_with(|| a.room.cmp(&b.room)));
+    rooms.truncate(limit);
+    json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "node": node.config.node_id,
+            "connections": node.connections(),
+            "draining": node.is_draining(),
+            "total_rooms": total,
+            "rooms": rooms,
+        }),
+    )
+}
+
+fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::Opening => "opening",
+        Mode::Local => "local",
+        Mode::Switching => "switching",
+        Mode::Spanning => "spanning",
+        Mode::Unspanning => "unspanning",
+        Mode::Closing => "closing",
+    }
+}
+
+fn admin_drain(node: &Arc<Node>, query: Option<&str>) -> Response<Body> {
+    let window = match query_param(query, "window_ms").map(|v| v.parse::<u64>()) {
+        None => node.config.drain_window,
+        Some(Ok(ms)) if ms <= 3_600_000 => Duration::from_millis(ms),
+        Some(_) => {
+            return json_error(StatusCode::BAD_REQUEST, "window_ms must be 0..=3600000");
+        }
+    };
+    let n = node.drain(window);
+    json(
+        StatusCode::ACCEPTED,
+        &serde_json::json!({"draining": true, "connections": n, "window_ms": window.as_millis() as u64}),
+    )
+}

@@ -1,0 +1,237 @@
+//! One client connection: a single `select!` loop that reads frames, writes the queued
+//! frames in batches, pings, enforces the per-connection limits, and closes with the
+//! documented code.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use shared::ids::{RoomId, UserId};
+use shared::protocol::{ClientFrame, ErrorCode, ServerFrame, close};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use crate::frames;
+use crate::node::Node;
+use crate::rate::TokenBucket;
+use crate::room::{CloseReason, JoinError, Kill, Member, Room};
+
+type Ws = WebSocketStream<TokioIo<Upgraded>>;
+
+/// Frames written per flush at most, so one busy connection cannot hog its task.
+const MAX_BATCH: usize = 256;
+
+const GOING_AWAY: CloseReason =
+    CloseReason { code: close::GOING_AWAY, reason: "node shutting down" };
+const IDLE: CloseReason = CloseReason { code: close::IDLE_TIMEOUT, reason: "idle timeout" };
+const RATE_ABUSE: CloseReason = CloseReason { code: close::POLICY, reason: "rate limit exceeded" };
+const TOO_BIG: CloseReason = CloseReason { code: close::TOO_BIG, reason: "frame too large" };
+const ROOM_FULL: CloseReason = CloseReason { code: close::ROOM_FULL, reason: "room full" };
+
+/// Decrements the connection gauge however the session ends.
+struct ConnGuard(Arc<Node>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.release_slot();
+    }
+}
+
+/// Serves one upgraded connection until it closes. The caller reserved its slot.
+pub(crate) async fn run(node: Arc<Node>, mut ws: Ws, room_id: RoomId, user: UserId, conn: u64) {
+    let _guard = ConnGuard(node.clone());
+    let cfg = &node.config;
+    let (tx, mut rx) = mpsc::channel(cfg.outbound_queue.max(2));
+    let kill = Arc::new(Kill::default());
+    let member = Member { conn, user, tx, kill: kill.clone() };
+    node.kills.insert(conn, kill.clone());
+    let room = match node.rooms.join(&room_id, member.clone()).await {
+        Ok(room) => room,
+        Err(JoinError::RoomFull) => {
+            node.kills.remove(conn);
+            node.metrics.room_full_closes.inc();
+            node.metrics.error(ErrorCode::RoomFull);
+            let err =
+                ServerFrame::error(ErrorCode::RoomFull, "room holds its maximum number of members");
+            let _ = ws.feed(Message::Text(frames::text(&err))).await;
+            finish(&mut ws, Some(ROOM_FULL), cfg.close_timeout).await;
+            return;
+        }
+    };
+    let reason = serve(&node, &mut ws, &room, &member, &mut rx).await;
+    node.kills.remove(conn);
+    node.rooms.leave(&room, conn).await;
+    match reason {
+        Some(r) if r == CloseReason::SLOW_CONSUMER => {}
+        Some(r) if r == RATE_ABUSE => node.metrics.rate_limit_closes.inc(),
+        Some(r) if r == IDLE => node.metrics.idle_closes.inc(),
+        Some(r) if r == CloseReason::DRAIN => node.metrics.drain_closes.inc(),
+        _ => {}
+    }
+    finish(&mut ws, reason, cfg.close_timeout).await;
+}
+
+/// The connection's loop; returns the close to send (`None`: the peer is gone or closed).
+async fn serve(
+    node: &Arc<Node>,
+    ws: &mut Ws,
+    room: &Arc<Room>,
+    member: &Member,
+    rx: &mut mpsc::Receiver<Message>,
+) -> Option<CloseReason> {
+    let cfg = &node.config;
+    let mut bucket = TokenBucket::new(cfg.publish_rate, cfg.publish_burst);
+    let mut refused_in_a_row = 0u32;
+    let mut last_seen = Instant::now();
+    let mut ping = tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let token = node.token.clone();
+    loop {
+        tokio::select! {
+            biased;
+            _ = member.kill.killed() => return member.kill.reason(),
+            _ = token.cancelled() => return Some(GOING_AWAY),
+            out = rx.recv() => {
+                let first = out?;
+                tokio::select! {
+                    r = write_batch(ws, first, rx) => r.ok()?,
+                    _ = member.kill.killed() => return member.kill.reason(),
+                    _ = token.cancelled() => return Some(GOING_AWAY),
+                }
+            }
+            incoming = ws.next() => {
+                last_seen = Instant::now();
+                let msg = match incoming {
+                    None => return None,
+                    Some(Ok(m)) => m,
+                    Some(Err(WsError::Capacity(e))) => {
+                        tracing::debug!(conn = member.conn, "frame too large: {e}");
+                        reply(node, member, ErrorCode::FrameTooLarge, format!("frame larger than {} bytes", cfg.max_frame_bytes));
+                        let _ = tokio::time::timeout(cfg.close_timeout, drain_queue(ws, rx)).await;
+                        return Some(TOO_BIG);
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(conn = member.conn, "read: {e}");
+                        return None;
+                    }
+                };
+                match msg {
+                    Message::Text(text) => {
+                        let frame = match ClientFrame::parse(text.as_str()) {
+                            Ok(f) => f,
+                            Err(e) => {
+                                reply(node, member, e.code, e.message);
+                                continue;
+                            }
+                        };
+                        if !bucket.try_take() {
+                            refused_in_a_row += 1;
+                            if refused_in_a_row >= cfg.rate_abuse_frames {
+                                return Some(RATE_ABUSE);
+                            }
+                            reply(node, member, ErrorCode::RateLimited, "publishing faster than the rate limit; frame dropped");
+                            continue;
+                        }
+                        refused_in_a_row = 0;
+                        handle(node, room, member, frame).await;
+                    }
+                    Message::Binary(_) => reply(node, member, ErrorCode::BinaryUnsupported, "binary frames are not part of the protocol; send JSON text"),
+                    Message::Close(_) => return None,
+                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                }
+            }
+            _ = ping.tick() => {
+                if last_seen.elapsed() >= cfg.idle_timeout {
+                    return Some(IDLE);
+                }
+                if last_seen.elapsed() >= cfg.ping_interval {
+                    let sent = tokio::time::timeout(cfg.close_timeout, ws.send(Message::Ping(Default::default()))).await;
+                    if !matches!(sent, Ok(Ok(()))) {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Handles one accepted client frame.
+async fn handle(node: &Arc<Node>, room: &Arc<Room>, member: &Member, frame: ClientFrame) {
+    match frame {
+        ClientFrame::Publish { body, id } => {
+            match node.rooms.publish(room, member, &body, id.as_ref()).await {
+                Ok(seq) => {
+                    node.metrics.messages_in.inc();
+                    if let Some(id) = id {
+                        let _ = member
+                            .tx
+                            .try_send(Message::Text(frames::text(&ServerFrame::Ack { id, seq })));
+                    }
+                }
+                Err(e) => reply(node, member, ErrorCode::Degraded, e.to_string()),
+            }
+        }
+        ClientFrame::Signal { body } => match node.rooms.signal(room, member, body).await {
+            Ok(()) => node.metrics.signals.inc(),
+            Err(e) => reply(node, member, ErrorCode::Degraded, e.to_string()),
+        },
+    }
+}
+
+/// Queues an `error` frame behind whatever the connection already has queued.
+fn reply(node: &Node, member: &Member, code: ErrorCode, message: impl Into<String>) {
+    node.metrics.error(code);
+    let frame = frames::text(&ServerFrame::error(code, message));
+    if member.tx.try_send(Message::Text(frame)).is_err()
+        && member.kill.kill(CloseReason::SLOW_CONSUMER)
+    {
+        node.metrics.slow_consumer_closes.inc();
+    }
+}
+
+/// Writes `first` and whatever else is queued, then flushes once: one syscall for many
+/// frames when a connection falls a little behind.
+async fn write_batch(
+    ws: &mut Ws,
+    first: Message,
+    rx: &mut mpsc::Receiver<Message>,
+) -> Result<(), WsError> {
+    ws.feed(first).await?;
+    for _ in 1..MAX_BATCH {
+        match rx.try_recv() {
+            Ok(m) => ws.feed(m).await?,
+            Err(_) => break,
+        }
+    }
+    ws.flush().await
+}
+
+/// Writes out everything still queued (used before closing on our own initiative).
+async fn drain_queue(ws: &mut Ws, rx: &mut mpsc::Receiver<Message>) {
+    while let Ok(m) = rx.try_recv() {
+        if ws.feed(m).await.is_err() {
+            return;
+        }
+    }
+    let _ = ws.flush().await;
+}
+
+/// Sends our close frame (when we close) and waits briefly for the peer's, bounded.
+async fn finish(ws: &mut Ws, reason: Option<CloseReason>, timeout: Duration) {
+    let _ = tokio::time::timeout(timeout, async {
+        if let Some(r) = reason {
+            let frame = CloseFrame { code: CloseCode::from(r.code), reason: r.reason.into() };
+            if ws.close(Some(frame)).await.is_err() {
+                return;
+            }
+        }
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+}
