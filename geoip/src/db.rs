@@ -76,7 +76,8 @@ impl GeoDb {
     }
 
     /// Re-reads the file and swaps it in for all later lookups; on error the previous
-    /// database stays in use and the error (naming the path) is returned.
+    /// database stays in use and the error (naming the path) is returned. Blocking (reads
+    /// the whole file): from async code, call it through `spawn_blocking`.
     pub fn reload(&self) -> Result<(), Error> {
         let mut failed = self.reloading.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let loaded = Loaded::open(&self.path, self.generation() + 1)?;
@@ -87,7 +88,9 @@ impl GeoDb {
 
     /// Reloads when the file's modification time, size or inode differ from the loaded
     /// version; `Ok(true)` when a new version was swapped in. A version that failed to load
-    /// is not retried until the file changes again, and then reports `Ok(false)`.
+    /// is not retried until the file changes again, and then reports `Ok(false)`. Replace the
+    /// file by rename (as `geoipupdate` does): an in-place rewrite of the same size within the
+    /// file system's timestamp granularity can go unnoticed until SIGHUP.
     pub fn reload_if_changed(&self) -> Result<bool, Error> {
         let mut failed = self.reloading.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let meta = std::fs::metadata(&self.path)

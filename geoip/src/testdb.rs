@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ipnet::{IpNet, Ipv4Net};
@@ -57,7 +58,8 @@ pub fn write(
     let path = path.as_ref();
     let bytes = encode(networks, layout, Tree::V6)?;
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp-{}", std::process::id()));
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    tmp.push(format!(".tmp-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
     let tmp = PathBuf::from(tmp);
     std::fs::write(&tmp, bytes).map_err(|source| Error::Io { path: tmp.clone(), source })?;
     std::fs::rename(&tmp, path).map_err(|source| Error::Io { path: path.to_owned(), source })
