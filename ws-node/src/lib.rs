@@ -9,6 +9,7 @@ mod frames;
 pub mod metrics;
 mod node;
 mod rate;
+pub mod redis_bus;
 pub mod room;
 mod server;
 mod session;
@@ -17,6 +18,7 @@ mod span;
 pub use bus::{Bus, LocalBus, LocalHub};
 pub use config::Config;
 pub use node::Node;
+pub use redis_bus::{RedisBus, RedisConfig};
 pub use server::serve;
 
 impl Node {

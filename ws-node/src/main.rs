@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use ws_node::{Config, LocalBus, Node};
+use ws_node::{Bus, Config, LocalBus, Node, RedisBus, RedisConfig};
 
 /// One roomfleet ws-node. Every flag is also an environment variable (shown) and a key of
 /// the `--config` TOML file (the flag name with `_` or `-`).
@@ -58,6 +58,15 @@ struct Args {
     /// Bearer token required on `/admin/*`.
     #[arg(long, env = "WSNODE_ADMIN_TOKEN")]
     admin_token: Option<String>,
+    /// Redis URL for rooms spanning nodes; without it the node runs alone.
+    #[arg(long, env = "WSNODE_REDIS")]
+    redis: Option<String>,
+    /// Prefix of Redis keys and channels.
+    #[arg(long, env = "WSNODE_REDIS_PREFIX", default_value = "roomfleet")]
+    redis_prefix: String,
+    /// Seconds after which a silent node is pruned from room sets.
+    #[arg(long, env = "WSNODE_HEARTBEAT_TTL", default_value_t = 10.0)]
+    heartbeat_ttl: f64,
 }
 
 fn secs(what: &str, v: f64) -> anyhow::Result<Duration> {
@@ -66,6 +75,20 @@ fn secs(what: &str, v: f64) -> anyhow::Result<Duration> {
 }
 
 impl Args {
+    fn redis_config(&self) -> anyhow::Result<Option<RedisConfig>> {
+        let Some(url) = &self.redis else { return Ok(None) };
+        let ttl = secs("heartbeat-ttl", self.heartbeat_ttl)?;
+        anyhow::ensure!(
+            ttl >= Duration::from_millis(300),
+            "--heartbeat-ttl must be at least 0.3 s"
+        );
+        Ok(Some(RedisConfig {
+            prefix: self.redis_prefix.clone(),
+            heartbeat_ttl: ttl,
+            ..RedisConfig::new(url)
+        }))
+    }
+
     fn into_config(self) -> anyhow::Result<Config> {
         shared::ids::UserId::parse(&self.node_id).map_err(|e| {
             anyhow::anyhow!("--node-id: {}", e.to_string().replace("user", "node id"))
@@ -99,9 +122,10 @@ fn main() {
         .and_then(|argv| {
             let args = Args::try_parse_from(argv).unwrap_or_else(|e| e.exit());
             let listen = args.listen;
-            Ok((listen, args.into_config()?))
+            let redis = args.redis_config()?;
+            Ok((listen, redis, args.into_config()?))
         })
-        .and_then(|(listen, config)| run(listen, config));
+        .and_then(|(listen, redis, config)| run(listen, redis, config));
     if let Err(e) = result {
         eprintln!("ws-node: {e:#}");
         std::process::exit(2);
@@ -109,15 +133,20 @@ fn main() {
 }
 
 #[tokio::main]
-async fn run(listen: SocketAddr, config: Config) -> anyhow::Result<()> {
+async fn run(listen: SocketAddr, redis: Option<RedisConfig>, config: Config) -> anyhow::Result<()> {
     let listener = shared::listen::bind(listen, false)
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-    let bus = Arc::new(LocalBus::standalone(&config.node_id));
+    let bus_token = tokio_util::sync::CancellationToken::new();
+    let bus: Arc<dyn Bus> = match redis {
+        Some(r) => RedisBus::start(&config.node_id, r, bus_token.clone())?,
+        None => Arc::new(LocalBus::standalone(&config.node_id)),
+    };
     let node = Node::new(config, bus);
     tracing::info!(node = %node.config.node_id, %listen, "ws-node serving");
     let serving = tokio::spawn(ws_node::serve(node.clone(), listener));
     shared::shutdown::signal().await;
     node.shutdown();
     let _ = serving.await;
+    bus_token.cancel();
     Ok(())
 }

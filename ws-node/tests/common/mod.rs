@@ -1,6 +1,8 @@
 //! A real node on port 0 and real WebSocket clients for the node's integration tests.
 #![allow(dead_code)]
 
+pub mod spanning;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,446 @@
+//! `RedisBus`: the `Bus` over Redis. Room node sets, the shared `seq` and heartbeats are
+//! keys; room frames and control messages are Pub/Sub channels on a dedicated connection
+//! that a supervisor task reconnects with backoff, resubscribing and re-announcing itself.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use redis::aio::{MultiplexedConnection, PubSubSink};
+use redis::{AsyncConnectionConfig, Client, Script};
+use shared::ids::RoomId;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{Bus, BusError, BusEvent, BusResult, Control, EVENT_QUEUE, Envelope};
+
+/// Settings of the Redis bus.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: String,
+    /// Prefix of every key and channel, so several fleets can share one Redis.
+    pub prefix: String,
+    /// A node whose heartbeat key is older than this is pruned from room sets.
+    pub heartbeat_ttl: Duration,
+    /// How long one Redis command may take before it counts as failed.
+    pub command_timeout: Duration,
+}
+
+impl RedisConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            prefix: "roomfleet".into(),
+            heartbeat_ttl: Duration::from_secs(10),
+            command_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Adds the node to the room set and returns the other holders whose heartbeat is alive
+/// (dead ones are removed on the way). KEYS[1] = set; ARGV = node, heartbeat key prefix.
+const JOIN: &str = r#"
+redis.call('SADD', KEYS[1], ARGV[1])
+local out = {}
+for _, n in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if n ~= ARGV[1] then
+    if redis.call('EXISTS', ARGV[2] .. n) == 1 then table.insert(out, n)
+    else redis.call('SREM', KEYS[1], n) end
+  end
+end
+return out
+"#;
+
+/// Removes the node; returns the live holders left. Deletes the seq key with the last one.
+/// KEYS[1] = set, KEYS[2] = seq; ARGV = node, heartbeat key prefix.
+const LEAVE: &str = r#"
+redis.call('SREM', KEYS[1], ARGV[1])
+local out = {}
+for _, n in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[2] .. n) == 1 then table.insert(out, n)
+  else redis.call('SREM', KEYS[1], n) end
+end
+if #out == 0 then redis.call('DEL', KEYS[2]) end
+return out
+"#;
+
+/// The live holders, pruning the dead. KEYS[1] = set; ARGV[1] = heartbeat key prefix.
+const HOLDERS: &str = r#"
+local out = {}
+for _, n in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[1] .. n) == 1 then table.insert(out, n)
+  else redis.call('SREM', KEYS[1], n) end
+end
+return out
+"#;
+
+/// Raises the seq key to ARGV[1] if it is lower. KEYS[1] = seq.
+const RAISE: &str = r#"
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if cur < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+return 0
+"#;
+
+/// Stamps the next seq and publishes in one step, so channel order is seq order.
+/// KEYS[1] = seq, KEYS[2] = channel; ARGV = "origin conn " header, frame head, frame tail.
+const PUBLISH: &str = r#"
+local s = redis.call('INCR', KEYS[1])
+redis.call('PUBLISH', KEYS[2], s .. ' ' .. ARGV[1] .. ARGV[2] .. s .. ARGV[3])
+return s
+"#;
+
+struct Scripts {
+    join: Script,
+    leave: Script,
+    holders: Script,
+    raise: Script,
+    publish: Script,
+}
+
+/// A node's handle on Redis.
+pub struct RedisBus {
+    node: Arc<str>,
+    cfg: RedisConfig,
+    client: Client,
+    conn: Mutex<Option<MultiplexedConnection>>,
+    sink: Mutex<Option<PubSubSink>>,
+    /// Room channels this node wants, resubscribed after every reconnect.
+    rooms: Mutex<HashSet<RoomId>>,
+    events_tx: mpsc::Sender<BusEvent>,
+    events_rx: Mutex<Option<mpsc::Receiver<BusEvent>>>,
+    scripts: Scripts,
+}
+
+impl std::fmt::Debug for RedisBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RedisBus({} at {})", self.node, self.cfg.url)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(e.to_string())
+}
+
+impl RedisBus {
+    /// Checks the URL and starts the supervisor, which connects (and reconnects) in the
+    /// background until `token` is cancelled; then the node deregisters its heartbeat.
+    pub fn start(
+        node_id: &str,
+        cfg: RedisConfig,
+        token: CancellationToken,
+    ) -> Result<Arc<Self>, BusError> {
+        let client = Client::open(cfg.url.as_str())
+            .map_err(|e| unavailable(format!("redis url {}: {e}", cfg.url)))?;
+        let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let bus = Arc::new(Self {
+            node: Arc::from(node_id),
+            cfg,
+            client,
+            conn: Mutex::new(None),
+            sink: Mutex::new(None),
+            rooms: Mutex::new(HashSet::new()),
+            events_tx,
+            events_rx: Mutex::new(Some(events_rx)),
+            scripts: Scripts {
+                join: Script::new(JOIN),
+                leave: Script::new(LEAVE),
+                holders: Script::new(HOLDERS),
+                raise: Script::new(RAISE),
+                publish: Script::new(PUBLISH),
+            },
+        });
+        tokio::spawn(bus.clone().supervise(token));
+        Ok(bus)
+    }
+
+    /// Whether the command connection is up right now.
+    pub fn is_connected(&self) -> bool {
+        lock(&self.conn).is_some()
+    }
+
+    fn key(&self, kind: &str, room: &RoomId) -> String {
+        format!("{}:{kind}:{room}", self.cfg.prefix)
+    }
+    fn room_channel(&self, room: &RoomId) -> String {
+        self.key("room", room)
+    }
+    fn control_channel(&self, node: &str) -> String {
+        format!("{}:ctl:{node}", self.cfg.prefix)
+    }
+    fn hb_prefix(&self) -> String {
+        format!("{}:hb:", self.cfg.prefix)
+    }
+
+    fn conn(&self) -> BusResult<MultiplexedConnection> {
+        lock(&self.conn).clone().ok_or_else(|| unavailable("redis is not connected"))
+    }
+
+    /// Connects, resubscribes and serves the Pub/Sub stream; reconnects with backoff.
+    async fn supervise(self: Arc<Self>, token: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.connect().await {
+                Ok(stream) => {
+                    backoff = Duration::from_millis(100);
+                    tracing::info!(node = %self.node, url = %self.cfg.url, "redis connected");
+                    let _ = self.events_tx.send(BusEvent::Restored).await;
+                    let stopped = self.serve(stream, &token).await;
+                    *lock(&self.conn) = None;
+                    *lock(&self.sink) = None;
+                    if stopped {
+                        return;
+                    }
+                    tracing::warn!(node = %self.node, "redis connection lost; reconnecting");
+                    let _ = self.events_tx.send(BusEvent::Lost).await;
+                }
+                Err(e) => tracing::warn!(node = %self.node, "redis: {e}; retrying in {backoff:?}"),
+            }
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn connect(&self) -> Result<redis::aio::PubSubStream, BusError> {
+        let cfg = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.cfg.command_timeout))
+            .set_response_timeout(Some(self.cfg.command_timeout));
+        let mut conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+            .map_err(unavailable)?;
+        let pubsub = tokio::time::timeout(self.cfg.command_timeout, self.client.get_async_pubsub())
+            .await
+            .map_err(|_| unavailable("pubsub connect timed out"))?
+            .map_err(unavailable)?;
+        let (mut sink, stream) = pubsub.split();
+        sink.subscribe(self.control_channel(&self.node)).await.map_err(unavailable)?;
+        let rooms: Vec<String> = lock(&self.rooms).iter().map(|r| self.room_channel(r)).collect();
+        if !rooms.is_empty() {
+            sink.subscribe(rooms).await.map_err(unavailable)?;
+        }
+        self.heartbeat(&mut conn).await?;
+        *lock(&self.conn) = Some(conn);
+        *lock(&self.sink) = Some(sink);
+        Ok(stream)
+    }
+
+    async fn heartbeat(&self, conn: &mut MultiplexedConnection) -> BusResult<()> {
+        let ttl = self.cfg.heartbeat_ttl.as_millis() as u64;
+        redis::cmd("SET")
+            .arg(format!("{}{}", self.hb_prefix(), self.node))
+            .arg(1)
+            .arg("PX")
+            .arg(ttl.max(1))
+            .query_async::<()>(conn)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Serves one connection; returns true when stopped by the token.
+    async fn serve(&self, mut stream: redis::aio::PubSubStream, token: &CancellationToken) -> bool {
+        let mut hb = tokio::time::interval(self.cfg.heartbeat_ttl / 3);
+        hb.tick().await;
+        let ctl = self.control_channel(&self.node);
+        let room_prefix = format!("{}:room:", self.cfg.prefix);
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => {
+                    if let Ok(mut c) = self.conn() {
+                        let _ = redis::cmd("DEL").arg(format!("{}{}", self.hb_prefix(), self.node)).query_async::<()>(&mut c).await;
+                    }
+                    return true;
+                }
+                _ = hb.tick() => {
+                    let Ok(mut c) = self.conn() else { return false };
+                    if let Err(e) = self.heartbeat(&mut c).await {
+                        tracing::warn!("redis heartbeat: {e}");
+                        return false;
+                    }
+                }
+                msg = stream.next() => {
+                    let Some(msg) = msg else { return false };
+                    let channel = msg.get_channel_name();
+                    let payload = msg.get_payload_bytes();
+                    let ev = if channel == ctl {
+                        parse_control(payload)
+                    } else if let Some(room) = channel.strip_prefix(&room_prefix) {
+                        parse_room(room, payload)
+                    } else {
+                        None
+                    };
+                    match ev {
+                        // Backpressure instead of loss: if the node falls behind, Redis
+                        // eventually drops this subscriber and we resync as after an outage.
+                        Some(ev) => if self.events_tx.send(ev).await.is_err() { return true },
+                        None => tracing::warn!(channel, "redis: unreadable bus message"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ControlWire {
+    from: String,
+    msg: Control,
+}
+
+fn parse_control(payload: &[u8]) -> Option<BusEvent> {
+    let w: ControlWire = serde_json::from_slice(payload).ok()?;
+    Some(BusEvent::Control { from: w.from, msg: w.msg })
+}
+
+/// `<seq> <origin> <conn> <frame>`.
+fn parse_room(room: &str, payload: &[u8]) -> Option<BusEvent> {
+    let room = RoomId::parse(room).ok()?;
+    let text = std::str::from_utf8(payload).ok()?;
+    let mut parts = text.splitn(4, ' ');
+    let seq = parts.next()?.parse().ok()?;
+    let origin = parts.next()?;
+    let conn = parts.next()?.parse().ok()?;
+    let frame = parts.next()?;
+    let frame = Utf8Bytes::try_from(Bytes::copy_from_slice(frame.as_bytes())).ok()?;
+    Some(BusEvent::Room { room, seq, origin: Arc::from(origin), conn, frame })
+}
+
+impl Bus for RedisBus {
+    fn join(&self, room: &RoomId) -> BoxFuture<'_, BusResult<Vec<String>>> {
+        let inv = {
+            let mut i = self.scripts.join.prepare_invoke();
+            i.key(self.key("nodes", room)).arg(&*self.node).arg(self.hb_prefix());
+            i
+        };
+        Box::pin(async move { inv.invoke_async(&mut self.conn()?).await.map_err(unavailable) })
+    }
+
+    fn leave(&self, room: &RoomId) -> BoxFuture<'_, BusResult<Vec<String>>> {
+        let inv = {
+            let mut i = self.scripts.leave.prepare_invoke();
+            i.key(self.key("nodes", room))
+                .key(self.key("seq", room))
+                .arg(&*self.node)
+                .arg(self.hb_prefix());
+            i
+        };
+        Box::pin(async move { inv.invoke_async(&mut self.conn()?).await.map_err(unavailable) })
+    }
+
+    fn holders(&self, room: &RoomId) -> BoxFuture<'_, BusResult<Vec<String>>> {
+        let inv = {
+            let mut i = self.scripts.holders.prepare_invoke();
+            i.key(self.key("nodes", room)).arg(self.hb_prefix());
+            i
+        };
+        Box::pin(async move { inv.invoke_async(&mut self.conn()?).await.map_err(unavailable) })
+    }
+
+    fn subscribe(&self, room: &RoomId) -> BoxFuture<'_, BusResult<()>> {
+        lock(&self.rooms).insert(room.clone());
+        let channel = self.room_channel(room);
+        Box::pin(async move {
+            let mut sink =
+                lock(&self.sink).clone().ok_or_else(|| unavailable("redis is not connected"))?;
+            tokio::time::timeout(self.cfg.command_timeout, sink.subscribe(channel))
+                .await
+                .map_err(|_| unavailable("subscribe timed out"))?
+                .map_err(unavailable)
+        })
+    }
+
+    fn unsubscribe(&self, room: &RoomId) -> BoxFuture<'_, BusResult<()>> {
+        lock(&self.rooms).remove(room);
+        let channel = self.room_channel(room);
+        Box::pin(async move {
+            let Some(mut sink) = lock(&self.sink).clone() else { return Ok(()) };
+            tokio::time::timeout(self.cfg.command_timeout, sink.unsubscribe(channel))
+                .await
+                .map_err(|_| unavailable("unsubscribe timed out"))?
+                .map_err(unavailable)
+        })
+    }
+
+    fn raise_seq(&self, room: &RoomId, seq: u64) -> BoxFuture<'_, BusResult<()>> {
+        let inv = {
+            let mut i = self.scripts.raise.prepare_invoke();
+            i.key(self.key("seq", room)).arg(seq);
+            i
+        };
+        Box::pin(async move {
+            inv.invoke_async::<i64>(&mut self.conn()?).await.map(|_| ()).map_err(unavailable)
+        })
+    }
+
+    fn current_seq(&self, room: &RoomId) -> BoxFuture<'_, BusResult<u64>> {
+        let key = self.key("seq", room);
+        Box::pin(async move {
+            let v: Option<u64> = redis::cmd("GET")
+                .arg(key)
+                .query_async(&mut self.conn()?)
+                .await
+                .map_err(unavailable)?;
+            Ok(v.unwrap_or(0))
+        })
+    }
+
+    fn publish(&self, room: &RoomId, env: Envelope) -> BoxFuture<'_, BusResult<u64>> {
+        let header = format!("{} {} ", self.node, env.conn);
+        let channel = self.room_channel(room);
+        let seq_key = self.key("seq", room);
+        Box::pin(async move {
+            let mut conn = self.conn()?;
+            match env.tail {
+                Some(tail) => {
+                    let mut i = self.scripts.publish.prepare_invoke();
+                    i.key(seq_key).key(channel).arg(header).arg(env.head).arg(tail);
+                    i.invoke_async(&mut conn).await.map_err(unavailable)
+                }
+                None => {
+                    let payload = format!("0 {header}{}", env.head);
+                    redis::cmd("PUBLISH")
+                        .arg(channel)
+                        .arg(payload)
+                        .query_async::<i64>(&mut conn)
+                        .await
+                        .map_err(unavailable)?;
+                    Ok(0)
+                }
+            }
+        })
+    }
+
+    fn send_control(&self, to: &str, msg: Control) -> BoxFuture<'_, BusResult<()>> {
+        let channel = self.control_channel(to);
+        let payload = serde_json::to_string(&ControlWire { from: self.node.to_string(), msg })
+            .unwrap_or_default();
+        Box::pin(async move {
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(payload)
+                .query_async::<i64>(&mut self.conn()?)
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    fn take_events(&self) -> Option<mpsc::Receiver<BusEvent>> {
+        lock(&self.events_rx).take()
+    }
+
+    fn is_remote(&self) -> bool {
+        true
+    }
+}
