@@ -109,6 +109,14 @@ fn scalar(v: &toml::Value) -> Option<String> {
     }
 }
 
+/// A clap value parser for durations given as seconds (`1`, `0.5`), the unit every flag of
+/// the binaries uses.
+pub fn parse_secs(s: &str) -> Result<std::time::Duration, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    std::time::Duration::try_from_secs_f64(v)
+        .map_err(|_| format!("{s:?} must be a non-negative number of seconds"))
+}
+
 /// Whether `path` exists; used for clear start-up errors on file options.
 pub fn require_file(path: &Path, what: &str) -> Result<(), String> {
     if path.is_file() { Ok(()) } else { Err(format!("{what} {}: no such file", path.display())) }
@@ -140,6 +148,15 @@ DE = ["a", "b"]
                 "--reuse-port",
             ]
         );
+    }
+
+    #[test]
+    fn seconds_parse() {
+        assert_eq!(parse_secs("1.5"), Ok(std::time::Duration::from_millis(1500)));
+        assert_eq!(parse_secs("0"), Ok(std::time::Duration::ZERO));
+        assert!(parse_secs("-1").is_err());
+        assert!(parse_secs("soon").is_err());
+        assert!(parse_secs("inf").is_err());
     }
 
     #[test]

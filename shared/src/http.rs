@@ -79,6 +79,36 @@ pub fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Why a request on `/ws` is not a WebSocket upgrade router and node accept (426 when it is
+/// no upgrade at all, 400 for a bad version or key); the client's `Sec-WebSocket-Key` when it is.
+pub fn check_ws_upgrade(h: &http::HeaderMap) -> Result<&[u8], (StatusCode, &'static str)> {
+    let has = |name: header::HeaderName, want: &str| {
+        h.get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(want)))
+    };
+    if !has(header::UPGRADE, "websocket") || !has(header::CONNECTION, "upgrade") {
+        return Err((StatusCode::UPGRADE_REQUIRED, "/ws takes only WebSocket upgrades"));
+    }
+    if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        return Err((StatusCode::BAD_REQUEST, "sec-websocket-version must be 13"));
+    }
+    h.get(header::SEC_WEBSOCKET_KEY)
+        .map(|v| v.as_bytes())
+        .filter(|k| !k.is_empty())
+        .ok_or((StatusCode::BAD_REQUEST, "sec-websocket-key is missing"))
+}
+
+/// The answer to a request [`check_ws_upgrade`] refused; a 426 names the protocol to use.
+pub fn ws_upgrade_refusal(status: StatusCode, why: &str) -> Response<Body> {
+    let mut r = text(status, why);
+    if status == StatusCode::UPGRADE_REQUIRED {
+        r.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
+    r
+}
+
 /// Whether the `Authorization: Bearer` header carries `token`, compared in constant time.
 pub fn bearer_ok(headers: &http::HeaderMap, token: &str) -> bool {
     let Some(got) = headers
@@ -103,6 +133,21 @@ mod tests {
         assert_eq!(query_param(Some("room=a"), "ip"), None);
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz%41"), "%zzA");
+    }
+
+    #[test]
+    fn websocket_upgrades_are_checked() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(check_ws_upgrade(&h).unwrap_err().0, StatusCode::UPGRADE_REQUIRED);
+        h.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        assert_eq!(check_ws_upgrade(&h).unwrap_err().0, StatusCode::BAD_REQUEST);
+        h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        assert_eq!(check_ws_upgrade(&h).unwrap_err().1, "sec-websocket-key is missing");
+        h.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="));
+        assert_eq!(check_ws_upgrade(&h).unwrap(), b"dGhlIHNhbXBsZSBub25jZQ==");
+        let r = ws_upgrade_refusal(StatusCode::UPGRADE_REQUIRED, "no");
+        assert_eq!(r.headers()[header::UPGRADE], "websocket");
     }
 
     #[test]

@@ -90,6 +90,11 @@ id_type!(
     UserId, "user", MAX_USER_LEN
 );
 
+id_type!(
+    /// A validated node ID (ring member, `welcome.node`): 1 to 64 of `[A-Za-z0-9._:-]`.
+    NodeId, "node id", MAX_USER_LEN
+);
+
 /// The `room` and `user` query parameters of `GET /ws`, validated.
 #[derive(Debug, Clone)]
 pub struct WsTarget {
