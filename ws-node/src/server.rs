@@ -65,12 +65,11 @@ async fn serve_http(node: Arc<Node>, stream: TcpStream) {
 
 fn route(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
-    if path.starts_with("/admin/") {
-        if let Some(token) = &node.config.admin_token {
-            if !bearer_ok(req.headers(), token) {
-                return json_error(StatusCode::UNAUTHORIZED, "admin requires a bearer token");
-            }
-        }
+    if let Some(token) = &node.config.admin_token
+        && path.starts_with("/admin/")
+        && !bearer_ok(req.headers(), token)
+    {
+        return json_error(StatusCode::UNAUTHORIZED, "admin requires a bearer token");
     }
     match (req.method(), path) {
         (&Method::GET, "/ws") => upgrade(node, req),

@@ -95,7 +95,7 @@ impl Rooms {
             None => Vec::new(),
             Some(room) => {
                 room.wait_for(|st| {
-                    st.mode != Mode::Switching && !(st.mode == Mode::Opening && !st.subscribed)
+                    (st.subscribed || st.mode != Mode::Opening) && st.mode != Mode::Switching
                 })
                 .await;
                 let mode = {
@@ -149,10 +149,10 @@ impl Rooms {
         if let Some(p) = pending.get_mut(&id) {
             p.waiting.remove(&from);
             p.users.insert(from, users);
-            if p.waiting.is_empty() {
-                if let Some(done) = p.done.take() {
-                    let _ = done.send(());
-                }
+            if p.waiting.is_empty()
+                && let Some(done) = p.done.take()
+            {
+                let _ = done.send(());
             }
         }
     }
@@ -181,10 +181,11 @@ impl Rooms {
             return;
         }
         let own = origin == &*self.node_id;
-        if !own && frame.as_str().starts_with(r#"{"type":"presence""#) {
-            if let Ok(ServerFrame::Presence { event, user }) = parse_presence(frame.as_str()) {
-                st.apply_remote_presence(origin, event, user);
-            }
+        if !own
+            && frame.as_str().starts_with(r#"{"type":"presence""#)
+            && let Ok(p) = serde_json::from_str::<PresenceFrame>(frame.as_str())
+        {
+            st.apply_remote_presence(origin, p.event, p.user);
         }
         st.fan_out(frame, own.then_some(conn), &self.metrics);
     }
@@ -358,13 +359,9 @@ impl Rooms {
     }
 }
 
+/// The fields of a `presence` frame another node published.
 #[derive(serde::Deserialize)]
 struct PresenceFrame {
     event: PresenceEvent,
     user: UserId,
-}
-
-fn parse_presence(text: &str) -> Result<ServerFrame, serde_json::Error> {
-    let p: PresenceFrame = serde_json::from_str(text)?;
-    Ok(ServerFrame::Presence { event: p.event, user: p.user })
 }
