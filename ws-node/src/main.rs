@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use shared::config::parse_secs;
 use ws_node::{Bus, Config, LocalBus, Node, RedisBus, RedisConfig};
 
 /// One roomfleet ws-node. Every flag is also an environment variable (shown) and a key of
@@ -44,17 +45,17 @@ struct Args {
     #[arg(long, env = "WSNODE_OUTBOUND_QUEUE", default_value_t = 1024)]
     outbound_queue: usize,
     /// Ping interval in seconds.
-    #[arg(long, env = "WSNODE_PING_INTERVAL", default_value_t = 20.0)]
-    ping_interval: f64,
+    #[arg(long, env = "WSNODE_PING_INTERVAL", default_value = "20", value_parser = parse_secs)]
+    ping_interval: Duration,
     /// Seconds without any frame from the client before closing with 4000.
-    #[arg(long, env = "WSNODE_IDLE_TIMEOUT", default_value_t = 60.0)]
-    idle_timeout: f64,
+    #[arg(long, env = "WSNODE_IDLE_TIMEOUT", default_value = "60", value_parser = parse_secs)]
+    idle_timeout: Duration,
     /// Default drain window in seconds for `POST /admin/drain`.
-    #[arg(long, env = "WSNODE_DRAIN_WINDOW", default_value_t = 10.0)]
-    drain_window: f64,
+    #[arg(long, env = "WSNODE_DRAIN_WINDOW", default_value = "10", value_parser = parse_secs)]
+    drain_window: Duration,
     /// Seconds shutdown waits for connections to close.
-    #[arg(long, env = "WSNODE_SHUTDOWN_GRACE", default_value_t = 10.0)]
-    shutdown_grace: f64,
+    #[arg(long, env = "WSNODE_SHUTDOWN_GRACE", default_value = "10", value_parser = parse_secs)]
+    shutdown_grace: Duration,
     /// Bearer token required on `/admin/*`.
     #[arg(long, env = "WSNODE_ADMIN_TOKEN")]
     admin_token: Option<String>,
@@ -65,19 +66,14 @@ struct Args {
     #[arg(long, env = "WSNODE_REDIS_PREFIX", default_value = "roomfleet")]
     redis_prefix: String,
     /// Seconds after which a silent node is pruned from room sets.
-    #[arg(long, env = "WSNODE_HEARTBEAT_TTL", default_value_t = 10.0)]
-    heartbeat_ttl: f64,
-}
-
-fn secs(what: &str, v: f64) -> anyhow::Result<Duration> {
-    anyhow::ensure!(v.is_finite() && v >= 0.0, "--{what} must be a non-negative number of seconds");
-    Ok(Duration::from_secs_f64(v))
+    #[arg(long, env = "WSNODE_HEARTBEAT_TTL", default_value = "10", value_parser = parse_secs)]
+    heartbeat_ttl: Duration,
 }
 
 impl Args {
     fn redis_config(&self) -> anyhow::Result<Option<RedisConfig>> {
         let Some(url) = &self.redis else { return Ok(None) };
-        let ttl = secs("heartbeat-ttl", self.heartbeat_ttl)?;
+        let ttl = self.heartbeat_ttl;
         anyhow::ensure!(
             ttl >= Duration::from_millis(300),
             "--heartbeat-ttl must be at least 0.3 s"
@@ -105,10 +101,10 @@ impl Args {
             max_room_members: self.max_room_members,
             max_connections: self.max_connections.unwrap_or(d.max_connections),
             outbound_queue: self.outbound_queue,
-            ping_interval: secs("ping-interval", self.ping_interval)?,
-            idle_timeout: secs("idle-timeout", self.idle_timeout)?,
-            drain_window: secs("drain-window", self.drain_window)?,
-            shutdown_grace: secs("shutdown-grace", self.shutdown_grace)?,
+            ping_interval: self.ping_interval,
+            idle_timeout: self.idle_timeout,
+            drain_window: self.drain_window,
+            shutdown_grace: self.shutdown_grace,
             admin_token: self.admin_token,
             ..d
         })

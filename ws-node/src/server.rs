@@ -4,13 +4,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
-use shared::http::{Body, bearer_ok, json, json_error, metrics_text, query_param, text};
+use shared::http::{
+    Body, bearer_ok, check_ws_upgrade, json, json_error, metrics_text, query_param, text,
+    ws_upgrade_refusal,
+};
 use shared::ids::{UserId, parse_ws_query};
 use shared::listen::Acceptor;
 use tokio::net::{TcpListener, TcpStream};
@@ -91,26 +94,6 @@ fn route(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-/// Why a request on `/ws` is not a WebSocket upgrade we accept.
-fn check_upgrade_headers(h: &HeaderMap) -> Result<&[u8], (StatusCode, &'static str)> {
-    let has = |name: header::HeaderName, want: &str| {
-        h.get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(want)))
-    };
-    if !has(header::UPGRADE, "websocket") || !has(header::CONNECTION, "upgrade") {
-        return Err((StatusCode::UPGRADE_REQUIRED, "/ws takes only WebSocket upgrades"));
-    }
-    if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
-        return Err((StatusCode::BAD_REQUEST, "sec-websocket-version must be 13"));
-    }
-    h.get(header::SEC_WEBSOCKET_KEY)
-        .map(|v| v.as_bytes())
-        .filter(|k| !k.is_empty())
-        .ok_or((StatusCode::BAD_REQUEST, "sec-websocket-key is missing"))
-}
-
 /// Validates the upgrade, answers 101, and hands the connection to a session.
 fn upgrade(node: &Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
     let target = match parse_ws_query(req.uri().query()) {
@@ -120,16 +103,11 @@ fn upgrade(node: &Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
             return text(StatusCode::BAD_REQUEST, e.to_string());
         }
     };
-    let accept = match check_upgrade_headers(req.headers()) {
+    let accept = match check_ws_upgrade(req.headers()) {
         Ok(key) => derive_accept_key(key),
         Err((status, why)) => {
             node.metrics.refused_bad_request.inc();
-            let mut r = text(status, why);
-            if status == StatusCode::UPGRADE_REQUIRED {
-                r.headers_mut()
-                    .insert(header::UPGRADE, http::HeaderValue::from_static("websocket"));
-            }
-            return r;
+            return ws_upgrade_refusal(status, why);
         }
     };
     if node.is_draining() || node.token.is_cancelled() {
