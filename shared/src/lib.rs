@@ -9,5 +9,6 @@ pub mod ids;
 pub mod listen;
 pub mod metrics;
 pub mod protocol;
+pub mod registry;
 pub mod shutdown;
 pub mod testkit;

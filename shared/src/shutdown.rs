@@ -27,8 +27,17 @@ impl Shutdown {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-pub async fn signal() {
+/// Which signal asked the process to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGTERM: an orchestrator's stop; nodes drain (rolling restart).
+    Term,
+    /// SIGINT (Ctrl-C): stop now.
+    Int,
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C), saying which.
+pub async fn signal() -> Signal {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -37,17 +46,18 @@ pub async fn signal() {
             Err(e) => {
                 tracing::warn!("cannot watch SIGTERM: {e}");
                 let _ = tokio::signal::ctrl_c().await;
-                return;
+                return Signal::Int;
             }
         };
         tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); Signal::Term }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); Signal::Int }
         }
     }
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+        Signal::Int
     }
 }
 

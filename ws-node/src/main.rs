@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use shared::config::parse_secs;
+use shared::registry::NodeRecord;
+use shared::shutdown::Signal;
 use ws_node::{Bus, Config, LocalBus, Node, RedisBus, RedisConfig};
 
 /// One roomfleet ws-node. Every flag is also an environment variable (shown) and a key of
@@ -65,6 +67,17 @@ struct Args {
     /// Prefix of Redis keys and channels.
     #[arg(long, env = "WSNODE_REDIS_PREFIX", default_value = "roomfleet")]
     redis_prefix: String,
+    /// Address routers reach this node at, registered in Redis for `--discovery redis`
+    /// routers (needs `--redis`). Without it the node does not register.
+    #[arg(long, env = "WSNODE_ADVERTISE")]
+    advertise: Option<String>,
+    /// Ring weight this node registers with.
+    #[arg(long, env = "WSNODE_WEIGHT", default_value_t = 1)]
+    weight: u32,
+    /// On SIGTERM, seconds to wait after deregistering before draining, so every router
+    /// has stopped placing here.
+    #[arg(long, env = "WSNODE_DEREGISTER_WAIT", default_value = "2", value_parser = parse_secs)]
+    deregister_wait: Duration,
     /// Seconds after which a silent node is pruned from room sets.
     #[arg(long, env = "WSNODE_HEARTBEAT_TTL", default_value = "10", value_parser = parse_secs)]
     heartbeat_ttl: Duration,
@@ -78,14 +91,25 @@ impl Args {
             ttl >= Duration::from_millis(300),
             "--heartbeat-ttl must be at least 0.3 s"
         );
+        anyhow::ensure!(self.weight >= 1, "--weight must be at least 1");
+        let advertise = self.advertise.as_ref().map(|addr| NodeRecord {
+            id: self.node_id.clone(),
+            addr: addr.clone(),
+            weight: self.weight,
+        });
         Ok(Some(RedisConfig {
             prefix: self.redis_prefix.clone(),
             heartbeat_ttl: ttl,
+            advertise,
             ..RedisConfig::new(url)
         }))
     }
 
     fn into_config(self) -> anyhow::Result<Config> {
+        anyhow::ensure!(
+            self.advertise.is_none() || self.redis.is_some(),
+            "--advertise registers the node in Redis: it needs --redis"
+        );
         shared::ids::UserId::parse(&self.node_id).map_err(|e| {
             anyhow::anyhow!("--node-id: {}", e.to_string().replace("user", "node id"))
         })?;
@@ -119,9 +143,10 @@ fn main() {
             let args = Args::try_parse_from(argv).unwrap_or_else(|e| e.exit());
             let listen = args.listen;
             let redis = args.redis_config()?;
-            Ok((listen, redis, args.into_config()?))
+            let wait = args.deregister_wait;
+            Ok((listen, redis, wait, args.into_config()?))
         })
-        .and_then(|(listen, redis, config)| run(listen, redis, config));
+        .and_then(|(listen, redis, wait, config)| run(listen, redis, wait, config));
     if let Err(e) = result {
         eprintln!("ws-node: {e:#}");
         std::process::exit(2);
@@ -129,20 +154,51 @@ fn main() {
 }
 
 #[tokio::main]
-async fn run(listen: SocketAddr, redis: Option<RedisConfig>, config: Config) -> anyhow::Result<()> {
+async fn run(
+    listen: SocketAddr,
+    redis: Option<RedisConfig>,
+    deregister_wait: Duration,
+    config: Config,
+) -> anyhow::Result<()> {
     let listener = shared::listen::bind(listen, false)
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     let bus_token = tokio_util::sync::CancellationToken::new();
-    let bus: Arc<dyn Bus> = match redis {
-        Some(r) => RedisBus::start(&config.node_id, r, bus_token.clone())?,
-        None => Arc::new(LocalBus::standalone(&config.node_id)),
+    let registered = redis.as_ref().is_some_and(|r| r.advertise.is_some());
+    let (bus, redis_bus): (Arc<dyn Bus>, _) = match redis {
+        Some(r) => {
+            let b = RedisBus::start(&config.node_id, r, bus_token.clone())?;
+            (b.clone(), Some(b))
+        }
+        None => (Arc::new(LocalBus::standalone(&config.node_id)), None),
     };
     let node = Node::new(config, bus);
     tracing::info!(node = %node.config.node_id, %listen, "ws-node serving");
     let serving = tokio::spawn(ws_node::serve(node.clone(), listener));
-    shared::shutdown::signal().await;
+    if shared::shutdown::signal().await == Signal::Term {
+        rolling_stop(&node, redis_bus.as_deref(), registered, deregister_wait).await;
+    }
     node.shutdown();
     let _ = serving.await;
     bus_token.cancel();
     Ok(())
+}
+
+/// SIGTERM: leave the registry, fail readiness, give routers time to stop placing here,
+/// then close clients with 1012 spread over the drain window so they reconnect through the
+/// router without a stampede. Whatever is left at the end gets 1001.
+async fn rolling_stop(node: &Arc<Node>, bus: Option<&RedisBus>, registered: bool, wait: Duration) {
+    if let Some(bus) = bus.filter(|_| registered) {
+        if let Err(e) = bus.deregister().await {
+            tracing::warn!("deregister: {e}");
+        }
+        tracing::info!(?wait, "deregistered; waiting for routers");
+        node.set_draining();
+        tokio::time::sleep(wait).await;
+    }
+    let window = node.config.drain_window;
+    node.drain(window);
+    let deadline = tokio::time::Instant::now() + window + node.config.shutdown_grace;
+    while node.connections() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

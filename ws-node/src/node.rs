@@ -89,11 +89,16 @@ impl Node {
         self.metrics.connections.dec();
     }
 
+    /// Fails readiness and refuses new upgrades (503), keeping open connections.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
     /// Stops taking connections and closes every open one with 1012, spread uniformly
     /// over `window` so reconnecting clients do not stampede the router. Returns how many
     /// connections will be closed.
     pub fn drain(self: &Arc<Self>, window: Duration) -> usize {
-        self.draining.store(true, Ordering::Relaxed);
+        self.set_draining();
         let mut kills = self.kills.all();
         fastrand::shuffle(&mut kills);
         let n = kills.len();

@@ -12,6 +12,7 @@ use futures_util::future::BoxFuture;
 use redis::aio::{MultiplexedConnection, PubSubSink};
 use redis::{AsyncConnectionConfig, Client, Script};
 use shared::ids::RoomId;
+use shared::registry::{NodeRecord, Registry};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +29,8 @@ pub struct RedisConfig {
     pub heartbeat_ttl: Duration,
     /// How long one Redis command may take before it counts as failed.
     pub command_timeout: Duration,
+    /// When set, the node registers itself for `--discovery redis` routers.
+    pub advertise: Option<NodeRecord>,
 }
 
 impl RedisConfig {
@@ -37,6 +40,7 @@ impl RedisConfig {
             prefix: "roomfleet".into(),
             heartbeat_ttl: Duration::from_secs(10),
             command_timeout: Duration::from_secs(2),
+            advertise: None,
         }
     }
 }
@@ -113,6 +117,7 @@ pub struct RedisBus {
     events_tx: mpsc::Sender<BusEvent>,
     events_rx: Mutex<Option<mpsc::Receiver<BusEvent>>>,
     scripts: Scripts,
+    registry: Registry,
 }
 
 impl std::fmt::Debug for RedisBus {
@@ -140,7 +145,9 @@ impl RedisBus {
         let client = Client::open(cfg.url.as_str())
             .map_err(|e| unavailable(format!("redis url {}: {e}", cfg.url)))?;
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let registry = Registry::new(&cfg.prefix);
         let bus = Arc::new(Self {
+            registry,
             node: Arc::from(node_id),
             cfg,
             client,
@@ -176,7 +183,7 @@ impl RedisBus {
         format!("{}:ctl:{node}", self.cfg.prefix)
     }
     fn hb_prefix(&self) -> String {
-        format!("{}:hb:", self.cfg.prefix)
+        self.registry.heartbeat_key("")
     }
 
     fn conn(&self) -> BusResult<MultiplexedConnection> {
@@ -230,22 +237,35 @@ impl RedisBus {
         if !rooms.is_empty() {
             sink.subscribe(rooms).await.map_err(unavailable)?;
         }
-        self.heartbeat(&mut conn).await?;
+        self.heartbeat(&mut conn, true).await?;
         *lock(&self.conn) = Some(conn);
         *lock(&self.sink) = Some(sink);
         Ok(stream)
     }
 
-    async fn heartbeat(&self, conn: &mut MultiplexedConnection) -> BusResult<()> {
+    /// Refreshes the heartbeat key (and the registry entry when advertising).
+    async fn heartbeat(&self, conn: &mut MultiplexedConnection, announce: bool) -> BusResult<()> {
         let ttl = self.cfg.heartbeat_ttl.as_millis() as u64;
-        redis::cmd("SET")
-            .arg(format!("{}{}", self.hb_prefix(), self.node))
-            .arg(1)
-            .arg("PX")
-            .arg(ttl.max(1))
-            .query_async::<()>(conn)
-            .await
-            .map_err(unavailable)
+        let r = match &self.cfg.advertise {
+            Some(rec) => self.registry.register(conn, rec, ttl, announce).await,
+            None => {
+                redis::cmd("SET")
+                    .arg(self.registry.heartbeat_key(&self.node))
+                    .arg(1)
+                    .arg("PX")
+                    .arg(ttl.max(1))
+                    .query_async::<()>(conn)
+                    .await
+            }
+        };
+        r.map_err(unavailable)
+    }
+
+    /// Leaves the registry and drops the heartbeat, so routers stop placing here at once and
+    /// other nodes prune this one from room sets. Part of a rolling restart.
+    pub async fn deregister(&self) -> BusResult<()> {
+        let mut conn = self.conn()?;
+        self.registry.deregister(&mut conn, &self.node).await.map_err(unavailable)
     }
 
     /// Serves one connection; returns true when stopped by the token.
@@ -257,14 +277,12 @@ impl RedisBus {
         loop {
             tokio::select! {
                 _ = token.cancelled() => {
-                    if let Ok(mut c) = self.conn() {
-                        let _ = redis::cmd("DEL").arg(format!("{}{}", self.hb_prefix(), self.node)).query_async::<()>(&mut c).await;
-                    }
+                    let _ = self.deregister().await;
                     return true;
                 }
                 _ = hb.tick() => {
                     let Ok(mut c) = self.conn() else { return false };
-                    if let Err(e) = self.heartbeat(&mut c).await {
+                    if let Err(e) = self.heartbeat(&mut c, false).await {
                         tracing::warn!("redis heartbeat: {e}");
                         return false;
                     }

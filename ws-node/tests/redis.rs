@@ -190,3 +190,40 @@ async fn a_sigkilled_node_is_pruned_from_room_sets_within_its_heartbeat_ttl() {
         json!({"type": "presence", "event": "leave", "user": "v"})
     );
 }
+
+#[tokio::test]
+async fn sigterm_deregisters_then_drains_with_1012_and_exits() {
+    let redis = RedisServer::start().await;
+    let port = shared::testkit::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ws-node"))
+        .args(["--listen", &addr, "--node-id", "rolling", "--advertise", &addr])
+        .args(["--redis", &redis.url(), "--deregister-wait", "0.5", "--drain-window", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn ws-node");
+    wait_until(STEP, "the node to register", || async {
+        redis.command(&["HGET", "roomfleet:registry", "rolling"]).await.contains(&addr)
+    })
+    .await;
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        clients.push(Client::join(&format!("ws://{addr}/ws?room=r{i}&user=u")).await.0);
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    wait_until(STEP, "the node to deregister", || async {
+        !redis.command(&["HEXISTS", "roomfleet:registry", "rolling"]).await.contains(":1")
+    })
+    .await;
+    for c in clients.iter_mut() {
+        let (code, _) = c.closed(Duration::from_secs(10)).await.expect("close frame");
+        assert_eq!(u16::from(code), 1012);
+    }
+    let exit = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
