@@ -10,8 +10,8 @@ use std::path::Path;
 pub enum ConfigError {
     #[error("config file {path}: {source}")]
     Read { path: String, source: std::io::Error },
-    #[error("config file {path}: {source}")]
-    Parse { path: String, source: toml::de::Error },
+    #[error("config file {path}: line {line}: {message}")]
+    Parse { path: String, line: usize, message: String },
     #[error("config file {path}: key {key}: {why}")]
     Value { path: String, key: String, why: &'static str },
 }
@@ -57,8 +57,11 @@ pub fn file_flags(
     text: &str,
     env_has: impl Fn(&str) -> bool,
 ) -> Result<Vec<String>, ConfigError> {
-    let table: toml::Table =
-        toml::from_str(text).map_err(|source| ConfigError::Parse { path: path.into(), source })?;
+    let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.into(),
+        line: e.span().map_or(1, |s| text[..s.start.min(text.len())].lines().count().max(1)),
+        message: e.message().trim().replace('\n', " "),
+    })?;
     let mut flags = Vec::new();
     for (key, value) in &table {
         let flag = key.replace('_', "-");
