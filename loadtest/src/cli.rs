@@ -1,0 +1,202 @@
+//! The command line: `loadtest [run flags]` and `loadtest merge A.json B.json ...`. Every
+//! run flag also reads a `LOADTEST_*` environment variable.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{Args, Parser, Subcommand};
+
+use crate::dialect::Dialect;
+use crate::progress::ProgressMode;
+use crate::run::RunConfig;
+use crate::scenario::{Dist, Shard};
+use crate::target::{Target, parse_src_ips};
+
+/// Load generator for roomfleet: many connections in many rooms, every delivery checked.
+/// Exits 1 when any message is lost, duplicated or reordered, naming the room.
+#[derive(Debug, Parser)]
+#[command(name = "loadtest", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Combine shard reports (`--shard K/N` runs) into one; histograms merge exactly.
+    Merge {
+        /// Shard reports written with --json.
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+        /// Write the merged report here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write the merged latency plot (SVG) here.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
+}
+
+/// The flags of a run.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// WebSocket URL of a router or node (127.0.0.0/8 only); room and user are appended.
+    #[arg(long, env = "LOADTEST_URL", default_value = "ws://127.0.0.1:8080/ws")]
+    pub url: String,
+    /// Connections in the whole scenario (all shards together).
+    #[arg(long, env = "LOADTEST_CONNS", default_value_t = 100)]
+    pub conns: usize,
+    /// Rooms in the scenario; every room gets at least one member.
+    #[arg(long, env = "LOADTEST_ROOMS", default_value_t = 10)]
+    pub rooms: usize,
+    /// Room sizes: `uniform`, or `zipf:S` (a few large rooms, a long tail of small ones).
+    #[arg(long, env = "LOADTEST_DIST", default_value = "uniform")]
+    pub dist: Dist,
+    /// Publishes per second per sender; 0 = idle mode: connect, hold for warmup + duration.
+    #[arg(long, env = "LOADTEST_RATE", default_value_t = 1.0)]
+    pub rate: f64,
+    /// Senders per room: the room's first members publish, everyone receives. The default 1
+    /// keeps deliveries per second = rooms x rate x members, easy to reason about.
+    #[arg(long, env = "LOADTEST_SENDERS", default_value_t = 1)]
+    pub senders: u32,
+    /// Publish body size in bytes (padded JSON).
+    #[arg(long, env = "LOADTEST_SIZE", default_value_t = 64)]
+    pub size: usize,
+    /// Seconds measured, after the warmup.
+    #[arg(long, env = "LOADTEST_DURATION", default_value_t = 10.0)]
+    pub duration: f64,
+    /// Seconds of publishing before measuring (still checked for loss).
+    #[arg(long, env = "LOADTEST_WARMUP", default_value_t = 2.0)]
+    pub warmup: f64,
+    /// Longest wait in seconds after the last publish for in-flight messages.
+    #[arg(long, env = "LOADTEST_DRAIN", default_value_t = 5.0)]
+    pub drain: f64,
+    /// New connections per second.
+    #[arg(long, env = "LOADTEST_CONNECT_RATE", default_value_t = 1000.0)]
+    pub connect_rate: f64,
+    /// Seconds one connection may take from dial to welcome.
+    #[arg(long, env = "LOADTEST_CONNECT_TIMEOUT", default_value_t = 10.0)]
+    pub connect_timeout: f64,
+    /// Handshakes in flight at once.
+    #[arg(long, env = "LOADTEST_MAX_INFLIGHT", default_value_t = 1000)]
+    pub max_inflight: usize,
+    /// Source addresses, round-robin: `127.0.0.2-127.0.0.254` or a comma list (loopback only).
+    #[arg(long, env = "LOADTEST_SRC_IPS")]
+    pub src_ips: Option<String>,
+    /// Run only connections i with i % N == K; rooms come out the same in every shard.
+    #[arg(long, env = "LOADTEST_SHARD", default_value = "0/1")]
+    pub shard: Shard,
+    /// Wire protocol.
+    #[arg(long, env = "LOADTEST_DIALECT", value_enum, default_value_t = Dialect::Native)]
+    pub dialect: Dialect,
+    /// Prefix of room and user names, so runs against one fleet do not meet.
+    #[arg(long, env = "LOADTEST_PREFIX", default_value = "lt")]
+    pub prefix: String,
+    /// Write the JSON report here.
+    #[arg(long, env = "LOADTEST_JSON")]
+    pub json: Option<PathBuf>,
+    /// Write an SVG latency plot here.
+    #[arg(long, env = "LOADTEST_PLOT")]
+    pub plot: Option<PathBuf>,
+    /// Plain progress lines even on a terminal.
+    #[arg(long)]
+    pub no_bar: bool,
+}
+
+fn secs(v: f64, flag: &str) -> anyhow::Result<Duration> {
+    if !(v.is_finite() && (0.0..=86_400.0).contains(&v)) {
+        bail!("--{flag} {v}: expected seconds between 0 and 86400");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+impl RunArgs {
+    /// Validates everything before a socket opens.
+    pub fn config(&self) -> anyhow::Result<RunConfig> {
+        if !(self.rate.is_finite() && (0.0..=100_000.0).contains(&self.rate)) {
+            bail!("--rate {}: expected 0 to 100000 publishes per second", self.rate);
+        }
+        if !(self.connect_rate.is_finite() && self.connect_rate > 0.0) {
+            bail!("--connect-rate must be positive");
+        }
+        if self.prefix.is_empty()
+            || !self.prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+        {
+            bail!("--prefix {:?}: use [A-Za-z0-9._:-]", self.prefix);
+        }
+        let config = RunConfig {
+            url: self.url.clone(),
+            target: Target::parse(&self.url)?,
+            dialect: self.dialect,
+            conns: self.conns,
+            rooms: self.rooms,
+            dist: self.dist,
+            rate: self.rate,
+            senders: self.senders,
+            size: self.size,
+            duration: secs(self.duration, "duration")?,
+            warmup: secs(self.warmup, "warmup")?,
+            drain: secs(self.drain, "drain")?,
+            connect_rate: self.connect_rate,
+            connect_timeout: secs(self.connect_timeout, "connect-timeout")?,
+            max_inflight: self.max_inflight.max(1),
+            src_ips: match &self.src_ips {
+                Some(spec) => parse_src_ips(spec)?,
+                None => Vec::new(),
+            },
+            shard: self.shard,
+            prefix: self.prefix.clone(),
+            progress: if self.no_bar { ProgressMode::Lines } else { ProgressMode::Auto },
+        };
+        crate::scenario::room_sizes(config.conns, config.rooms, config.dist)?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_a_run_and_a_merge() {
+        let cli = Cli::try_parse_from([
+            "loadtest",
+            "--conns",
+            "20000",
+            "--rooms",
+            "5000",
+            "--dist",
+            "zipf:1.1",
+            "--shard",
+            "1/4",
+            "--src-ips",
+            "127.0.0.2-127.0.0.9",
+            "--rate",
+            "0",
+        ])
+        .unwrap();
+        let cfg = cli.run.config().unwrap();
+        assert_eq!(cfg.shard, Shard { k: 1, n: 4 });
+        assert_eq!(cfg.src_ips.len(), 8);
+        assert_eq!(cfg.rate, 0.0);
+        let cli =
+            Cli::try_parse_from(["loadtest", "merge", "a.json", "b.json", "--json", "m.json"])
+                .unwrap();
+        assert!(
+            matches!(cli.command, Some(Command::Merge { ref reports, .. }) if reports.len() == 2)
+        );
+        let bad = Cli::try_parse_from(["loadtest", "--url", "ws://8.8.8.8:80/ws"]).unwrap();
+        assert!(bad.run.config().is_err());
+        let bad = Cli::try_parse_from(["loadtest", "--conns", "3", "--rooms", "5"]).unwrap();
+        assert!(bad.run.config().is_err());
+    }
+}

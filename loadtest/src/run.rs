@@ -1,0 +1,562 @@
+//! One run: connect the shard's connections at `--connect-rate`, publish for warmup +
+//! duration, drain, close, and fold what every connection saw into a [`Report`]. Connection
+//! tasks only observe; one collector thread owns the histograms and the checker.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::time::{Interval, MissedTickBehavior};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use crate::checker::{Checker, Event, Verdict};
+use crate::cpu;
+use crate::dialect::{self, Dialect, Incoming};
+use crate::progress::{Progress, ProgressMode};
+use crate::report::{Connect, Latency, REPORT_VERSION, Report, new_histogram};
+use crate::scenario::{Dist, Plan, Shard, room_name, user_name};
+use crate::target::Target;
+
+/// Microseconds since the Unix epoch: the one clock senders and receivers share.
+pub fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+/// Everything one run needs, validated.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub url: String,
+    pub target: Target,
+    pub dialect: Dialect,
+    pub conns: usize,
+    pub rooms: usize,
+    pub dist: Dist,
+    /// Publishes per second per sender; 0 = idle mode (connect and hold).
+    pub rate: f64,
+    pub senders: u32,
+    pub size: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    /// Longest wait after the last publish for in-flight messages before judging loss.
+    pub drain: Duration,
+    pub connect_rate: f64,
+    pub connect_timeout: Duration,
+    /// Handshakes in flight at once, so a slow server sees a steady trickle, not a stampede.
+    pub max_inflight: usize,
+    /// Source addresses, round-robin by connection; empty = let the OS choose.
+    pub src_ips: Vec<IpAddr>,
+    pub shard: Shard,
+    pub prefix: String,
+    pub progress: ProgressMode,
+}
+
+impl RunConfig {
+    /// A small run against `url`: handy for tests.
+    pub fn small(url: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            url: url.to_owned(),
+            target: Target::parse(url)?,
+            dialect: Dialect::Native,
+            conns: 20,
+            rooms: 4,
+            dist: Dist::Uniform,
+            rate: 5.0,
+            senders: 1,
+            size: 64,
+            duration: Duration::from_secs(2),
+            warmup: Duration::from_millis(500),
+            drain: Duration::from_secs(3),
+            connect_rate: 1000.0,
+            connect_timeout: Duration::from_secs(10),
+            max_inflight: 256,
+            src_ips: Vec::new(),
+            shard: Shard::WHOLE,
+            prefix: "lt".into(),
+            progress: ProgressMode::Quiet,
+        })
+    }
+}
+
+/// Where the run is; connections follow it through a watch channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Connecting,
+    Publishing,
+    Draining,
+    Closing,
+}
+
+/// Live counts for the progress display and the drain decision.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub attempted: AtomicU64,
+    pub connected: AtomicU64,
+    pub failed: AtomicU64,
+    /// Connections open right now.
+    pub alive: AtomicU64,
+    pub published: AtomicU64,
+    pub acked: AtomicU64,
+    pub delivered: AtomicU64,
+}
+
+/// What connections tell the collector.
+enum Note {
+    Check(Event),
+    Delivery { event: Event, sent_us: u64, recv_us: u64 },
+    Foreign,
+    Connected { us: u64 },
+    ConnectFailed(String),
+    Disconnected(String),
+    ServerError(String),
+}
+
+struct Shared {
+    cfg: RunConfig,
+    plan: Plan,
+    notes: mpsc::Sender<Note>,
+    phase: watch::Receiver<Phase>,
+    counters: Arc<Counters>,
+}
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// Connections buffer little: a 100k-connection run must not spend 128 KiB on each.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0)
+}
+
+fn io_cause(e: &std::io::Error) -> String {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        ConnectionRefused => "refused".into(),
+        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => "reset".into(),
+        AddrInUse | AddrNotAvailable => "no_source_port".into(),
+        TimedOut => "timeout".into(),
+        _ if e.raw_os_error() == Some(24) => "too_many_open_files".into(),
+        _ => format!("io_{:?}", e.kind()).to_lowercase(),
+    }
+}
+
+fn ws_cause(e: &tungstenite::Error) -> String {
+    match e {
+        tungstenite::Error::Io(io) => io_cause(io),
+        tungstenite::Error::Http(resp) => format!("http_{}", resp.status().as_u16()),
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => "closed".into(),
+        tungstenite::Error::Protocol(_) => "protocol".into(),
+        _ => "handshake".into(),
+    }
+}
+
+async fn dial(target: SocketAddr, src: Option<IpAddr>) -> Result<TcpStream, String> {
+    let socket = TcpSocket::new_v4().map_err(|e| io_cause(&e))?;
+    if let Some(ip) = src {
+        socket.bind(SocketAddr::new(ip, 0)).map_err(|e| io_cause(&e))?;
+    }
+    let stream = socket.connect(target).await.map_err(|e| io_cause(&e))?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Reads until the member is in the room; returns `welcome.seq`.
+async fn join(ws: &mut Ws, dialect: Dialect, room: &str) -> Result<Option<u64>, String> {
+    // Bounded by the caller's connect timeout, and in count: a server chatting forever
+    // before the welcome is a failure too.
+    for _ in 0..64 {
+        let text = match ws.next().await {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Close(f))) => {
+                return Err(f.map_or("close".into(), |f| format!("close_{}", u16::from(f.code))));
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(ws_cause(&e)),
+            None => return Err("eof".into()),
+        };
+        let incoming = match dialect {
+            Dialect::Native => dialect::parse_native(&text),
+            Dialect::Socketio => dialect::parse_socketio(&text),
+        };
+        let reply = match incoming {
+            Incoming::Joined { seq } => return Ok(seq),
+            Incoming::Error { code } => return Err(format!("error_{code}")),
+            Incoming::Open => dialect::SIO_CONNECT.to_owned(),
+            Incoming::Connected => dialect::socketio_join(room),
+            Incoming::Ping => dialect::PONG.to_owned(),
+            Incoming::Disconnect => return Err("disconnect".into()),
+            _ => continue,
+        };
+        ws.send(Message::text(reply)).await.map_err(|e| ws_cause(&e))?;
+    }
+    Err("no_welcome".into())
+}
+
+async fn open(sh: &Shared, conn: usize) -> Result<(Ws, Option<u64>), String> {
+    let cfg = &sh.cfg;
+    let seat = sh.plan.seats[conn];
+    let room = room_name(&cfg.prefix, seat.room);
+    let url = cfg.target.request_url(cfg.dialect, &room, &user_name(&cfg.prefix, conn));
+    let src = (!cfg.src_ips.is_empty()).then(|| cfg.src_ips[conn % cfg.src_ips.len()]);
+    let stream = dial(cfg.target.addr, src).await?;
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(ws_config()))
+            .await
+            .map_err(|e| ws_cause(&e))?;
+    let seq = join(&mut ws, cfg.dialect, &room).await?;
+    Ok((ws, seq))
+}
+
+async fn tick(ticker: &mut Option<Interval>) {
+    match ticker {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// One connection from dial to close.
+async fn connection(sh: Arc<Shared>, conn: usize, permit: tokio::sync::OwnedSemaphorePermit) {
+    let c = &sh.counters;
+    c.attempted.fetch_add(1, Relaxed);
+    let started = Instant::now();
+    let opened = tokio::time::timeout(sh.cfg.connect_timeout, open(&sh, conn)).await;
+    drop(permit);
+    let (mut ws, welcome_seq) = match opened {
+        Ok(Ok(ok)) => ok,
+        Ok(Err(cause)) => return fail(&sh, cause).await,
+        Err(_) => return fail(&sh, "timeout".into()).await,
+    };
+    let us = started.elapsed().as_micros() as u64;
+    let room = sh.plan.seats[conn].room;
+    let me = conn as u32;
+    let _ = sh.notes.send(Note::Check(Event::Welcome { conn: me, room, seq: welcome_seq })).await;
+    let _ = sh.notes.send(Note::Connected { us }).await;
+    c.connected.fetch_add(1, Relaxed);
+    c.alive.fetch_add(1, Relaxed);
+
+    let sender = sh.cfg.rate > 0.0 && sh.plan.is_sender(conn);
+    let mut phase = sh.phase.clone();
+    let mut ticker: Option<Interval> = None;
+    let mut counter = 0u64;
+    let broken = loop {
+        match *phase.borrow_and_update() {
+            Phase::Publishing if sender && ticker.is_none() => {
+                let period = Duration::from_secs_f64(1.0 / sh.cfg.rate);
+                // Spread senders over the period so the room does not get bursts.
+                let offset = period.mul_f64((conn % 1000) as f64 / 1000.0);
+                let mut t = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+                t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                ticker = Some(t);
+            }
+            Phase::Publishing => {}
+            Phase::Connecting | Phase::Draining => ticker = None,
+            Phase::Closing => break None,
+        }
+        tokio::select! {
+            changed = phase.changed() => if changed.is_err() { break None },
+            () = tick(&mut ticker) => {
+                let sent_us = now_us();
+                let body = dialect::body(me, counter, sent_us, sh.cfg.size);
+                let frame = dialect::publish(sh.cfg.dialect, counter, &body);
+                let _ = sh.notes.send(Note::Check(Event::Published { room, sender: me, counter })).await;
+                counter += 1;
+                c.published.fetch_add(1, Relaxed);
+                if let Err(e) = ws.send(Message::text(frame)).await {
+                    break Some(ws_cause(&e));
+                }
+            }
+            frame = ws.next() => {
+                let recv_us = now_us();
+                match frame {
+                    Some(Ok(Message::Text(text))) => {
+                        let incoming = match sh.cfg.dialect {
+                            Dialect::Native => dialect::parse_native(&text),
+                            Dialect::Socketio => dialect::parse_socketio(&text),
+                        };
+                        if let Some(cause) = handle(&sh, &mut ws, me, room, incoming, recv_us).await {
+                            break Some(cause);
+                        }
+                    }
+                    Some(Ok(Message::Close(f))) => {
+                        break Some(f.map_or("close".into(), |f| format!("close_{}", u16::from(f.code))));
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => break Some(ws_cause(&e)),
+                    None => break Some("eof".into()),
+                }
+            }
+        }
+    };
+    c.alive.fetch_sub(1, Relaxed);
+    match broken {
+        Some(cause) => {
+            let _ = sh.notes.send(Note::Check(Event::Closed { conn: me })).await;
+            let _ = sh.notes.send(Note::Disconnected(cause)).await;
+        }
+        None => {
+            let bye = async {
+                if sh.cfg.dialect == Dialect::Socketio {
+                    let _ = ws.send(Message::text("41")).await;
+                }
+                let _ = ws.close(None).await;
+                // Bounded: the server's close reply, or at most 64 late frames.
+                for _ in 0..64 {
+                    if !matches!(ws.next().await, Some(Ok(_))) {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), bye).await;
+        }
+    }
+}
+
+/// Acts on one parsed frame; returns a cause when the connection is over.
+async fn handle(
+    sh: &Shared,
+    ws: &mut Ws,
+    me: u32,
+    room: u32,
+    incoming: Incoming,
+    recv_us: u64,
+) -> Option<String> {
+    let c = &sh.counters;
+    match incoming {
+        Incoming::Message { seq, stamp: Some(st) } => {
+            c.delivered.fetch_add(1, Relaxed);
+            let event = Event::Message { conn: me, room, seq, sender: st.s, counter: st.c };
+            let _ = sh.notes.send(Note::Delivery { event, sent_us: st.t, recv_us }).await;
+        }
+        Incoming::Message { stamp: None, .. } => {
+            c.delivered.fetch_add(1, Relaxed);
+            let _ = sh.notes.send(Note::Foreign).await;
+        }
+        Incoming::Ack { id, seq } => {
+            c.acked.fetch_add(1, Relaxed);
+            let ack = Event::Ack { room, sender: me, counter: id, seq };
+            let _ = sh.notes.send(Note::Check(ack)).await;
+        }
+        Incoming::Error { code } => {
+            let _ = sh.notes.send(Note::ServerError(code)).await;
+        }
+        Incoming::Ping => {
+            if let Err(e) = ws.send(Message::text(dialect::PONG)).await {
+                return Some(ws_cause(&e));
+            }
+        }
+        Incoming::Disconnect => return Some("disconnect".into()),
+        Incoming::Joined { .. } | Incoming::Open | Incoming::Connected | Incoming::Other => {}
+    }
+    None
+}
+
+async fn fail(sh: &Shared, cause: String) {
+    sh.counters.failed.fetch_add(1, Relaxed);
+    let _ = sh.notes.send(Note::ConnectFailed(cause)).await;
+}
+
+/// What the collector thread hands back.
+struct Collected {
+    verdict: Verdict,
+    latency: Histogram<u64>,
+    connect: Histogram<u64>,
+    connect_failures: BTreeMap<String, u64>,
+    disconnects: BTreeMap<String, u64>,
+    server_errors: BTreeMap<String, u64>,
+    delivered_measured: u64,
+}
+
+/// Runs until every sender of `notes` is gone (the end of the run).
+fn collect(mut notes: mpsc::Receiver<Note>, measure_from_us: Arc<AtomicU64>) -> Collected {
+    let mut checker = Checker::new();
+    let mut out = Collected {
+        verdict: Verdict::default(),
+        latency: new_histogram(),
+        connect: new_histogram(),
+        connect_failures: BTreeMap::new(),
+        disconnects: BTreeMap::new(),
+        server_errors: BTreeMap::new(),
+        delivered_measured: 0,
+    };
+    while let Some(note) = notes.blocking_recv() {
+        match note {
+            Note::Check(e) => checker.feed(e),
+            Note::Delivery { event, sent_us, recv_us } => {
+                checker.feed(event);
+                if sent_us >= measure_from_us.load(Relaxed) {
+                    out.delivered_measured += 1;
+                    out.latency.saturating_record(recv_us.saturating_sub(sent_us).max(1));
+                }
+            }
+            Note::Foreign => {}
+            Note::Connected { us } => out.connect.saturating_record(us.max(1)),
+            Note::ConnectFailed(cause) => *out.connect_failures.entry(cause).or_default() += 1,
+            Note::Disconnected(cause) => *out.disconnects.entry(cause).or_default() += 1,
+            Note::ServerError(code) => *out.server_errors.entry(code).or_default() += 1,
+        }
+    }
+    out.verdict = checker.finish();
+    out
+}
+
+/// Runs the scenario's share of this shard and reports. Loss is in the report, not an error:
+/// errors are for runs that could not happen at all.
+pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
+    let wall = Instant::now();
+    let cpu_before = cpu::self_cpu();
+    let plan = Plan::new(cfg.conns, cfg.rooms, cfg.dist, cfg.senders)?;
+    let local: Vec<usize> = cfg.shard.members(cfg.conns).collect();
+    let (notes_tx, notes_rx) = mpsc::channel(1 << 16);
+    let measure_from = Arc::new(AtomicU64::new(u64::MAX));
+    let collector = {
+        let m = measure_from.clone();
+        std::thread::Builder::new()
+            .name("loadtest-collector".into())
+            .spawn(move || collect(notes_rx, m))?
+    };
+    let (phase_tx, phase_rx) = watch::channel(Phase::Connecting);
+    let counters = Arc::new(Counters::default());
+    let progress = Progress::start(cfg.progress, counters.clone(), local.len() as u64);
+    let sh = Arc::new(Shared {
+        cfg: cfg.clone(),
+        plan,
+        notes: notes_tx,
+        phase: phase_rx,
+        counters: counters.clone(),
+    });
+
+    // Connect phase, paced without drift.
+    let gap = Duration::from_secs_f64(1.0 / cfg.connect_rate.max(0.001));
+    let slots = Arc::new(Semaphore::new(cfg.max_inflight.max(1)));
+    let mut tasks = Vec::with_capacity(local.len());
+    let start = tokio::time::Instant::now();
+    for (n, &conn) in local.iter().enumerate() {
+        tokio::time::sleep_until(start + gap.mul_f64(n as f64)).await;
+        let permit = slots.clone().acquire_owned().await?;
+        tasks.push(tokio::spawn(connection(sh.clone(), conn, permit)));
+    }
+    progress.set_stage("connecting");
+    let settled = |c: &Counters| c.connected.load(Relaxed) + c.failed.load(Relaxed);
+    wait_for(cfg.connect_timeout + Duration::from_secs(2), || {
+        settled(&counters) >= local.len() as u64
+    })
+    .await;
+
+    let mut measured_s = 0.0;
+    if cfg.rate > 0.0 {
+        progress.set_stage("warmup");
+        measure_from.store(now_us() + cfg.warmup.as_micros() as u64, Relaxed);
+        let _ = phase_tx.send(Phase::Publishing);
+        tokio::time::sleep(cfg.warmup).await;
+        progress.set_stage("measuring");
+        let measuring = Instant::now();
+        tokio::time::sleep(cfg.duration).await;
+        let _ = phase_tx.send(Phase::Draining);
+        measured_s = measuring.elapsed().as_secs_f64();
+        progress.set_stage("draining");
+        drain(&cfg, &counters).await;
+    } else {
+        progress.set_stage("holding");
+        tokio::time::sleep(cfg.warmup + cfg.duration).await;
+    }
+    let held = counters.alive.load(Relaxed);
+
+    progress.set_stage("closing");
+    let _ = phase_tx.send(Phase::Closing);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    for mut task in tasks {
+        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+    drop(sh);
+    progress.finish().await;
+    let collected = tokio::task::spawn_blocking(move || collector.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the collector thread panicked"))?;
+
+    let cpu_after = cpu::self_cpu();
+    let c = &counters;
+    let delivered_measured = collected.delivered_measured;
+    let ok = collected.verdict.is_clean();
+    Ok(Report {
+        version: REPORT_VERSION,
+        dialect: cfg.dialect.as_str().into(),
+        url: cfg.url.clone(),
+        shards: vec![cfg.shard.to_string()],
+        conns: local.len() as u64,
+        rooms: cfg.rooms as u64,
+        dist: cfg.dist.to_string(),
+        rate: cfg.rate,
+        senders: cfg.senders,
+        size: cfg.size,
+        warmup_s: cfg.warmup.as_secs_f64(),
+        duration_s: cfg.duration.as_secs_f64(),
+        connect: Connect {
+            attempted: c.attempted.load(Relaxed),
+            connected: c.connected.load(Relaxed),
+            failed: c.failed.load(Relaxed),
+            failures: collected.connect_failures,
+            latency_us: Latency::of(&collected.connect),
+        },
+        held,
+        disconnects: collected.disconnects,
+        server_errors: collected.server_errors,
+        published: c.published.load(Relaxed),
+        acked: c.acked.load(Relaxed),
+        delivered: c.delivered.load(Relaxed),
+        delivered_measured,
+        measured_s,
+        deliveries_per_s: if measured_s > 0.0 {
+            delivered_measured as f64 / measured_s
+        } else {
+            0.0
+        },
+        latency_us: Latency::of(&collected.latency),
+        check: collected.verdict,
+        cpu: crate::report::Cpu {
+            user_s: cpu_after.user_s - cpu_before.user_s,
+            system_s: cpu_after.system_s - cpu_before.system_s,
+            total_s: cpu_after.total_s - cpu_before.total_s,
+        },
+        wall_s: wall.elapsed().as_secs_f64(),
+        ok,
+    })
+}
+
+/// Polls `cond` every 20 ms until it holds or `limit` passes.
+async fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// After the last publish: wait until every publish is acked (roomfleet) and deliveries have
+/// been quiet for 300 ms, at most `--drain`.
+async fn drain(cfg: &RunConfig, c: &Counters) {
+    let deadline = tokio::time::Instant::now() + cfg.drain;
+    let mut last = c.delivered.load(Relaxed);
+    let mut quiet_since = tokio::time::Instant::now();
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = c.delivered.load(Relaxed);
+        if now != last {
+            last = now;
+            quiet_since = tokio::time::Instant::now();
+        }
+        let acked =
+            cfg.dialect != Dialect::Native || c.acked.load(Relaxed) >= c.published.load(Relaxed);
+        if acked && quiet_since.elapsed() >= Duration::from_millis(300) {
+            return;
+        }
+    }
+}

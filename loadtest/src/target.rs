@@ -1,0 +1,124 @@
+//! Where the client connects and from where: the `ws://` URL (loopback only: this tool
+//! loads the machine it runs on, never someone else's) and the `--src-ips` range that
+//! spreads client sockets over many loopback source addresses.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use anyhow::{Context, bail};
+
+use crate::dialect::Dialect;
+
+/// A parsed `ws://HOST:PORT/PATH?QUERY` on 127.0.0.0/8.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub addr: SocketAddr,
+    /// Path and query as given, e.g. `/ws`.
+    pub path: String,
+}
+
+fn loopback(ip: Ipv4Addr, what: &str) -> anyhow::Result<Ipv4Addr> {
+    if !ip.is_loopback() {
+        bail!("{what} {ip} is not in 127.0.0.0/8: loadtest only talks to this machine");
+    }
+    Ok(ip)
+}
+
+impl Target {
+    pub fn parse(url: &str) -> anyhow::Result<Self> {
+        let rest = url
+            .strip_prefix("ws://")
+            .with_context(|| format!("url {url:?}: only ws:// is supported"))?;
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/ws"),
+        };
+        let (host, port) = authority
+            .rsplit_once(':')
+            .with_context(|| format!("url {url:?}: needs an explicit port"))?;
+        let port: u16 = port.parse().with_context(|| format!("url {url:?}: port"))?;
+        let ip = match host {
+            "localhost" => Ipv4Addr::LOCALHOST,
+            h => h.parse().with_context(|| format!("url {url:?}: host must be an IPv4 address"))?,
+        };
+        let ip = loopback(ip, "url host")?;
+        let path = if path.starts_with('?') { format!("/{path}") } else { path.to_owned() };
+        Ok(Self { addr: SocketAddr::new(IpAddr::V4(ip), port), path })
+    }
+
+    /// The request URL one connection sends.
+    pub fn request_url(&self, dialect: Dialect, room: &str, user: &str) -> String {
+        match dialect {
+            Dialect::Native => {
+                let sep = if self.path.contains('?') { '&' } else { '?' };
+                format!("ws://{}{}{sep}room={room}&user={user}", self.addr, self.path)
+            }
+            Dialect::Socketio => {
+                let path = if self.path.starts_with("/socket.io") {
+                    self.path.as_str()
+                } else {
+                    "/socket.io/?EIO=4&transport=websocket"
+                };
+                format!("ws://{}{path}", self.addr)
+            }
+        }
+    }
+}
+
+/// Parses `--src-ips`: `A-B` (an inclusive IPv4 range) or `A,B,C`, all in 127.0.0.0/8.
+pub fn parse_src_ips(spec: &str) -> anyhow::Result<Vec<IpAddr>> {
+    const MAX_ADDRS: u32 = 1 << 16;
+    let mut out = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if let Some((a, b)) = part.split_once('-') {
+            let a: Ipv4Addr = a.trim().parse().with_context(|| format!("--src-ips {part:?}"))?;
+            let b: Ipv4Addr = b.trim().parse().with_context(|| format!("--src-ips {part:?}"))?;
+            let (a, b) = (u32::from(loopback(a, "source")?), u32::from(loopback(b, "source")?));
+            if b < a || b - a >= MAX_ADDRS {
+                bail!("--src-ips {part:?}: need A <= B and at most {MAX_ADDRS} addresses");
+            }
+            out.extend((a..=b).map(|ip| IpAddr::V4(Ipv4Addr::from(ip))));
+        } else {
+            let ip: Ipv4Addr = part.parse().with_context(|| format!("--src-ips {part:?}"))?;
+            out.push(IpAddr::V4(loopback(ip, "source")?));
+        }
+    }
+    if out.is_empty() {
+        bail!("--src-ips {spec:?} names no address");
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_loopback_urls_only() {
+        let t = Target::parse("ws://127.0.0.1:8080/ws").unwrap();
+        assert_eq!(t.addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(
+            t.request_url(Dialect::Native, "r", "u"),
+            "ws://127.0.0.1:8080/ws?room=r&user=u"
+        );
+        assert_eq!(
+            t.request_url(Dialect::Socketio, "r", "u"),
+            "ws://127.0.0.1:8080/socket.io/?EIO=4&transport=websocket"
+        );
+        assert_eq!(Target::parse("ws://localhost:9").unwrap().path, "/ws");
+        assert!(Target::parse("ws://10.0.0.1:80/ws").is_err());
+        assert!(Target::parse("wss://127.0.0.1:80/ws").is_err());
+        assert!(Target::parse("ws://example.com:80/ws").is_err());
+        assert!(Target::parse("ws://127.0.0.1/ws").is_err());
+    }
+
+    #[test]
+    fn parses_source_ranges() {
+        let ips = parse_src_ips("127.0.0.2-127.0.0.254").unwrap();
+        assert_eq!(ips.len(), 253);
+        assert_eq!(ips[0], "127.0.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(parse_src_ips("127.0.0.5,127.0.1.1").unwrap().len(), 2);
+        assert!(parse_src_ips("127.0.0.9-127.0.0.2").is_err());
+        assert!(parse_src_ips("192.168.0.1").is_err());
+        assert!(parse_src_ips("").is_err());
+    }
+}
