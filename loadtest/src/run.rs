@@ -374,8 +374,15 @@ struct Collected {
 }
 
 /// Runs until every sender of `notes` is gone (the end of the run).
-fn collect(mut notes: mpsc::Receiver<Note>, measure_from_us: Arc<AtomicU64>) -> Collected {
-    let mut checker = Checker::new();
+fn collect(
+    mut notes: mpsc::Receiver<Note>,
+    dialect: Dialect,
+    measure_from_us: Arc<AtomicU64>,
+) -> Collected {
+    let mut checker = match dialect {
+        Dialect::Native => Checker::new(),
+        Dialect::Socketio => Checker::without_acks(),
+    };
     let mut out = Collected {
         verdict: Verdict::default(),
         latency: new_histogram(),
@@ -417,9 +424,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     let measure_from = Arc::new(AtomicU64::new(u64::MAX));
     let collector = {
         let m = measure_from.clone();
+        let dialect = cfg.dialect;
         std::thread::Builder::new()
             .name("loadtest-collector".into())
-            .spawn(move || collect(notes_rx, m))?
+            .spawn(move || collect(notes_rx, dialect, m))?
     };
     let (phase_tx, phase_rx) = watch::channel(Phase::Connecting);
     let counters = Arc::new(Counters::default());

@@ -16,12 +16,16 @@ struct TestNode {
 
 impl TestNode {
     async fn start() -> Self {
-        let config = Config {
+        Self::with(Config {
             node_id: "lt-node".into(),
             publish_rate: 1000.0,
             publish_burst: 1000.0,
             ..Config::default()
-        };
+        })
+        .await
+    }
+
+    async fn with(config: Config) -> Self {
         let bus: Arc<dyn Bus> = Arc::new(LocalBus::standalone(&config.node_id));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("ws://{}/ws", listener.local_addr().unwrap());
@@ -48,6 +52,7 @@ async fn a_short_run_against_a_node_has_zero_loss() {
     cfg.duration = Duration::from_secs(2);
     let report = run(cfg).await.unwrap();
     node.stop().await;
+    println!("{}", report.table(|r| format!("lt-r{r}")));
     assert_eq!(report.connect.connected, 60, "{report:#?}");
     assert_eq!(report.connect.failed, 0);
     assert!(report.published > 500, "published {}", report.published);
@@ -122,4 +127,31 @@ async fn connect_failures_are_counted_by_cause() {
     let report = run(cfg).await.unwrap();
     assert_eq!(report.connect.failed, 5);
     assert_eq!(report.connect.failures.get("refused"), Some(&5), "{:?}", report.connect.failures);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_the_node_drops_fail_the_run() {
+    // The node's rate limit refuses most publishes: no receiver sees a gap in `seq`, but the
+    // senders' missing acks do, and the run must not pass.
+    let node = TestNode::with(Config {
+        node_id: "lt-strict".into(),
+        publish_rate: 5.0,
+        publish_burst: 5.0,
+        ..Config::default()
+    })
+    .await;
+    let mut cfg = RunConfig::small(&node.url).unwrap();
+    cfg.conns = 6;
+    cfg.rooms = 2;
+    cfg.rate = 40.0;
+    cfg.warmup = Duration::ZERO;
+    cfg.duration = Duration::from_secs(1);
+    cfg.drain = Duration::from_millis(500);
+    let report = run(cfg).await.unwrap();
+    node.stop().await;
+    println!("{}", report.table(|r| format!("lt-r{r}")));
+    assert!(!report.ok);
+    assert!(report.check.unacked > 0, "{:#?}", report.check);
+    assert!(report.server_errors.get("rate_limited").copied().unwrap_or(0) > 0);
+    assert!(report.check.failures.iter().all(|f| f.room < 2));
 }
