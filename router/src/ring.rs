@@ -1,0 +1,235 @@
+//! The consistent-hash ring as pure data: node IDs with weights placed on a
+//! `consistent_hash_ring` ring hashed with FNV-1a, so every router process computes the same
+//! placement. A ring is never changed in place: membership builds a new one with the next
+//! generation and swaps it in.
+
+use std::hash::BuildHasher;
+
+use consistent_hash_ring::{Ring as HashRing, RingBuilder};
+use fnv::FnvBuildHasher;
+use shared::ids::NodeId;
+
+use crate::Error;
+
+/// Virtual nodes per unit of weight: enough that three nodes stay within about 10% of an
+/// even share, few enough that a rebuild takes well under a millisecond.
+pub const DEFAULT_VNODES: usize = 160;
+
+/// The hasher of keys and vnodes. FNV-1a has no random seed (unlike the std `RandomState`),
+/// so two routers, or one router after a restart, place every room on the same node.
+pub type StableHasher = FnvBuildHasher;
+
+/// One immutable ring. Cheap to read from many tasks; rebuilt on every change.
+#[derive(Clone)]
+pub struct Ring {
+    generation: u64,
+    hashes: HashRing<NodeId, StableHasher>,
+    /// The ring's arcs in order, as (last hash of the arc, index into `nodes`): the
+    /// clockwise walk that yields fallbacks runs over these.
+    arcs: Vec<(u64, u32)>,
+    /// Distinct members, sorted by ID.
+    nodes: Vec<NodeId>,
+    /// Each member's fraction of the 64-bit key space, same order as `nodes`.
+    shares: Vec<f64>,
+}
+
+impl std::fmt::Debug for Ring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ring")
+            .field("generation", &self.generation)
+            .field("nodes", &self.nodes)
+            .field("vnodes", &self.hashes.vnodes())
+            .finish()
+    }
+}
+
+impl Ring {
+    /// A ring of `members` (ID, weight), each with `weight * vnodes_per_weight` virtual nodes.
+    /// A weight of 0 leaves the member out; duplicate IDs keep the last weight.
+    pub fn build(
+        generation: u64,
+        members: impl IntoIterator<Item = (NodeId, u32)>,
+        vnodes_per_weight: usize,
+    ) -> Self {
+        let mut weighted: Vec<(NodeId, usize)> = Vec::new();
+        for (id, weight) in members {
+            weighted.retain(|(n, _)| *n != id);
+            if weight > 0 {
+                weighted.push((id, (weight as usize).saturating_mul(vnodes_per_weight.max(1))));
+            }
+        }
+        let hashes = RingBuilder::new(StableHasher::default())
+            .weighted_nodes_iter(weighted.iter().cloned())
+            .build();
+        let mut nodes: Vec<NodeId> = weighted.into_iter().map(|(id, _)| id).collect();
+        nodes.sort();
+        let mut arcs = Vec::new();
+        let mut shares = vec![0.0; nodes.len()];
+        for arc in hashes.resident_ranges() {
+            let Ok(i) = nodes.binary_search(arc.node()) else { continue };
+            let keys = arc.keys();
+            shares[i] += (keys.end() - keys.start()) as f64 + 1.0;
+            arcs.push((*keys.end(), i as u32));
+        }
+        let space = 2f64.powi(64);
+        for s in &mut shares {
+            *s /= space;
+        }
+        Self { generation, hashes, arcs, nodes, shares }
+    }
+
+    /// The ring with no members: every lookup is [`Error::EmptyRing`].
+    pub fn empty(generation: u64) -> Self {
+        Self::build(generation, [], DEFAULT_VNODES)
+    }
+
+    /// Rises by one on every rebuild; proxied requests and admin answers name it.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Members sorted by ID.
+    pub fn nodes(&self) -> &[NodeId] {
+        &self.nodes
+    }
+
+    pub fn contains(&self, id: &NodeId) -> bool {
+        self.nodes.binary_search(id).is_ok()
+    }
+
+    /// The member's fraction of the key space (0 when it is not on the ring).
+    pub fn share(&self, id: &NodeId) -> f64 {
+        self.nodes.binary_search(id).map(|i| self.shares[i]).unwrap_or(0.0)
+    }
+
+    /// The position of `key` on the ring: FNV-1a over the key as `Hash for str` feeds it.
+    pub fn hash_key(key: &str) -> u64 {
+        StableHasher::default().hash_one(key)
+    }
+
+    /// The member that owns `key`.
+    pub fn try_get(&self, key: &str) -> Result<&NodeId, Error> {
+        self.hashes.try_get(key).ok_or(Error::EmptyRing)
+    }
+
+    /// Every member once, in the order a key falls back through them: the owner first, then
+    /// the next distinct members clockwise. The second member is where the key goes when the
+    /// owner leaves the ring, so retries land where the next ring will place the room.
+    /// Filtering this walk to a subset gives the placement of a ring built from that subset.
+    pub fn candidates(&self, key: &str) -> Candidates<'_> {
+        self.candidates_at(Self::hash_key(key))
+    }
+
+    /// [`Ring::candidates`] for an already hashed key.
+    pub fn candidates_at(&self, hash: u64) -> Candidates<'_> {
+        let start = self.arcs.partition_point(|(end, _)| *end < hash);
+        let start = if start == self.arcs.len() { 0 } else { start };
+        Candidates { ring: self, next: start, walked: 0, seen: vec![false; self.nodes.len()] }
+    }
+}
+
+/// The distinct members for a key in fallback order; see [`Ring::candidates`].
+#[derive(Debug)]
+pub struct Candidates<'a> {
+    ring: &'a Ring,
+    next: usize,
+    walked: usize,
+    seen: Vec<bool>,
+}
+
+impl<'a> Iterator for Candidates<'a> {
+    type Item = &'a NodeId;
+
+    fn next(&mut self) -> Option<&'a NodeId> {
+        let arcs = &self.ring.arcs;
+        while self.walked < arcs.len() {
+            let (_, i) = arcs[self.next];
+            self.next = (self.next + 1) % arcs.len();
+            self.walked += 1;
+            let i = i as usize;
+            if !self.seen[i] {
+                self.seen[i] = true;
+                return Some(&self.ring.nodes[i]);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> NodeId {
+        NodeId::parse(s).unwrap()
+    }
+
+    fn ring(ids: &[&str]) -> Ring {
+        Ring::build(1, ids.iter().map(|s| (id(s), 1)), DEFAULT_VNODES)
+    }
+
+    #[test]
+    fn an_empty_ring_is_an_error_not_a_panic() {
+        let r = Ring::empty(7);
+        assert!(matches!(r.try_get("room"), Err(Error::EmptyRing)));
+        assert_eq!(r.candidates("room").count(), 0);
+        assert_eq!(r.generation(), 7);
+    }
+
+    #[test]
+    fn candidates_start_at_the_owner_and_name_every_node_once() {
+        let r = ring(&["node-a", "node-b", "node-c"]);
+        for i in 0..2000 {
+            let key = format!("room-{i}");
+            let c: Vec<_> = r.candidates(&key).collect();
+            assert_eq!(c[0], r.try_get(&key).unwrap(), "{key}");
+            let mut sorted = c.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert_eq!(sorted.len(), 3);
+        }
+    }
+
+    #[test]
+    fn the_second_candidate_owns_the_key_once_the_first_leaves() {
+        let full = ring(&["node-a", "node-b", "node-c", "node-d"]);
+        for i in 0..2000 {
+            let key = format!("r{i}");
+            let c: Vec<_> = full.candidates(&key).cloned().collect();
+            let rest: Vec<&str> = ["node-a", "node-b", "node-c", "node-d"]
+                .into_iter()
+                .filter(|n| *n != c[0].as_str())
+                .collect();
+            assert_eq!(ring(&rest).try_get(&key).unwrap(), &c[1], "{key}");
+        }
+    }
+
+    #[test]
+    fn weights_scale_shares_and_shares_sum_to_one() {
+        let r = Ring::build(1, [(id("a"), 1), (id("b"), 3), (id("z"), 0)], DEFAULT_VNODES);
+        assert_eq!(r.len(), 2);
+        assert!(!r.contains(&id("z")));
+        let (a, b) = (r.share(&id("a")), r.share(&id("b")));
+        assert!((a + b - 1.0).abs() < 1e-9, "{a} + {b}");
+        assert!(b > 2.0 * a, "weight 3 gets clearly more than weight 1: {a} vs {b}");
+    }
+
+    #[test]
+    fn key_hashes_are_fixed_fnv1a() {
+        // FNV-1a 64 of "room-1" followed by the 0xff terminator `Hash for str` writes.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in b"room-1".iter().chain([0xffu8].iter()) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        assert_eq!(Ring::hash_key("room-1"), h);
+    }
+}
