@@ -1,0 +1,241 @@
+//! The router's settings: [`Config`] with the documented defaults, the clap flags that fill it
+//! (each with `env = "ROUTER_..."` and a config-file key of the same name), and the checks
+//! that refuse a config that cannot work before anything binds.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use shared::config::parse_secs;
+
+use crate::Error;
+use crate::health::HealthConfig;
+use crate::membership::NodeSpec;
+use crate::placement::Policy;
+use crate::ring::DEFAULT_VNODES;
+
+/// Descriptors kept free for node probes, admin requests and accept headroom.
+const FD_RESERVE: u64 = 64;
+
+/// Everything a router is run with. `Default` gives the production defaults except the
+/// addresses, which the binary sets from its flags (tests use port 0).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where clients connect (`GET /ws`).
+    pub listen: SocketAddr,
+    /// The admin API and metrics; loopback unless a token is set.
+    pub admin: SocketAddr,
+    /// The nodes at start; more come and go through the admin API.
+    pub nodes: Vec<NodeSpec>,
+    pub policy: Policy,
+    /// Bearer token `/admin/*` requires; required when `admin` is not loopback.
+    pub admin_token: Option<String>,
+    /// Bearer token for the nodes' own `/admin/*` (the drain call), when they require one.
+    pub node_admin_token: Option<String>,
+    /// `SO_REUSEPORT` on the public listener, so several routers share one port.
+    pub reuse_port: bool,
+    /// Virtual nodes per unit of weight.
+    pub vnodes: usize,
+    /// Client connections held at most; each proxied one costs two descriptors.
+    pub max_connections: usize,
+    /// Client connections one IP may hold; 0 = no limit (clients behind NAT or a load
+    /// balancer share one address).
+    pub max_connections_per_ip: usize,
+    /// How long a client may take to send its request headers.
+    pub header_timeout: Duration,
+    /// How long connecting to a node may take before the next candidate is tried.
+    pub connect_timeout: Duration,
+    /// How long a node may take to answer the upgrade.
+    pub upstream_timeout: Duration,
+    /// Nodes tried for one upgrade at most (the owner and its fallbacks).
+    pub max_tries: usize,
+    pub health: HealthConfig,
+    /// How long shutdown lets open tunnels run before cutting them.
+    pub shutdown_grace: Duration,
+    /// The drain window passed to a node's `POST /admin/drain`; `None` = the node's default.
+    pub drain_window: Option<Duration>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            nodes: Vec::new(),
+            policy: Policy::Room,
+            admin_token: None,
+            node_admin_token: None,
+            reuse_port: false,
+            vnodes: DEFAULT_VNODES,
+            max_connections: default_max_connections(),
+            max_connections_per_ip: 0,
+            header_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(1),
+            upstream_timeout: Duration::from_secs(5),
+            max_tries: 3,
+            health: HealthConfig::default(),
+            shutdown_grace: Duration::from_secs(30),
+            drain_window: None,
+        }
+    }
+}
+
+/// Two descriptors per proxied client (client side and node side), less a reserve.
+pub fn default_max_connections() -> usize {
+    shared::listen::open_file_limit()
+        .map(|n| (n.saturating_sub(FD_RESERVE) / 2).max(16) as usize)
+        .unwrap_or(10_000)
+}
+
+impl Config {
+    /// Refuses settings that cannot work, with one line naming the flag.
+    pub fn validate(&self) -> Result<(), Error> {
+        if !self.admin.ip().is_loopback() && self.admin_token.as_deref().is_none_or(str::is_empty) {
+            return Err(Error::config(format!(
+                "--admin {} is not a loopback address: set --admin-token",
+                self.admin
+            )));
+        }
+        let mut ids: Vec<&str> = self.nodes.iter().map(|n| n.id.as_str()).collect();
+        ids.sort_unstable();
+        if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Error::config(format!("--node: node id {} is given twice", w[0])));
+        }
+        let checks: [(bool, &str); 10] = [
+            ((1..=10_000).contains(&self.vnodes), "--vnodes must be 1..=10000"),
+            (self.max_connections >= 1, "--max-connections must be at least 1"),
+            (self.max_tries >= 1, "--max-tries must be at least 1"),
+            (self.health.fall >= 1, "--health-fall must be at least 1"),
+            (self.health.rise >= 1, "--health-rise must be at least 1"),
+            (!self.health.interval.is_zero(), "--health-interval must be above 0"),
+            (!self.health.timeout.is_zero(), "--health-timeout must be above 0"),
+            (!self.connect_timeout.is_zero(), "--connect-timeout must be above 0"),
+            (!self.upstream_timeout.is_zero(), "--upstream-timeout must be above 0"),
+            (!self.header_timeout.is_zero(), "--header-timeout must be above 0"),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, why)) => Err(Error::config(*why)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The router flags besides the addresses and nodes, shared by `router` and `fleet up`.
+/// Durations are seconds (`0.5` works).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RouterArgs {
+    /// Placement policy.
+    #[arg(long, env = "ROUTER_POLICY", value_enum, default_value_t = Policy::Room)]
+    pub policy: Policy,
+    /// Bearer token required on `/admin/*`; required when --admin is not loopback.
+    #[arg(long, env = "ROUTER_ADMIN_TOKEN")]
+    pub admin_token: Option<String>,
+    /// Bearer token the nodes' `/admin/*` requires (used for drain).
+    #[arg(long, env = "ROUTER_NODE_ADMIN_TOKEN")]
+    pub node_admin_token: Option<String>,
+    /// Set SO_REUSEPORT on the public listener so several routers share the port.
+    #[arg(long, env = "ROUTER_REUSE_PORT")]
+    pub reuse_port: bool,
+    /// Virtual nodes per unit of node weight.
+    #[arg(long, env = "ROUTER_VNODES", default_value_t = DEFAULT_VNODES)]
+    pub vnodes: usize,
+    /// Client connections held at most (default: half the open-file limit less 64).
+    #[arg(long, env = "ROUTER_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Client connections per client IP; 0 = no limit.
+    #[arg(long, env = "ROUTER_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+    /// Seconds a client may take to send its request headers.
+    #[arg(long, env = "ROUTER_HEADER_TIMEOUT", value_parser = parse_secs, default_value = "10")]
+    pub header_timeout: Duration,
+    /// Seconds connecting to a node may take before the next node is tried.
+    #[arg(long, env = "ROUTER_CONNECT_TIMEOUT", value_parser = parse_secs, default_value = "1")]
+    pub connect_timeout: Duration,
+    /// Seconds a node may take to answer the upgrade.
+    #[arg(long, env = "ROUTER_UPSTREAM_TIMEOUT", value_parser = parse_secs, default_value = "5")]
+    pub upstream_timeout: Duration,
+    /// Nodes tried for one upgrade at most.
+    #[arg(long, env = "ROUTER_MAX_TRIES", default_value_t = 3)]
+    pub max_tries: usize,
+    /// Seconds between health probes of each node.
+    #[arg(long, env = "ROUTER_HEALTH_INTERVAL", value_parser = parse_secs, default_value = "1")]
+    pub health_interval: Duration,
+    /// Seconds after which a probe fails.
+    #[arg(long, env = "ROUTER_HEALTH_TIMEOUT", value_parser = parse_secs, default_value = "0.5")]
+    pub health_timeout: Duration,
+    /// Failed probes in a row that take a node off the ring.
+    #[arg(long, env = "ROUTER_HEALTH_FALL", default_value_t = 3)]
+    pub health_fall: u32,
+    /// Good probes in a row that put a node back.
+    #[arg(long, env = "ROUTER_HEALTH_RISE", default_value_t = 2)]
+    pub health_rise: u32,
+    /// Seconds shutdown lets open tunnels run before cutting them.
+    #[arg(long, env = "ROUTER_SHUTDOWN_GRACE", value_parser = parse_secs, default_value = "30")]
+    pub shutdown_grace: Duration,
+    /// Seconds over which a drained node spreads its closes (default: the node's own).
+    #[arg(long, env = "ROUTER_DRAIN_WINDOW", value_parser = parse_secs)]
+    pub drain_window: Option<Duration>,
+}
+
+impl RouterArgs {
+    /// The config these flags give, around the addresses and nodes the caller chose;
+    /// validated.
+    pub fn into_config(
+        self,
+        listen: SocketAddr,
+        admin: SocketAddr,
+        nodes: Vec<NodeSpec>,
+    ) -> Result<Config, Error> {
+        let c = Config {
+            listen,
+            admin,
+            nodes,
+            policy: self.policy,
+            admin_token: self.admin_token.filter(|t| !t.is_empty()),
+            node_admin_token: self.node_admin_token.filter(|t| !t.is_empty()),
+            reuse_port: self.reuse_port,
+            vnodes: self.vnodes,
+            max_connections: self.max_connections.unwrap_or_else(default_max_connections),
+            max_connections_per_ip: self.max_connections_per_ip,
+            header_timeout: self.header_timeout,
+            connect_timeout: self.connect_timeout,
+            upstream_timeout: self.upstream_timeout,
+            max_tries: self.max_tries,
+            health: HealthConfig {
+                interval: self.health_interval,
+                timeout: self.health_timeout,
+                fall: self.health_fall,
+                rise: self.health_rise,
+            },
+            shutdown_grace: self.shutdown_grace,
+            drain_window: self.drain_window,
+        };
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_off_loopback_needs_a_token() {
+        let mut c = Config { admin: "0.0.0.0:9090".parse().unwrap(), ..Config::default() };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("--admin-token"), "{e}");
+        c.admin_token = Some("t".into());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn duplicate_nodes_and_zero_limits_are_refused() {
+        let mut c = Config {
+            nodes: vec!["a=127.0.0.1:1".parse().unwrap(), "a=127.0.0.1:2".parse().unwrap()],
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("node id a is given twice"));
+        c.nodes.pop();
+        c.max_tries = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("--max-tries"));
+    }
+}

@@ -1,0 +1,194 @@
+//! The router's Prometheus metrics: plain atomics the proxy, health checker and membership
+//! update, rendered with the per-node numbers of the current view on `GET /metrics`.
+
+use std::sync::Arc;
+
+use shared::metrics::{Counter, Exposition, Gauge, Histogram};
+
+use crate::error::Cause;
+use crate::membership::View;
+
+/// How an upgrade request on `/ws` ended; the `outcome` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A node answered 101; the tunnel is open.
+    Ok,
+    /// Refused by the router before placement: bad IDs, not an upgrade.
+    BadRequest,
+    /// A node answered 4xx, passed back to the client as is.
+    NodeRejected,
+    /// No eligible node on the ring.
+    NoNode,
+    /// Every candidate tried failed (unreachable, 5xx, timeout).
+    Failed,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 5] =
+        [Outcome::Ok, Outcome::BadRequest, Outcome::NodeRejected, Outcome::NoNode, Outcome::Failed];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::BadRequest => "bad_request",
+            Outcome::NodeRejected => "node_rejected",
+            Outcome::NoNode => "no_node",
+            Outcome::Failed => "failed",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Why a client connection was refused before its request was served; the `reason` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    MaxConnections,
+    PerIp,
+    FdLimit,
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Client connections open now (plain HTTP and tunnels).
+    pub connections: Gauge,
+    /// Upgraded tunnels open now.
+    pub tunnels: Gauge,
+    upgrades: [Counter; 5],
+    /// Time from the client's request to the node's 101, retries included.
+    pub upgrade_seconds: Histogram,
+    /// Bytes spliced client -> node, counted when a tunnel closes.
+    pub bytes_to_node: Counter,
+    /// Bytes spliced node -> client, counted when a tunnel closes.
+    pub bytes_to_client: Counter,
+    proxy_errors: [Counter; 4],
+    /// Upgrades that went to a further candidate after one failed.
+    pub retries: Counter,
+    pub refused_max_connections: Counter,
+    pub refused_per_ip: Counter,
+    pub refused_fd_limit: Counter,
+    pub health_down: Counter,
+    pub health_up: Counter,
+    pub probe_failures: Counter,
+    /// The ring generation in use; membership sets it on every rebuild.
+    pub ring_generation: Arc<Gauge>,
+}
+
+impl Metrics {
+    pub fn upgrade(&self, o: Outcome) {
+        self.upgrades[o.index()].inc();
+    }
+
+    pub fn upgrades(&self, o: Outcome) -> u64 {
+        self.upgrades[o.index()].get()
+    }
+
+    pub fn proxy_error(&self, c: Cause) {
+        self.proxy_errors[c as usize].inc();
+    }
+
+    pub fn proxy_errors(&self, c: Cause) -> u64 {
+        self.proxy_errors[c as usize].get()
+    }
+
+    pub fn refused(&self, r: Refusal) {
+        match r {
+            Refusal::MaxConnections => self.refused_max_connections.inc(),
+            Refusal::PerIp => self.refused_per_ip.inc(),
+            Refusal::FdLimit => self.refused_fd_limit.inc(),
+        }
+    }
+
+    /// The Prometheus text for `/metrics`, per-node numbers from `view`.
+    pub fn render(&self, view: &View) -> String {
+        let mut e = Exposition::new();
+        e.gauge("router_connections", "Client connections open now.", self.connections.get());
+        e.gauge("router_tunnels", "Upgraded tunnels open now.", self.tunnels.get());
+        e.labeled(
+            "router_upgrades_total",
+            "counter",
+            "Upgrade requests on /ws by outcome.",
+            "outcome",
+            Outcome::ALL.iter().map(|o| (o.as_str(), self.upgrades(*o))),
+        );
+        e.histogram(
+            "router_upgrade_seconds",
+            "Time from the client's request to the node's 101, retries included.",
+            &self.upgrade_seconds,
+        );
+        e.counter(
+            "router_bytes_to_node_total",
+            "Bytes spliced from clients to nodes (counted when a tunnel closes).",
+            &self.bytes_to_node,
+        );
+        e.counter(
+            "router_bytes_to_client_total",
+            "Bytes spliced from nodes to clients (counted when a tunnel closes).",
+            &self.bytes_to_client,
+        );
+        e.labeled(
+            "router_proxy_errors_total",
+            "counter",
+            "Failed attempts to reach a node before its 101, by cause.",
+            "cause",
+            Cause::ALL.iter().map(|c| (c.as_str(), self.proxy_errors(*c))),
+        );
+        e.counter(
+            "router_retries_total",
+            "Upgrades sent on to the next node of the ring.",
+            &self.retries,
+        );
+        e.labeled(
+            "router_refused_total",
+            "counter",
+            "Client connections refused before their request was served.",
+            "reason",
+            [
+                ("max_connections", self.refused_max_connections.get()),
+                ("per_ip", self.refused_per_ip.get()),
+                ("fd_limit", self.refused_fd_limit.get()),
+            ],
+        );
+        e.labeled(
+            "router_health_transitions_total",
+            "counter",
+            "Node health changes decided by the probes.",
+            "to",
+            [("down", self.health_down.get()), ("up", self.health_up.get())],
+        );
+        e.counter("router_probe_failures_total", "Failed health probes.", &self.probe_failures);
+        e.gauge(
+            "router_ring_generation",
+            "Generation of the ring in use.",
+            self.ring_generation.get(),
+        );
+        e.gauge("router_ring_nodes", "Nodes placement uses now.", view.ring.len() as i64);
+        let per_node = |f: &dyn Fn(&crate::membership::Member) -> u64| {
+            view.members.iter().map(|(id, m)| (id.as_str(), f(m))).collect::<Vec<_>>()
+        };
+        e.labeled(
+            "router_node_connections",
+            "gauge",
+            "Tunnels open to each node now.",
+            "node",
+            per_node(&|m| m.stats.connections.get().max(0) as u64),
+        );
+        e.labeled(
+            "router_node_upgrades_total",
+            "counter",
+            "Upgrades each node answered with 101.",
+            "node",
+            per_node(&|m| m.stats.upgrades.get()),
+        );
+        e.labeled(
+            "router_node_up",
+            "gauge",
+            "1 while a node is healthy and not draining (placed on the ring).",
+            "node",
+            per_node(&|m| u64::from(m.eligible())),
+        );
+        e.finish()
+    }
+}
