@@ -1,15 +1,28 @@
 //! roomfleet's router: places every room on one ws-node of a consistent-hash ring and
-//! proxies the WebSocket upgrade there.
+//! proxies the WebSocket upgrade there. Start one with [`Router::start`] (tests run it on
+//! port 0); `main.rs` only turns flags into a [`Config`] and waits for a signal.
 #![forbid(unsafe_code)]
 
+mod admin;
 pub mod config;
 mod error;
 pub mod health;
+mod limits;
 pub mod membership;
 pub mod metrics;
 pub mod placement;
+mod proxy;
 pub mod ring;
+mod tunnel;
 mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shared::listen::Acceptor;
+use shared::shutdown::Shutdown;
+use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, RouterArgs};
 pub use error::{Cause, Error};
@@ -17,4 +30,111 @@ pub use health::HealthConfig;
 pub use membership::{Membership, NodeSpec, Source, View};
 pub use metrics::Metrics;
 pub use placement::{Placement, Policy};
+pub use proxy::{NODE as NODE_HEADER, RING_GENERATION as RING_GENERATION_HEADER};
 pub use ring::Ring;
+
+/// A running router: its two listeners, health checker, and the handles tests and `main`
+/// use. Dropping it stops accepting; [`Router::shutdown`] also waits for the tunnels.
+#[derive(Debug)]
+pub struct Router {
+    proxy_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    membership: Arc<Membership>,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+    hard_stop: CancellationToken,
+    grace: Duration,
+}
+
+impl Router {
+    /// Validates `config`, binds both listeners (port 0 works) and starts serving on the
+    /// current Tokio runtime.
+    pub fn start(config: Config) -> Result<Self, Error> {
+        config.validate()?;
+        let listener = shared::listen::bind(config.listen, config.reuse_port)
+            .map_err(|source| Error::Bind { addr: config.listen, source })?;
+        let admin_listener = shared::listen::bind(config.admin, false)
+            .map_err(|source| Error::Bind { addr: config.admin, source })?;
+        let bound = |l: &tokio::net::TcpListener, addr| {
+            l.local_addr().map_err(|source| Error::Bind { addr, source })
+        };
+        let proxy_addr = bound(&listener, config.listen)?;
+        let admin_addr = bound(&admin_listener, config.admin)?;
+
+        let metrics = Arc::new(Metrics::default());
+        let membership = Arc::new(Membership::new(
+            config.nodes.clone(),
+            Source::Static,
+            config.vnodes,
+            metrics.ring_generation.clone(),
+        ));
+        let shutdown = Shutdown::new();
+        let hard_stop = CancellationToken::new();
+        let grace = config.shutdown_grace;
+        let health = config.health;
+        let config = Arc::new(config);
+        let proxy = Arc::new(proxy::Proxy {
+            limits: limits::Limits::new(
+                config.max_connections,
+                config.max_connections_per_ip,
+                metrics.clone(),
+            ),
+            config,
+            membership: membership.clone(),
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+            hard_stop: hard_stop.clone(),
+        });
+        let t = &shutdown.tracker;
+        t.spawn(proxy::serve(proxy.clone(), Acceptor::new(listener)));
+        t.spawn(admin::serve(proxy.clone(), Acceptor::new(admin_listener)));
+        t.spawn(health::run(membership.clone(), metrics.clone(), health, shutdown.token.clone()));
+        tracing::info!(
+            listen = %proxy_addr,
+            admin = %admin_addr,
+            nodes = membership.view().members.len(),
+            generation = membership.generation(),
+            "router serving"
+        );
+        Ok(Self { proxy_addr, admin_addr, membership, metrics, shutdown, hard_stop, grace })
+    }
+
+    /// Where clients connect.
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_addr
+    }
+
+    /// Where the admin API and metrics are.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The node table: add, remove, drain, or sync nodes from code (a registry, tests).
+    pub fn membership(&self) -> &Arc<Membership> {
+        &self.membership
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Stops accepting, lets open tunnels run for the shutdown grace, then cuts the rest.
+    /// True when every tunnel ended by itself.
+    pub async fn shutdown(&self) -> bool {
+        let clean = self.shutdown.finish(self.grace).await;
+        if !clean {
+            tracing::warn!("shutdown grace over: cutting the tunnels still open");
+            self.hard_stop.cancel();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), self.shutdown.tracker.wait()).await;
+        }
+        clean
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        self.shutdown.token.cancel();
+        self.shutdown.tracker.close();
+    }
+}

@@ -1,0 +1,300 @@
+//! The admin listener: the ring, placements, run-time membership and drain, metrics, health
+//! and readiness, as a plain `match` on method and path. `/admin/*` takes the bearer token
+//! when one is configured. Bad input gets 400 with `{"error": ...}`, an unknown node 404.
+
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use shared::http::{Body, bearer_ok, json, json_error, metrics_text, query_param, text};
+use shared::ids::{NodeId, RoomId};
+use shared::listen::Acceptor;
+use tokio::net::TcpStream;
+
+use crate::Error;
+use crate::membership::{Member, NodeSpec, Source, Upsert, View};
+use crate::proxy::Proxy;
+use crate::upstream;
+
+/// Largest admin request body.
+const MAX_ADMIN_BODY: usize = 16 * 1024;
+
+/// Serves the admin API until shutdown.
+pub(crate) async fn serve(proxy: Arc<Proxy>, mut acceptor: Acceptor) {
+    loop {
+        let stream = tokio::select! {
+            _ = proxy.shutdown.token.cancelled() => break,
+            (s, _) = acceptor.accept(&proxy.metrics.refused_fd_limit) => s,
+        };
+        proxy.shutdown.tracker.spawn(serve_conn(proxy.clone(), stream));
+    }
+}
+
+async fn serve_conn(proxy: Arc<Proxy>, stream: TcpStream) {
+    let svc_proxy = proxy.clone();
+    let svc = service_fn(move |req| {
+        let proxy = svc_proxy.clone();
+        async move { Ok::<_, Infallible>(route(&proxy, req).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Some(proxy.config.header_timeout))
+        .serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => if let Err(e) = r { tracing::debug!("admin http: {e}") },
+        _ = proxy.shutdown.token.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+        }
+    }
+}
+
+async fn route(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    if let Some(token) = &proxy.config.admin_token
+        && path.starts_with("/admin/")
+        && !bearer_ok(req.headers(), token)
+    {
+        return json_error(StatusCode::UNAUTHORIZED, "admin requires a bearer token");
+    }
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let method = req.method().clone();
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok"),
+        (&Method::GET, ["readyz"]) => readyz(proxy),
+        (&Method::GET, ["metrics"]) => metrics_text(proxy.metrics.render(&proxy.membership.view())),
+        (&Method::GET, ["admin", "ring"]) => ring(proxy),
+        (&Method::GET, ["admin", "placement"]) => placement(proxy, req.uri().query()),
+        (&Method::GET, ["admin", "nodes"]) => nodes(&proxy.membership.view()),
+        (&Method::POST, ["admin", "nodes"]) => add_node(proxy, req).await,
+        (&Method::DELETE, ["admin", "nodes", id]) => remove_node(proxy, id),
+        (&Method::POST, ["admin", "nodes", id, "drain"]) => drain(proxy, id).await,
+        (_, ["healthz" | "readyz" | "metrics"] | ["admin", "ring" | "placement" | "nodes"])
+        | (_, ["admin", "nodes", _] | ["admin", "nodes", _, "drain"]) => {
+            json_error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path}"))
+        }
+        _ => json_error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+    }
+}
+
+fn readyz(proxy: &Proxy) -> Response<Body> {
+    if proxy.shutdown.token.is_cancelled() {
+        text(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+    } else if proxy.membership.view().ring.is_empty() {
+        text(StatusCode::SERVICE_UNAVAILABLE, "no healthy node in the ring")
+    } else {
+        text(StatusCode::OK, "ready")
+    }
+}
+
+/// One member as the admin API shows it.
+#[derive(Serialize)]
+struct NodeInfo<'a> {
+    id: &'a str,
+    addr: &'a str,
+    weight: u32,
+    healthy: bool,
+    draining: bool,
+    /// Fraction of the key space this node owns now (0 when it is off the ring).
+    share: f64,
+    connections: i64,
+    source: Source,
+}
+
+fn node_info<'a>(view: &'a View, m: &'a Member) -> NodeInfo<'a> {
+    NodeInfo {
+        id: m.spec.id.as_str(),
+        addr: m.spec.addr.as_str(),
+        weight: m.spec.weight,
+        healthy: m.healthy,
+        draining: m.draining,
+        share: view.ring.share(&m.spec.id),
+        connections: m.stats.connections.get(),
+        source: m.source,
+    }
+}
+
+fn ring(proxy: &Proxy) -> Response<Body> {
+    let view = proxy.membership.view();
+    let nodes: Vec<NodeInfo<'_>> = view.members.values().map(|m| node_info(&view, m)).collect();
+    json(
+        StatusCode::OK,
+        &json!({
+            "generation": view.ring.generation(),
+            "policy": proxy.config.policy.name(),
+            "vnodes_per_weight": proxy.config.vnodes,
+            "placed": view.ring.len(),
+            "nodes": nodes,
+        }),
+    )
+}
+
+fn nodes(view: &View) -> Response<Body> {
+    let nodes: Vec<NodeInfo<'_>> = view.members.values().map(|m| node_info(view, m)).collect();
+    json(StatusCode::OK, &json!({ "generation": view.ring.generation(), "nodes": nodes }))
+}
+
+fn placement(proxy: &Proxy, query: Option<&str>) -> Response<Body> {
+    let room = match RoomId::parse(query_param(query, "room").as_deref().unwrap_or("")) {
+        Ok(r) => r,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let ip: IpAddr = match query_param(query, "ip") {
+        None => IpAddr::from([0, 0, 0, 0]),
+        Some(s) => match s.parse::<IpAddr>() {
+            Ok(ip) => ip.to_canonical(),
+            Err(_) => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    format!("ip {s:?} is not an IP address"),
+                );
+            }
+        },
+    };
+    let view = proxy.membership.view();
+    let p = match proxy.config.policy.place(&view, &room, ip) {
+        Ok(p) => p,
+        Err(e) => return json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let owner = view.member(p.node());
+    json(
+        StatusCode::OK,
+        &json!({
+            "room": p.room,
+            "node": p.node(),
+            "addr": owner.map(|m| m.spec.addr.as_str()),
+            "policy": p.policy,
+            "key": p.key,
+            "hash": p.hash,
+            "reason": p.reason,
+            "country": p.country,
+            "generation": p.generation,
+            "fallbacks": &p.candidates[1..],
+        }),
+    )
+}
+
+/// The body of `POST /admin/nodes`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewNode {
+    id: String,
+    addr: String,
+    weight: Option<u32>,
+}
+
+async fn add_node(proxy: &Proxy, req: Request<Incoming>) -> Response<Body> {
+    let body = match Limited::new(req.into_body(), MAX_ADMIN_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+    };
+    let new: NewNode = match serde_json::from_slice(&body) {
+        Ok(n) => n,
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "body must be {{\"id\": ID, \"addr\": \"HOST:PORT\", \"weight\": N?}}: {e}"
+                ),
+            );
+        }
+    };
+    let spec = match NodeSpec::new(&new.id, &new.addr, new.weight) {
+        Ok(s) => s,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
+    };
+    let id = spec.id.clone();
+    let outcome = proxy.membership.upsert(spec, Source::Admin);
+    tracing::info!(node = %id, ?outcome, "node set through the admin API");
+    let view = proxy.membership.view();
+    let status = match outcome {
+        Upsert::Added => StatusCode::CREATED,
+        Upsert::Replaced => StatusCode::OK,
+    };
+    match view.member(&id) {
+        Some(m) => json(
+            status,
+            &json!({ "generation": view.ring.generation(), "node": node_info(&view, m) }),
+        ),
+        None => json_error(StatusCode::CONFLICT, format!("node {id} was removed meanwhile")),
+    }
+}
+
+/// The `{id}` path segment as a node ID.
+fn node_id(id: &str) -> Result<NodeId, String> {
+    NodeId::parse(&shared::http::percent_decode(id)).map_err(|e| e.to_string())
+}
+
+fn remove_node(proxy: &Proxy, id: &str) -> Response<Body> {
+    let id = match node_id(id) {
+        Ok(id) => id,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
+    };
+    if !proxy.membership.remove(&id) {
+        return json_error(StatusCode::NOT_FOUND, Error::UnknownNode(id.to_string()).to_string());
+    }
+    tracing::info!(node = %id, "node removed through the admin API");
+    json(StatusCode::OK, &json!({ "removed": id, "generation": proxy.membership.generation() }))
+}
+
+/// Stops placing rooms on the node, then asks the node to close its clients (1012) so they
+/// reconnect through the router and land elsewhere.
+async fn drain(proxy: &Proxy, id: &str) -> Response<Body> {
+    let id = match node_id(id) {
+        Ok(id) => id,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
+    };
+    if let Err(e) = proxy.membership.set_draining(&id, true) {
+        return json_error(StatusCode::NOT_FOUND, e.to_string());
+    }
+    let view = proxy.membership.view();
+    let Some(member) = view.member(&id) else {
+        return json_error(StatusCode::NOT_FOUND, Error::UnknownNode(id.to_string()).to_string());
+    };
+    tracing::info!(node = %id, generation = view.ring.generation(), "draining node");
+    let path = match proxy.config.drain_window {
+        Some(w) => format!("/admin/drain?window_ms={}", w.as_millis()),
+        None => "/admin/drain".to_owned(),
+    };
+    let token = proxy.config.node_admin_token.as_deref();
+    let timeout = proxy.config.upstream_timeout;
+    let answer = upstream::request(member, Method::POST, &path, token, timeout).await;
+    let (status, body) = match answer {
+        Ok(r) => r,
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_GATEWAY,
+                format!("{e}; the router no longer places rooms there"),
+            );
+        }
+    };
+    if !status.is_success() {
+        return json_error(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "node {id} answered its drain with {status}; the router no longer places rooms there"
+            ),
+        );
+    }
+    let node_answer: serde_json::Value =
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    json(
+        StatusCode::ACCEPTED,
+        &json!({
+            "node": id,
+            "draining": true,
+            "generation": view.ring.generation(),
+            "node_answer": node_answer,
+        }),
+    )
+}

@@ -1,0 +1,57 @@
+//! `router`: parses flags (environment and config file too), starts the router, serves until
+//! SIGTERM or Ctrl-C, then lets open tunnels finish within the shutdown grace.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use router::membership::NodeSpec;
+use router::{Config, Router, RouterArgs};
+
+/// The roomfleet router. Every flag is also an environment variable (shown) and a key of the
+/// `--config` TOML file (the flag name with `_` or `-`; `node = ["a=HOST:PORT", ...]`).
+#[derive(Parser, Debug)]
+#[command(version, about, args_override_self = true)]
+struct Cli {
+    /// TOML config file; its keys are the long flag names.
+    #[arg(long, env = "ROUTER_CONFIG")]
+    config: Option<String>,
+    /// Address clients connect to (`GET /ws?room=R&user=U`).
+    #[arg(long, env = "ROUTER_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Address of the admin API and metrics.
+    #[arg(long, env = "ROUTER_ADMIN", default_value = "127.0.0.1:9090")]
+    admin: SocketAddr,
+    /// A node at start: ID=HOST:PORT[@WEIGHT]; repeat for each (comma-separated in the env).
+    #[arg(long = "node", env = "ROUTER_NODE", value_delimiter = ',')]
+    nodes: Vec<NodeSpec>,
+    #[command(flatten)]
+    router: RouterArgs,
+}
+
+fn main() {
+    shared::shutdown::init_tracing();
+    let config =
+        shared::config::args_with_file("ROUTER_").map_err(|e| e.to_string()).and_then(|argv| {
+            let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| e.exit());
+            cli.router.into_config(cli.listen, cli.admin, cli.nodes).map_err(|e| e.to_string())
+        });
+    let result = config.and_then(|c| run(c).map_err(|e| e.to_string()));
+    if let Err(e) = result {
+        eprintln!("router: {e}");
+        std::process::exit(2);
+    }
+}
+
+#[tokio::main]
+async fn run(config: Config) -> Result<(), router::Error> {
+    if config.nodes.is_empty() {
+        tracing::warn!("no --node given: add nodes through POST /admin/nodes");
+    }
+    let router = Router::start(config)?;
+    shared::shutdown::signal().await;
+    if !router.shutdown().await {
+        tracing::warn!("some tunnels were cut at the end of the shutdown grace");
+    }
+    Ok(())
+}

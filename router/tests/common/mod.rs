@@ -1,0 +1,209 @@
+//! Real ws-nodes and a real router on port 0, WebSocket clients, and admin calls, for the
+//! router's integration tests.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use router::{Config, HealthConfig, NodeSpec, Router};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use ws_node::{LocalBus, LocalHub, Node};
+
+pub const STEP: Duration = Duration::from_secs(10);
+
+/// A ws-node on 127.0.0.1:0; shut down on drop.
+pub struct TestNode {
+    pub id: String,
+    pub addr: SocketAddr,
+    pub node: Arc<Node>,
+    serving: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestNode {
+    pub async fn start(id: &str, hub: &LocalHub) -> Self {
+        Self::with_config(ws_node::Config { node_id: id.into(), ..ws_node::Config::default() }, hub)
+            .await
+    }
+
+    pub async fn with_config(config: ws_node::Config, hub: &LocalHub) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let id = config.node_id.clone();
+        let bus: Arc<LocalBus> = Arc::new(hub.bus(&id));
+        let node = Node::new(config, bus);
+        let serving = Some(tokio::spawn(ws_node::serve(node.clone(), listener)));
+        Self { id, addr, node, serving }
+    }
+
+    pub fn spec(&self) -> NodeSpec {
+        format!("{}={}", self.id, self.addr).parse().unwrap()
+    }
+
+    /// Stops the node the hard way for a router: its listener and connections go away.
+    pub async fn kill(&mut self) {
+        self.node.shutdown();
+        if let Some(h) = self.serving.take() {
+            let _ = tokio::time::timeout(STEP, h).await;
+        }
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.node.shutdown();
+    }
+}
+
+/// Fast probes so health tests finish quickly.
+pub fn fast_health() -> HealthConfig {
+    HealthConfig {
+        interval: Duration::from_millis(100),
+        timeout: Duration::from_millis(200),
+        fall: 2,
+        rise: 1,
+    }
+}
+
+pub fn config(nodes: &[&TestNode]) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        nodes: nodes.iter().map(|n| n.spec()).collect(),
+        health: fast_health(),
+        shutdown_grace: Duration::from_secs(5),
+        ..Config::default()
+    }
+}
+
+/// N nodes on one hub and a router in front of them.
+pub struct Setup {
+    pub hub: LocalHub,
+    pub nodes: Vec<TestNode>,
+    pub router: Router,
+}
+
+impl Setup {
+    pub async fn start(n: usize) -> Self {
+        Self::with(n, |_| {}).await
+    }
+
+    pub async fn with(n: usize, tweak: impl FnOnce(&mut Config)) -> Self {
+        let hub = LocalHub::new();
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            nodes.push(TestNode::start(&format!("node-{}", (b'a' + i as u8) as char), &hub).await);
+        }
+        let mut cfg = config(&nodes.iter().collect::<Vec<_>>());
+        tweak(&mut cfg);
+        let router = Router::start(cfg).unwrap();
+        Self { hub, nodes, router }
+    }
+
+    pub fn url(&self, room: &str, user: &str) -> String {
+        format!("ws://{}/ws?room={room}&user={user}", self.router.proxy_addr())
+    }
+
+    pub fn node(&self, id: &str) -> &TestNode {
+        self.nodes.iter().find(|n| n.id == id).unwrap()
+    }
+
+    pub fn node_mut(&mut self, id: &str) -> &mut TestNode {
+        self.nodes.iter_mut().find(|n| n.id == id).unwrap()
+    }
+
+    /// An admin call; the status and the body as JSON (or as a JSON string when not JSON).
+    pub async fn admin(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
+        admin(self.router.admin_addr(), method, path, &[], body).await
+    }
+
+    pub async fn placement(&self, room: &str) -> Value {
+        let (status, v) = self.admin("GET", &format!("/admin/placement?room={room}"), "").await;
+        assert_eq!(status, 200, "{v}");
+        v
+    }
+
+    pub async fn metrics(&self) -> String {
+        shared::testkit::http(self.router.admin_addr(), "GET", "/metrics", &[], "").await.unwrap().1
+    }
+
+    pub async fn metric(&self, name: &str) -> f64 {
+        shared::metrics::sample(&self.metrics().await, name).unwrap_or(0.0)
+    }
+}
+
+pub async fn admin(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Value) {
+    let (status, text) = shared::testkit::http(addr, method, path, headers, body).await.unwrap();
+    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, v)
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Connects and reads the welcome frame.
+pub async fn join(url: &str) -> (Ws, Value) {
+    let (mut ws, _) = tokio::time::timeout(STEP, connect_async(url))
+        .await
+        .expect("connect in time")
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    let w = recv(&mut ws).await;
+    assert_eq!(w["type"], "welcome", "first frame is welcome: {w}");
+    (ws, w)
+}
+
+/// The next text frame as JSON.
+pub async fn recv(ws: &mut Ws) -> Value {
+    loop {
+        match tokio::time::timeout(STEP, ws.next()).await.expect("frame in time") {
+            Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).unwrap(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// The next frame of `kind`, skipping others.
+pub async fn recv_type(ws: &mut Ws, kind: &str) -> Value {
+    loop {
+        let v = recv(ws).await;
+        if v["type"] == kind {
+            return v;
+        }
+    }
+}
+
+/// Reads until the server closes; the close code, if a close frame came.
+pub async fn closed(ws: &mut Ws, within: Duration) -> Option<CloseCode> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await.expect("close in time") {
+            Some(Ok(Message::Close(f))) => return f.map(|f| f.code),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+/// A raw upgrade request with the given extra header lines; the status and body.
+pub async fn raw_upgrade(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    shared::testkit::http(addr, "GET", path, headers, "").await.unwrap()
+}
+
+/// The headers of a valid WebSocket upgrade.
+pub const UPGRADE: [(&str, &str); 4] = [
+    ("upgrade", "websocket"),
+    ("connection", "Upgrade"),
+    ("sec-websocket-version", "13"),
+    ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+];

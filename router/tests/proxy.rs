@@ -1,0 +1,218 @@
+//! The upgrade proxy against real ws-nodes: placement, retries, refusals, limits, shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::SinkExt;
+use serde_json::json;
+use shared::testkit::wait_until;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn members_of_a_room_meet_on_the_placed_node_and_talk() {
+    let s = Setup::start(3).await;
+    let mut seen_nodes = std::collections::HashSet::new();
+    let mut open = Vec::new();
+    for r in 0..20 {
+        let room = format!("room-{r}");
+        let placed = s.placement(&room).await;
+        let (mut a, wa) = join(&s.url(&room, "alice")).await;
+        let (mut b, wb) = join(&s.url(&room, "bob")).await;
+        assert_eq!(wa["node"], placed["node"], "{room}");
+        assert_eq!(wb["node"], placed["node"], "{room}");
+        seen_nodes.insert(wa["node"].as_str().unwrap().to_owned());
+        a.send(Message::text(json!({"type": "publish", "body": r}).to_string())).await.unwrap();
+        let m = recv_type(&mut b, "message").await;
+        assert_eq!((m["from"].as_str(), m["body"].as_i64()), (Some("alice"), Some(r)));
+        open.extend([a, b]);
+    }
+    assert_eq!(seen_nodes.len(), 3, "20 rooms spread over the 3 nodes");
+    assert_eq!(s.metric("router_tunnels").await, 40.0);
+    let text = s.metrics().await;
+    assert!(text.contains("router_upgrades_total{outcome=\"ok\"} 40"), "{text}");
+    assert!(s.metric("router_bytes_to_client_total").await > 0.0);
+    assert!(s.metric("router_upgrade_seconds_count").await >= 40.0);
+}
+
+#[tokio::test]
+async fn bad_upgrade_requests_get_the_documented_errors() {
+    let s = Setup::start(1).await;
+    let addr = s.router.proxy_addr();
+    let (status, body) = raw_upgrade(addr, "/ws?room=bad%20room&user=u", &UPGRADE).await;
+    assert_eq!((status, body.trim()), (400, "room has a character outside [A-Za-z0-9._:-]"));
+    let (status, body) = raw_upgrade(addr, "/ws?user=u", &UPGRADE).await;
+    assert_eq!((status, body.trim()), (400, "room is missing"));
+    let long = format!("/ws?room=r&user={}", "u".repeat(65));
+    let (status, body) = raw_upgrade(addr, &long, &UPGRADE).await;
+    assert_eq!((status, body.trim()), (400, "user is longer than 64 characters"));
+    let (status, body) = raw_upgrade(addr, "/ws?room=r&user=u", &[]).await;
+    assert_eq!((status, body.trim()), (426, "/ws takes only WebSocket upgrades"));
+    let mut v12 = UPGRADE;
+    v12[2] = ("sec-websocket-version", "12");
+    let (status, body) = raw_upgrade(addr, "/ws?room=r&user=u", &v12).await;
+    assert_eq!((status, body.trim()), (400, "sec-websocket-version must be 13"));
+    let (status, _) = shared::testkit::http(addr, "POST", "/ws?room=r", &[], "").await.unwrap();
+    assert_eq!(status, 405);
+    let (status, _) = raw_upgrade(addr, "/elsewhere", &UPGRADE).await;
+    assert_eq!(status, 404);
+    let text = s.metrics().await;
+    assert!(text.contains("router_upgrades_total{outcome=\"bad_request\"} 5"), "{text}");
+    assert_eq!(s.node("node-a").node.connections(), 0, "nothing reached the node");
+}
+
+#[tokio::test]
+async fn an_unreachable_owner_is_retried_on_the_next_node_of_the_ring() {
+    // Slow probes: the dead node stays on the ring, so only the retry can save the join.
+    let mut s = Setup::with(3, |c| c.health.interval = Duration::from_secs(3600)).await;
+    let placed = s.placement("lobby").await;
+    let owner = placed["node"].as_str().unwrap().to_owned();
+    let fallback = placed["fallbacks"][0].as_str().unwrap().to_owned();
+    s.node_mut(&owner).kill().await;
+    let (_ws, w) = join(&s.url("lobby", "u1")).await;
+    assert_eq!(w["node"], fallback.as_str());
+    assert!(s.metrics().await.contains("router_proxy_errors_total{cause=\"connect\"} 1"));
+    assert_eq!(s.metric("router_retries_total").await, 1.0);
+}
+
+#[tokio::test]
+async fn a_node_at_its_limit_answers_503_and_the_next_node_takes_the_client() {
+    let hub = ws_node::LocalHub::new();
+    let full = TestNode::with_config(
+        ws_node::Config { node_id: "full".into(), max_connections: 0, ..Default::default() },
+        &hub,
+    )
+    .await;
+    let spare = TestNode::start("spare", &hub).await;
+    let router = router::Router::start(config(&[&full, &spare])).unwrap();
+    for i in 0..10 {
+        let url = format!("ws://{}/ws?room=r{i}&user=u", router.proxy_addr());
+        let (_ws, w) = join(&url).await;
+        assert_eq!(w["node"], "spare");
+    }
+    assert!(router.metrics().proxy_errors(router::Cause::Refused) >= 1);
+}
+
+#[tokio::test]
+async fn when_every_candidate_fails_the_client_gets_502_or_503_with_a_reason() {
+    let hub = ws_node::LocalHub::new();
+    let full =
+        |id: &str| ws_node::Config { node_id: id.into(), max_connections: 0, ..Default::default() };
+    let a = TestNode::with_config(full("a"), &hub).await;
+    let b = TestNode::with_config(full("b"), &hub).await;
+    let router = router::Router::start(config(&[&a, &b])).unwrap();
+    let (status, body) = raw_upgrade(router.proxy_addr(), "/ws?room=r&user=u", &UPGRADE).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("every node refused: node "), "{body}");
+    assert!(body.contains("answered 503"), "{body}");
+
+    let mut dead = Setup::with(2, |c| c.health.interval = Duration::from_secs(3600)).await;
+    dead.node_mut("node-a").kill().await;
+    dead.node_mut("node-b").kill().await;
+    let (status, body) = raw_upgrade(dead.router.proxy_addr(), "/ws?room=r&user=u", &UPGRADE).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.starts_with("no node could take the upgrade: node "), "{body}");
+    assert!(body.contains("connect:"), "{body}");
+}
+
+#[tokio::test]
+async fn an_empty_ring_answers_503() {
+    let s = Setup::start(0).await;
+    let (status, body) = raw_upgrade(s.router.proxy_addr(), "/ws?room=r&user=u", &UPGRADE).await;
+    assert_eq!((status, body.trim()), (503, "no healthy node in the ring; retry later"));
+    let (status, _) = s.admin("GET", "/readyz", "").await;
+    assert_eq!(status, 503);
+}
+
+#[tokio::test]
+async fn a_dead_node_leaves_the_ring_within_the_health_window_and_comes_back() {
+    let mut s = Setup::start(3).await;
+    let placed = s.placement("lobby").await;
+    let owner = placed["node"].as_str().unwrap().to_owned();
+    let fallback = placed["fallbacks"][0].as_str().unwrap().to_owned();
+    let (mut ws, w) = join(&s.url("lobby", "u1")).await;
+    assert_eq!(w["node"], owner.as_str());
+    let generation = placed["generation"].as_u64().unwrap();
+
+    s.node_mut(&owner).kill().await;
+    assert_eq!(closed(&mut ws, STEP).await.map(u16::from), Some(1001), "the node said goodbye");
+    let window = common::fast_health().window() * 2;
+    let membership = s.router.membership().clone();
+    let id = shared::ids::NodeId::parse(&owner).unwrap();
+    wait_until(window, "the dead node to leave the ring", || {
+        let out = !membership.view().ring.contains(&id);
+        async move { out }
+    })
+    .await;
+    let now = s.placement("lobby").await;
+    assert_eq!(now["node"], fallback.as_str());
+    assert!(now["generation"].as_u64().unwrap() > generation);
+    let (_ws, w) = join(&s.url("lobby", "u2")).await;
+    assert_eq!(w["node"], fallback.as_str());
+    assert!(s.metrics().await.contains("router_health_transitions_total{to=\"down\"} 1"));
+
+    // The same node ID comes back at a new address: re-adding it through the admin API.
+    let revived = TestNode::start(&owner, &s.hub).await;
+    let body = json!({"id": owner, "addr": revived.addr.to_string()}).to_string();
+    let (status, v) = s.admin("POST", "/admin/nodes", &body).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(s.placement("lobby").await["node"], owner.as_str());
+}
+
+#[tokio::test]
+async fn connection_caps_refuse_new_clients_and_keep_open_ones() {
+    let s = Setup::with(1, |c| c.max_connections_per_ip = 2).await;
+    let (mut a, _) = join(&s.url("r", "a")).await;
+    let (_b, _) = join(&s.url("r", "b")).await;
+    let (status, body) = raw_upgrade(s.router.proxy_addr(), "/ws?room=r&user=c", &UPGRADE).await;
+    assert_eq!((status, body.trim()), (429, "too many connections from your address"));
+    a.send(Message::text(json!({"type": "publish", "body": 1}).to_string())).await.unwrap();
+    assert_eq!(recv_type(&mut a, "message").await["body"], 1, "open tunnels keep working");
+    drop(a);
+    wait_until(STEP, "the closed client's slot to come back", || async {
+        s.metric("router_connections").await == 1.0
+    })
+    .await;
+    let (_c, _) = join(&s.url("r", "c")).await;
+
+    let s = Setup::with(1, |c| c.max_connections = 1).await;
+    let (_a, _) = join(&s.url("r", "a")).await;
+    let (status, body) = raw_upgrade(s.router.proxy_addr(), "/ws?room=r&user=b", &UPGRADE).await;
+    assert_eq!((status, body.trim()), (503, "router at its connection limit; retry"));
+    assert!(s.metrics().await.contains("router_refused_total{reason=\"max_connections\"} 1"));
+}
+
+#[tokio::test]
+async fn shutdown_stops_accepting_and_lets_open_tunnels_finish() {
+    let s = Setup::start(1).await;
+    let (mut ws, _) = join(&s.url("r", "a")).await;
+    let proxy = s.router.proxy_addr();
+    let router = std::sync::Arc::new(s.router);
+    let stopping = tokio::spawn({
+        let router = router.clone();
+        async move { router.shutdown().await }
+    });
+    wait_until(STEP, "the listener to close", || async move {
+        tokio::net::TcpStream::connect(proxy).await.is_err()
+    })
+    .await;
+    ws.send(Message::text(json!({"type": "publish", "body": "still here"}).to_string()))
+        .await
+        .unwrap();
+    assert_eq!(recv_type(&mut ws, "message").await["body"], "still here");
+    ws.close(None).await.unwrap();
+    closed(&mut ws, STEP).await;
+    drop(ws);
+    let clean = tokio::time::timeout(STEP, stopping).await.unwrap().unwrap();
+    assert!(clean, "the tunnel ended within the grace");
+}
+
+#[tokio::test]
+async fn the_end_of_the_grace_cuts_open_tunnels() {
+    let s = Setup::with(1, |c| c.shutdown_grace = Duration::from_millis(200)).await;
+    let (mut ws, _) = join(&s.url("r", "a")).await;
+    let clean = s.router.shutdown().await;
+    assert!(!clean);
+    assert_eq!(closed(&mut ws, STEP).await, None, "cut without a close frame");
+}
