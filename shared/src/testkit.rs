@@ -1,5 +1,8 @@
 //! Helpers for tests across the workspace: waiting on a condition, a raw HTTP/1.1 client,
-//! and a real `redis-server` on a free port that a test can kill and restart.
+//! a WebSocket client ([`ws`]), and a real `redis-server` on a free port that a test can
+//! kill and restart.
+
+pub mod ws;
 
 use std::future::Future;
 use std::net::SocketAddr;

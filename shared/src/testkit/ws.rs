@@ -1,0 +1,88 @@
+//! A WebSocket test client speaking the roomfleet protocol, for tests that go through a
+//! node or a router: join and read the welcome, publish, read frames by type, await the close.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+/// How long one step (connect, one frame, a close) may take before the test fails.
+pub const STEP: Duration = Duration::from_secs(10);
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// One client connection.
+pub struct WsClient {
+    pub ws: Ws,
+}
+
+impl WsClient {
+    /// Opens the connection; the handshake error (an HTTP refusal included) as text.
+    pub async fn connect(url: &str) -> Result<Self, String> {
+        match tokio::time::timeout(STEP, connect_async(url)).await {
+            Ok(Ok((ws, _))) => Ok(Self { ws }),
+            Ok(Err(e)) => Err(format!("connect {url}: {e}")),
+            Err(_) => Err(format!("connect {url}: timed out")),
+        }
+    }
+
+    /// Connects and reads the `welcome` frame; panics with the reason otherwise.
+    pub async fn join(url: &str) -> (Self, Value) {
+        let mut c = Self::connect(url).await.unwrap_or_else(|e| panic!("{e}"));
+        let w = c.recv().await;
+        assert_eq!(w["type"], "welcome", "first frame is welcome: {w}");
+        (c, w)
+    }
+
+    pub async fn send_json(&mut self, v: &Value) {
+        self.ws.send(Message::text(v.to_string())).await.expect("send a frame");
+    }
+
+    pub async fn publish(&mut self, body: Value) {
+        self.send_json(&serde_json::json!({"type": "publish", "body": body})).await;
+    }
+
+    /// The next text frame as JSON (pings and pongs skipped).
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            match tokio::time::timeout(STEP, self.ws.next()).await.expect("a frame in time") {
+                Some(Ok(Message::Text(t))) => {
+                    return serde_json::from_str(t.as_str()).expect("frames are JSON");
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next frame of type `kind`, skipping others (presence, acks...).
+    pub async fn recv_type(&mut self, kind: &str) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+
+    /// Reads until the server closes; the close code, `None` when it closed without one.
+    pub async fn closed(&mut self, within: Duration) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await.expect("close in time") {
+                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    /// Sends a close frame and waits for the server's answer.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+        let _ = tokio::time::timeout(STEP, async { while self.ws.next().await.is_some() {} }).await;
+    }
+}
