@@ -53,12 +53,10 @@ impl Target {
                 format!("ws://{}{}{sep}room={room}&user={user}", self.addr, self.path)
             }
             Dialect::Socketio => {
-                let path = if self.path.starts_with("/socket.io") {
-                    self.path.as_str()
-                } else {
-                    "/socket.io/?EIO=4&transport=websocket"
-                };
-                format!("ws://{}{path}", self.addr)
+                // Keep a custom Socket.IO path; the Engine.IO query is always ours.
+                let path = self.path.split('?').next().unwrap_or_default();
+                let path = if path.starts_with("/socket.io") { path } else { "/socket.io/" };
+                format!("ws://{}{path}?EIO=4&transport=websocket", self.addr)
             }
         }
     }
@@ -103,6 +101,11 @@ mod tests {
         assert_eq!(
             t.request_url(Dialect::Socketio, "r", "u"),
             "ws://127.0.0.1:8080/socket.io/?EIO=4&transport=websocket"
+        );
+        let sio = Target::parse("ws://127.0.0.1:3000/socket.io/").unwrap();
+        assert_eq!(
+            sio.request_url(Dialect::Socketio, "r", "u"),
+            "ws://127.0.0.1:3000/socket.io/?EIO=4&transport=websocket"
         );
         assert_eq!(Target::parse("ws://localhost:9").unwrap().path, "/ws");
         assert!(Target::parse("ws://10.0.0.1:80/ws").is_err());
