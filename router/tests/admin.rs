@@ -134,7 +134,7 @@ async fn drain_moves_the_nodes_clients_elsewhere() {
     assert_eq!(status, 202, "{v}");
     assert_eq!(v["node_answer"]["connections"], on_a.len());
     for (room, mut ws) in on_a {
-        assert_eq!(closed(&mut ws, STEP).await.map(u16::from), Some(1012), "{room}");
+        assert_eq!(ws.closed(STEP).await, Some(1012), "{room}");
         let (_ws, w) = join(&s.url(&room, "u")).await;
         assert_eq!(w["node"], "node-b", "{room} reconnects elsewhere");
     }

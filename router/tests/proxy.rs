@@ -5,10 +5,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use futures_util::SinkExt;
 use serde_json::json;
 use shared::testkit::wait_until;
-use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn members_of_a_room_meet_on_the_placed_node_and_talk() {
@@ -23,8 +21,8 @@ async fn members_of_a_room_meet_on_the_placed_node_and_talk() {
         assert_eq!(wa["node"], placed["node"], "{room}");
         assert_eq!(wb["node"], placed["node"], "{room}");
         seen_nodes.insert(wa["node"].as_str().unwrap().to_owned());
-        a.send(Message::text(json!({"type": "publish", "body": r}).to_string())).await.unwrap();
-        let m = recv_type(&mut b, "message").await;
+        a.publish(json!(r)).await;
+        let m = b.recv_type("message").await;
         assert_eq!((m["from"].as_str(), m["body"].as_i64()), (Some("alice"), Some(r)));
         open.extend([a, b]);
     }
@@ -136,7 +134,7 @@ async fn a_dead_node_leaves_the_ring_within_the_health_window_and_comes_back() {
     let generation = placed["generation"].as_u64().unwrap();
 
     s.node_mut(&owner).kill().await;
-    assert_eq!(closed(&mut ws, STEP).await.map(u16::from), Some(1001), "the node said goodbye");
+    assert_eq!(ws.closed(STEP).await, Some(1001), "the node said goodbye");
     let window = common::fast_health().window() * 2;
     let membership = s.router.membership().clone();
     let id = shared::ids::NodeId::parse(&owner).unwrap();
@@ -167,8 +165,8 @@ async fn connection_caps_refuse_new_clients_and_keep_open_ones() {
     let (_b, _) = join(&s.url("r", "b")).await;
     let (status, body) = raw_upgrade(s.router.proxy_addr(), "/ws?room=r&user=c", &UPGRADE).await;
     assert_eq!((status, body.trim()), (429, "too many connections from your address"));
-    a.send(Message::text(json!({"type": "publish", "body": 1}).to_string())).await.unwrap();
-    assert_eq!(recv_type(&mut a, "message").await["body"], 1, "open tunnels keep working");
+    a.publish(json!(1)).await;
+    assert_eq!(a.recv_type("message").await["body"], 1, "open tunnels keep working");
     drop(a);
     wait_until(STEP, "the closed client's slot to come back", || async {
         s.metric("router_connections").await == 1.0
@@ -197,13 +195,9 @@ async fn shutdown_stops_accepting_and_lets_open_tunnels_finish() {
         tokio::net::TcpStream::connect(proxy).await.is_err()
     })
     .await;
-    ws.send(Message::text(json!({"type": "publish", "body": "still here"}).to_string()))
-        .await
-        .unwrap();
-    assert_eq!(recv_type(&mut ws, "message").await["body"], "still here");
-    ws.close(None).await.unwrap();
-    closed(&mut ws, STEP).await;
-    drop(ws);
+    ws.publish(json!("still here")).await;
+    assert_eq!(ws.recv_type("message").await["body"], "still here");
+    ws.close().await;
     let clean = tokio::time::timeout(STEP, stopping).await.unwrap().unwrap();
     assert!(clean, "the tunnel ended within the grace");
 }
@@ -214,5 +208,5 @@ async fn the_end_of_the_grace_cuts_open_tunnels() {
     let (mut ws, _) = join(&s.url("r", "a")).await;
     let clean = s.router.shutdown().await;
     assert!(!clean);
-    assert_eq!(closed(&mut ws, STEP).await, None, "cut without a close frame");
+    assert_eq!(ws.closed(STEP).await, None, "cut without a close frame");
 }

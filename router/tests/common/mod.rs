@@ -6,16 +6,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use router::{Config, HealthConfig, NodeSpec, Router};
 use serde_json::Value;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+pub use shared::testkit::ws::{STEP, WsClient};
 use ws_node::{LocalBus, LocalHub, Node};
 
-pub const STEP: Duration = Duration::from_secs(10);
+/// Connects through `url` and reads the welcome frame.
+pub async fn join(url: &str) -> (WsClient, Value) {
+    WsClient::join(url).await
+}
 
 /// A ws-node on 127.0.0.1:0; shut down on drop.
 pub struct TestNode {
@@ -147,52 +146,6 @@ pub async fn admin(
     let (status, text) = shared::testkit::http(addr, method, path, headers, body).await.unwrap();
     let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
     (status, v)
-}
-
-pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// Connects and reads the welcome frame.
-pub async fn join(url: &str) -> (Ws, Value) {
-    let (mut ws, _) = tokio::time::timeout(STEP, connect_async(url))
-        .await
-        .expect("connect in time")
-        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
-    let w = recv(&mut ws).await;
-    assert_eq!(w["type"], "welcome", "first frame is welcome: {w}");
-    (ws, w)
-}
-
-/// The next text frame as JSON.
-pub async fn recv(ws: &mut Ws) -> Value {
-    loop {
-        match tokio::time::timeout(STEP, ws.next()).await.expect("frame in time") {
-            Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).unwrap(),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            other => panic!("expected a text frame, got {other:?}"),
-        }
-    }
-}
-
-/// The next frame of `kind`, skipping others.
-pub async fn recv_type(ws: &mut Ws, kind: &str) -> Value {
-    loop {
-        let v = recv(ws).await;
-        if v["type"] == kind {
-            return v;
-        }
-    }
-}
-
-/// Reads until the server closes; the close code, if a close frame came.
-pub async fn closed(ws: &mut Ws, within: Duration) -> Option<CloseCode> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, ws.next()).await.expect("close in time") {
-            Some(Ok(Message::Close(f))) => return f.map(|f| f.code),
-            Some(Ok(_)) => continue,
-            Some(Err(_)) | None => return None,
-        }
-    }
 }
 
 /// A raw upgrade request with the given extra header lines; the status and body.
