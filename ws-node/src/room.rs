@@ -27,7 +27,8 @@ impl CloseReason {
     pub const DRAIN: Self = Self { code: close::SERVICE_RESTART, reason: "node draining" };
 }
 
-/// Lets the room (slow consumer) or the node (drain) close one connection from outside.
+/// Lets the room (slow consumer) or the node (drain, shutdown) close one connection from
+/// outside. Its token is a child of the node's, so a session waits on one future for both.
 #[derive(Debug, Default)]
 pub struct Kill {
     token: CancellationToken,
@@ -35,6 +36,16 @@ pub struct Kill {
 }
 
 impl Kill {
+    /// A switch that also trips when `parent` (the node's shutdown token) is cancelled.
+    pub fn child_of(parent: &CancellationToken) -> Self {
+        Self { token: parent.child_token(), reason: Default::default() }
+    }
+
+    /// The token a session waits on.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
     /// Asks the connection to close with `reason`; the first reason wins.
     pub fn kill(&self, reason: CloseReason) -> bool {
         let first = self.reason.set(reason).is_ok();
@@ -46,9 +57,6 @@ impl Kill {
     }
     pub fn is_killed(&self) -> bool {
         self.token.is_cancelled()
-    }
-    pub async fn killed(&self) {
-        self.token.cancelled().await
     }
 }
 

@@ -48,7 +48,7 @@ pub(crate) async fn run(node: Arc<Node>, mut ws: Ws, room_id: RoomId, user: User
     let _guard = ConnGuard(node.clone());
     let cfg = &node.config;
     let (tx, mut rx) = mpsc::channel(cfg.outbound_queue.max(2));
-    let kill = Arc::new(Kill::default());
+    let kill = Arc::new(Kill::child_of(&node.token));
     let member = Member { conn, user, tx, kill: kill.clone() };
     node.kills.insert(conn, kill.clone());
     let room = match node.rooms.join(&room_id, member.clone()).await {
@@ -91,18 +91,20 @@ async fn serve(
     let mut last_seen = Instant::now();
     let mut ping = tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let token = node.token.clone();
+    // One pinned future for kill, drain and shutdown: re-creating cancellation futures
+    // per wake-up would register a waiter (a lock) every time.
+    let stopped = member.kill.token().cancelled();
+    tokio::pin!(stopped);
+    let why = || member.kill.reason().or(Some(GOING_AWAY));
     loop {
         tokio::select! {
             biased;
-            _ = member.kill.killed() => return member.kill.reason(),
-            _ = token.cancelled() => return Some(GOING_AWAY),
+            _ = &mut stopped => return why(),
             out = rx.recv() => {
                 let first = out?;
                 tokio::select! {
                     r = write_batch(ws, first, rx) => r.ok()?,
-                    _ = member.kill.killed() => return member.kill.reason(),
-                    _ = token.cancelled() => return Some(GOING_AWAY),
+                    _ = &mut stopped => return why(),
                 }
             }
             incoming = ws.next() => {

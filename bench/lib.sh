@@ -1,0 +1,70 @@
+# Shared helpers for the bench/ scripts: build once, start processes on loopback, read
+# CPU time, RSS and metrics from /proc and /metrics. Source it; do not run it.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="${OUT:-$ROOT/bench/out}"
+BIN="$ROOT/target/release"
+mkdir -p "$OUT"
+PIDS=()
+
+cleanup() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+build() {
+  (cd "$ROOT" && cargo build --release --quiet --bin ws-node --bin loadtest ${EXTRA_BINS:-})
+}
+
+# start NAME CMD...: runs CMD in the background, logs to $OUT/NAME.log, records its pid.
+start() {
+  local name=$1; shift
+  "$@" >"$OUT/$name.log" 2>&1 &
+  PIDS+=($!)
+  echo $!
+}
+
+# wait_http URL [SECONDS]: until URL answers 200.
+wait_http() {
+  local url=$1 t=${2:-20} i
+  for ((i = 0; i < t * 10; i++)); do
+    curl -fsS -o /dev/null "$url" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "timed out waiting for $url" >&2
+  return 1
+}
+
+# cpu_secs PID: user + system CPU seconds the process has used.
+cpu_secs() {
+  local tck; tck=$(getconf CLK_TCK)
+  awk -v t="$tck" '{ print ($14 + $15) / t }' "/proc/$1/stat"
+}
+
+# rss_kib PID: resident set size in KiB.
+rss_kib() {
+  awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"
+}
+
+# metric URL NAME: one unlabeled sample from a Prometheus text endpoint.
+metric() {
+  curl -fsS "$1" | awk -v n="$2" '$1 == n { print $2; exit }'
+}
+
+# machine: one line naming the machine, for the report.
+machine() {
+  echo "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))," \
+    "$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -sr)," \
+    "open-file limit $(ulimit -n)"
+}
+
+# jq-free JSON field read: json_get FILE a.b.c (numbers and strings).
+json_get() {
+  python3 -c 'import json,sys
+v=json.load(open(sys.argv[1]))
+for k in sys.argv[2].split("."):
+    v=v[int(k)] if isinstance(v,list) else v[k]
+print(v)' "$1" "$2"
+}
