@@ -125,7 +125,7 @@ async fn an_empty_ring_answers_503() {
 
 #[tokio::test]
 async fn a_dead_node_leaves_the_ring_within_the_health_window_and_comes_back() {
-    let mut s = Setup::start(3).await;
+    let mut s = Setup::with(3, |c| c.health = common::fast_health()).await;
     let placed = s.placement("lobby").await;
     let owner = placed["node"].as_str().unwrap().to_owned();
     let fallback = placed["fallbacks"][0].as_str().unwrap().to_owned();

@@ -69,12 +69,17 @@ pub fn fast_health() -> HealthConfig {
     }
 }
 
+/// Probes tolerant of a loaded test machine: no node leaves unless a test stops it.
+pub fn steady_health() -> HealthConfig {
+    HealthConfig { timeout: Duration::from_secs(2), fall: 5, ..HealthConfig::default() }
+}
+
 pub fn config(nodes: &[&TestNode]) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin: "127.0.0.1:0".parse().unwrap(),
         nodes: nodes.iter().map(|n| n.spec()).collect(),
-        health: fast_health(),
+        health: steady_health(),
         shutdown_grace: Duration::from_secs(5),
         ..Config::default()
     }
