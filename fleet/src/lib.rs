@@ -1,0 +1,167 @@
+//! `fleet up`: one router and N ws-nodes in one process, the nodes on free loopback ports
+//! over one in-process bus (or Redis), so the whole fleet runs on a laptop and in the
+//! end-to-end tests. [`Fleet::up`] starts it; tests use port 0 everywhere.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use router::{NodeSpec, Router};
+use tokio_util::sync::CancellationToken;
+use ws_node::{Bus, LocalHub, Node, RedisBus, RedisConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("node {id}: cannot listen on 127.0.0.1: {source}")]
+    Bind { id: String, source: std::io::Error },
+    #[error("node {id}: {source}")]
+    Bus { id: String, source: ws_node::bus::BusError },
+    #[error("router: {0}")]
+    Router(#[from] router::Error),
+    #[error("--nodes must be 1..={max}")]
+    Nodes { max: usize },
+}
+
+/// How long shutdown waits for each node to close its connections.
+const NODE_STOP: Duration = Duration::from_secs(15);
+
+/// Most nodes one `fleet up` starts.
+pub const MAX_NODES: usize = 64;
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub nodes: usize,
+    /// The router's config; its `nodes` are filled in with the started nodes.
+    pub router: router::Config,
+    /// Settings every node shares; `node_id` is set per node.
+    pub node: ws_node::Config,
+    /// Redis for spanning rooms; `None` = one in-process hub.
+    pub redis: Option<String>,
+}
+
+/// One started node.
+#[derive(Debug)]
+pub struct FleetNode {
+    pub id: String,
+    pub addr: SocketAddr,
+    pub node: Arc<Node>,
+    serving: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A running fleet. Dropping it stops everything; [`Fleet::shutdown`] does it gracefully.
+#[derive(Debug)]
+pub struct Fleet {
+    pub router: Router,
+    pub nodes: Vec<FleetNode>,
+    bus_token: CancellationToken,
+}
+
+/// `node-a` ... `node-z`, then `node-27` and on.
+pub fn node_id(i: usize) -> String {
+    match u8::try_from(i).ok().filter(|i| *i < 26) {
+        Some(i) => format!("node-{}", (b'a' + i) as char),
+        None => format!("node-{}", i + 1),
+    }
+}
+
+impl Fleet {
+    /// Starts the nodes, then the router in front of them.
+    pub async fn up(opts: Options) -> Result<Self, Error> {
+        if !(1..=MAX_NODES).contains(&opts.nodes) {
+            return Err(Error::Nodes { max: MAX_NODES });
+        }
+        opts.router.validate()?;
+        let hub = LocalHub::new();
+        let bus_token = CancellationToken::new();
+        let mut nodes = Vec::with_capacity(opts.nodes);
+        for i in 0..opts.nodes {
+            let id = node_id(i);
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(|source| Error::Bind { id: id.clone(), source })?;
+            let addr =
+                listener.local_addr().map_err(|source| Error::Bind { id: id.clone(), source })?;
+            let bus: Arc<dyn Bus> = match &opts.redis {
+                Some(url) => RedisBus::start(&id, RedisConfig::new(url), bus_token.clone())
+                    .map_err(|source| Error::Bus { id: id.clone(), source })?,
+                None => Arc::new(hub.bus(&id)),
+            };
+            let node = Node::new(ws_node::Config { node_id: id.clone(), ..opts.node.clone() }, bus);
+            let serving = Some(tokio::spawn(ws_node::serve(node.clone(), listener)));
+            nodes.push(FleetNode { id, addr, node, serving });
+        }
+        let mut config = opts.router;
+        config.nodes = nodes
+            .iter()
+            .map(|n| NodeSpec::new(&n.id, &n.addr.to_string(), None))
+            .collect::<Result<_, _>>()
+            .map_err(|e| router::Error::Config(format!("node address: {e}")))?;
+        let router = Router::start(config)?;
+        Ok(Self { router, nodes, bus_token })
+    }
+
+    /// Where WebSocket clients connect.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.router.proxy_addr())
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.router.admin_addr())
+    }
+
+    pub fn node(&self, id: &str) -> Option<&FleetNode> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// Stops one node as a crash looks to the router: its listener closes at once and its
+    /// clients are closed (1001) in the background. False for an unknown node.
+    pub fn stop_node(&self, id: &str) -> bool {
+        let Some(n) = self.node(id) else { return false };
+        n.node.shutdown();
+        true
+    }
+
+    /// Stops the router (tunnels get its grace), then the nodes.
+    pub async fn shutdown(mut self) {
+        if !self.router.shutdown().await {
+            tracing::warn!("router: some tunnels were cut at the end of the grace");
+        }
+        for n in &self.nodes {
+            n.node.shutdown();
+        }
+        for n in &mut self.nodes {
+            if let Some(h) = n.serving.take() {
+                let _ = tokio::time::timeout(NODE_STOP, h).await;
+            }
+        }
+        self.bus_token.cancel();
+    }
+
+    /// The start-up banner: every URL a user needs.
+    pub fn banner(&self) -> String {
+        let mut out = format!(
+            "roomfleet up: {} nodes behind one router\n  ws:     {}?room=ROOM&user=USER\n  admin:  {}/admin/ring  (also /admin/placement?room=ROOM, /metrics)\n",
+            self.nodes.len(),
+            self.ws_url(),
+            self.admin_url(),
+        );
+        for n in &self.nodes {
+            out.push_str(&format!(
+                "  {}: ws://{}/ws  (http://{}/admin/rooms)\n",
+                n.id, n.addr, n.addr
+            ));
+        }
+        out
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for n in &self.nodes {
+            n.node.shutdown();
+        }
+        self.bus_token.cancel();
+    }
+}
