@@ -131,7 +131,7 @@ fn ring(proxy: &Proxy) -> Response<Body> {
         StatusCode::OK,
         &json!({
             "generation": view.ring.generation(),
-            "policy": proxy.config.policy.name(),
+            "policy": proxy.policy.name(),
             "vnodes_per_weight": proxy.config.vnodes,
             "placed": view.ring.len(),
             "nodes": nodes,
@@ -162,7 +162,7 @@ fn placement(proxy: &Proxy, query: Option<&str>) -> Response<Body> {
         },
     };
     let view = proxy.membership.view();
-    let p = match proxy.config.policy.place(&view, &room, ip) {
+    let p = match proxy.policy.place(&view, &room, ip) {
         Ok(p) => p,
         Err(e) => return json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };

@@ -10,7 +10,7 @@ use shared::config::parse_secs;
 use crate::Error;
 use crate::health::HealthConfig;
 use crate::membership::NodeSpec;
-use crate::placement::Policy;
+use crate::placement::PolicyName;
 use crate::ring::DEFAULT_VNODES;
 
 /// Descriptors kept free for node probes, admin requests and accept headroom.
@@ -26,7 +26,7 @@ pub struct Config {
     pub admin: SocketAddr,
     /// The nodes at start; more come and go through the admin API.
     pub nodes: Vec<NodeSpec>,
-    pub policy: Policy,
+    pub policy: PolicyName,
     /// Bearer token `/admin/*` requires; required when `admin` is not loopback.
     pub admin_token: Option<String>,
     /// Bearer token for the nodes' own `/admin/*` (the drain call), when they require one.
@@ -61,7 +61,7 @@ impl Default for Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             admin: SocketAddr::from(([127, 0, 0, 1], 9090)),
             nodes: Vec::new(),
-            policy: Policy::Room,
+            policy: PolicyName::Room,
             admin_token: None,
             node_admin_token: None,
             reuse_port: false,
@@ -124,8 +124,8 @@ impl Config {
 #[derive(Debug, Clone, clap::Args)]
 pub struct RouterArgs {
     /// Placement policy.
-    #[arg(long, env = "ROUTER_POLICY", value_enum, default_value_t = Policy::Room)]
-    pub policy: Policy,
+    #[arg(long, env = "ROUTER_POLICY", value_enum, default_value_t = PolicyName::Room)]
+    pub policy: PolicyName,
     /// Bearer token required on `/admin/*`; required when --admin is not loopback.
     #[arg(long, env = "ROUTER_ADMIN_TOKEN")]
     pub admin_token: Option<String>,

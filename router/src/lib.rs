@@ -29,7 +29,7 @@ pub use error::{Cause, Error};
 pub use health::HealthConfig;
 pub use membership::{Membership, NodeSpec, Source, View};
 pub use metrics::Metrics;
-pub use placement::{Placement, Policy};
+pub use placement::{Placement, Policy, PolicyName};
 pub use proxy::{NODE as NODE_HEADER, RING_GENERATION as RING_GENERATION_HEADER};
 pub use ring::Ring;
 
@@ -51,6 +51,7 @@ impl Router {
     /// current Tokio runtime.
     pub fn start(config: Config) -> Result<Self, Error> {
         config.validate()?;
+        let policy = Policy::from_config(&config)?;
         let listener = shared::listen::bind(config.listen, config.reuse_port)
             .map_err(|source| Error::Bind { addr: config.listen, source })?;
         let admin_listener = shared::listen::bind(config.admin, false)
@@ -80,6 +81,7 @@ impl Router {
                 metrics.clone(),
             ),
             config,
+            policy,
             membership: membership.clone(),
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),

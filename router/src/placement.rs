@@ -1,23 +1,39 @@
 //! Placement policies: which nodes, in which order, a client's upgrade goes to. The proxy
-//! and `/admin/placement` call [`Policy::place`] with the room and the client's IP, so a
-//! policy that keys on the client (the `geo` policy of issue 5: key = country, optional
-//! pools as filters of the ring walk, `room` as the fallback) plugs in here alone.
+//! and `/admin/placement` call [`client_ip`] and [`Policy::place`] with the room and the
+//! client's address, so a policy that keys on the client (the `geo` policy of issue 5:
+//! key = country, optional pools as filters of the ring walk, `room` as the fallback) plugs
+//! in here alone: a [`PolicyName`], a [`Policy`] variant holding its state, a `match` arm.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
+use http::HeaderMap;
 use serde::Serialize;
 use shared::ids::{NodeId, RoomId};
 
 use crate::Error;
+use crate::config::Config;
 use crate::membership::{Member, View};
 use crate::ring::Ring;
 
-/// The configured policy.
+/// The `--policy` flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum Policy {
+pub enum PolicyName {
     /// Key = room ID: every member of a room meets on one node.
     #[default]
     Room,
+}
+
+/// A placement policy with whatever it needs at run time, built once at start.
+#[derive(Debug)]
+pub enum Policy {
+    Room,
+}
+
+/// The client address placement uses: the TCP peer, IPv4-mapped IPv6 made IPv4. (Issue 5
+/// adds `X-Forwarded-For` / `Forwarded` when the peer is a configured trusted proxy.)
+pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, config: &Config) -> IpAddr {
+    let _ = (headers, config);
+    peer.ip().to_canonical()
 }
 
 /// Where a room goes and why: what the proxy tries in order and what the admin API shows.
@@ -40,14 +56,22 @@ pub struct Placement {
 }
 
 impl Policy {
-    pub fn name(self) -> &'static str {
+    /// Builds the configured policy; a policy that cannot start (a missing database) fails
+    /// here, before anything binds.
+    pub fn from_config(config: &Config) -> Result<Self, Error> {
+        match config.policy {
+            PolicyName::Room => Ok(Policy::Room),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
         match self {
             Policy::Room => "room",
         }
     }
 
     /// Places `room` for a client at `client_ip` on `view`'s ring.
-    pub fn place(self, view: &View, room: &RoomId, client_ip: IpAddr) -> Result<Placement, Error> {
+    pub fn place(&self, view: &View, room: &RoomId, client_ip: IpAddr) -> Result<Placement, Error> {
         let _ = client_ip;
         match self {
             Policy::Room => by_key(view, room, "room", room.as_str(), "room id hash"),

@@ -30,6 +30,7 @@ use crate::error::{Cause, Error};
 use crate::limits::{ConnGuard, Limits};
 use crate::membership::{Member, Membership, NodeStats};
 use crate::metrics::{Metrics, Outcome, Refusal};
+use crate::placement::Policy;
 use crate::upstream::{self, ConnFuture, MAX_BODY, node_error};
 
 /// The request header naming the ring generation a node was chosen with.
@@ -57,6 +58,7 @@ const REFUSAL_HEADER_TIMEOUT: Duration = Duration::from_secs(1);
 /// What the public side shares across connections.
 pub(crate) struct Proxy {
     pub(crate) config: Arc<Config>,
+    pub(crate) policy: Policy,
     pub(crate) membership: Arc<Membership>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) limits: Arc<Limits>,
@@ -187,9 +189,9 @@ impl Proxy {
             m.upgrade(Outcome::BadRequest);
             return ws_upgrade_refusal(status, why);
         }
-        let client_ip = peer.ip().to_canonical();
+        let client_ip = crate::placement::client_ip(peer, req.headers(), &self.config);
         let view = self.membership.view();
-        let placement = match self.config.policy.place(&view, &target.room, client_ip) {
+        let placement = match self.policy.place(&view, &target.room, client_ip) {
             Ok(p) => p,
             Err(e) => {
                 m.upgrade(Outcome::NoNode);
