@@ -33,12 +33,15 @@ impl CloseReason {
 pub struct Kill {
     token: CancellationToken,
     reason: std::sync::OnceLock<CloseReason>,
+    /// Set by [`Kill::kill`]: fan-out checks this plain flag for every member of every
+    /// message, which is cheaper than asking the token.
+    dead: std::sync::atomic::AtomicBool,
 }
 
 impl Kill {
     /// A switch that also trips when `parent` (the node's shutdown token) is cancelled.
     pub fn child_of(parent: &CancellationToken) -> Self {
-        Self { token: parent.child_token(), reason: Default::default() }
+        Self { token: parent.child_token(), reason: Default::default(), dead: Default::default() }
     }
 
     /// The token a session waits on.
@@ -49,6 +52,7 @@ impl Kill {
     /// Asks the connection to close with `reason`; the first reason wins.
     pub fn kill(&self, reason: CloseReason) -> bool {
         let first = self.reason.set(reason).is_ok();
+        self.dead.store(true, std::sync::atomic::Ordering::Relaxed);
         self.token.cancel();
         first
     }
@@ -56,7 +60,7 @@ impl Kill {
         self.reason.get().copied()
     }
     pub fn is_killed(&self) -> bool {
-        self.token.is_cancelled()
+        self.dead.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
