@@ -90,12 +90,12 @@ async fn a_second_tab_of_a_user_is_not_a_new_presence() {
 async fn publish_with_an_id_is_acked_with_its_seq() {
     let node = TestNode::start(config("n1")).await;
     let (mut a, _) = Client::join(&node.url("r", "a")).await;
-    a.send(json!({"type": "publish", "body": {"x": 1}, "id": "m-1"})).await;
+    a.send_json(&json!({"type": "publish", "body": {"x": 1}, "id": "m-1"})).await;
     let m = a.recv().await;
     assert_eq!(m["type"], "message");
     assert_eq!(m["id"], "m-1");
     assert_eq!(a.recv().await, json!({"type": "ack", "id": "m-1", "seq": m["seq"]}));
-    a.send(json!({"type": "publish", "body": 2, "id": 7})).await;
+    a.send_json(&json!({"type": "publish", "body": 2, "id": 7})).await;
     assert_eq!(a.recv_type("ack").await, json!({"type": "ack", "id": 7, "seq": 2}));
 }
 
@@ -105,7 +105,7 @@ async fn signals_reach_the_others_unsequenced() {
     let (mut a, _) = Client::join(&node.url("s", "a")).await;
     let (mut b, _) = Client::join(&node.url("s", "b")).await;
     let _ = a.recv().await; // b's join
-    a.send(json!({"type": "signal", "body": {"typing": true}})).await;
+    a.send_json(&json!({"type": "signal", "body": {"typing": true}})).await;
     assert_eq!(b.recv().await, json!({"type": "signal", "from": "a", "body": {"typing": true}}));
     // The sender does not get its own signal, and signals do not use up seq.
     a.publish(json!("after")).await;

@@ -70,14 +70,26 @@ impl WsClient {
 
     /// Reads until the server closes; the close code, `None` when it closed without one.
     pub async fn closed(&mut self, within: Duration) -> Option<u16> {
+        self.closed_with_reason(within).await.map(|(code, _)| code)
+    }
+
+    /// Like [`WsClient::closed`], with the close reason text.
+    pub async fn closed_with_reason(&mut self, within: Duration) -> Option<(u16, String)> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             match tokio::time::timeout_at(deadline, self.ws.next()).await.expect("close in time") {
-                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+                Some(Ok(Message::Close(f))) => {
+                    return f.map(|f| (u16::from(f.code), f.reason.to_string()));
+                }
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => return None,
             }
         }
+    }
+
+    /// Sends any frame as it is (binary, oversize, malformed text).
+    pub async fn send_raw(&mut self, m: Message) {
+        self.ws.send(m).await.expect("send a frame");
     }
 
     /// Sends a close frame and waits for the server's answer.
