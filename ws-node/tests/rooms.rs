@@ -135,3 +135,17 @@ async fn admin_rooms_lists_rooms() {
         shared::testkit::http(node.addr, "GET", "/admin/rooms?limit=x", &[], "").await.unwrap();
     assert_eq!(s, 400);
 }
+
+#[tokio::test]
+async fn client_pings_are_answered() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let node = TestNode::start(config("n1")).await;
+    let (mut a, _) = Client::join(&node.url("r", "a")).await;
+    a.send_raw(Message::Ping(b"are you there".to_vec().into())).await;
+    let pong = tokio::time::timeout(common::STEP, a.ws.next()).await.expect("pong in time");
+    match pong {
+        Some(Ok(Message::Pong(p))) => assert_eq!(&p[..], b"are you there"),
+        other => panic!("expected a pong, got {other:?}"),
+    }
+}
