@@ -24,9 +24,15 @@ publishes() { redis-cli -p "$RPORT" info commandstats | awk -F'[=,]' '/^cmdstat_
 p() { json_get "$1" "latency_us.$2" | awk '{ printf "%.2f", $1 / 1000 }'; }
 
 echo "machine: $(machine)" | tee "$OUT/spanning.md"
-# 1. Latency, single node vs spanning (same scenario, every member sends 1/s).
+# 1. Latency, single node vs spanning (same scenario, every member sends 1/s, two client
+#    processes in both cases so only the server path differs).
 lt --url "ws://127.0.0.1:$A/ws" --conns 1000 --rooms 100 --senders 10 --rate 1 --prefix single \
-  --json "$OUT/span-single.json" >"$OUT/span-single.log"
+  --shard 0/2 --json "$OUT/span-single-0.json" >"$OUT/span-single-0.log" &
+s0=$!
+lt --url "ws://127.0.0.1:$A/ws" --conns 1000 --rooms 100 --senders 10 --rate 1 --prefix single \
+  --shard 1/2 --json "$OUT/span-single-1.json" >"$OUT/span-single-1.log"
+wait $s0
+"$BIN/loadtest" merge "$OUT/span-single-0.json" "$OUT/span-single-1.json" --json "$OUT/span-single.json" >/dev/null
 lt --url "ws://127.0.0.1:$A/ws" --conns 1000 --rooms 100 --senders 10 --rate 1 --prefix wide \
   --shard 0/2 --json "$OUT/span-wide-0.json" >"$OUT/span-wide-0.log" &
 w0=$!
