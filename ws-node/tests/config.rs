@@ -1,26 +1,23 @@
 //! The ws-node binary reads the example config file of deploy/ and lets flags and the
 //! environment override it; a bad config exits non-zero with one clear line.
 
-use std::process::{Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::Duration;
 
-use shared::testkit::{RedisServer, free_port, http, wait_until};
+use common::NodeProcess;
+use shared::testkit::{RedisServer, http, wait_until};
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/ws-node.toml");
 
 #[tokio::test]
 async fn the_example_config_runs_with_overrides() {
     let redis = RedisServer::start().await;
-    let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ws-node"))
-        .args(["--config", EXAMPLE, "--listen", &format!("127.0.0.1:{port}")])
-        .env("WSNODE_REDIS", redis.url())
-        .env("WSNODE_NODE_ID", "from-env")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn ws-node");
-    let addr = ([127, 0, 0, 1], port).into();
+    let envs = [("WSNODE_REDIS", redis.url()), ("WSNODE_NODE_ID", "from-env".to_string())];
+    // The file says 0.0.0.0:7001; the --listen flag NodeProcess adds must win.
+    let node = NodeProcess::start(&["--config", EXAMPLE], &envs, None).await;
+    let addr = node.addr();
     wait_until(Duration::from_secs(10), "the node to serve", || async move {
         http(addr, "GET", "/admin/rooms", &[], "")
             .await
@@ -32,8 +29,6 @@ async fn the_example_config_runs_with_overrides() {
         redis.command(&["EXISTS", "roomfleet:hb:from-env"]).await.contains(":1")
     })
     .await;
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[test]

@@ -1,30 +1,26 @@
 //! At the process's open-file limit the node refuses new clients with a clear 503 and
 //! keeps serving the ones it has (a real binary under a lowered `ulimit -n`).
 
-use std::process::{Command, Stdio};
+mod common;
+
 use std::time::Duration;
 
+use common::NodeProcess;
 use serde_json::json;
 use shared::testkit::ws::WsClient;
-use shared::testkit::{free_port, http, wait_until};
+use shared::testkit::{http, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_refuses_at_the_file_limit_and_keeps_the_rest() {
-    let port = free_port();
-    let bin = env!("CARGO_BIN_EXE_ws-node");
     // 64 descriptors, but a connection limit far above them: only the file limit can stop us.
-    let mut child = Command::new("bash")
-        .args(["-c", &format!("ulimit -n 64 && exec {bin} --listen 127.0.0.1:{port} --node-id tight --max-connections 1000")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn ws-node");
-    let addr = ([127, 0, 0, 1], port).into();
-    wait_until(Duration::from_secs(10), "the node to serve", || async move {
-        http(addr, "GET", "/healthz", &[], "").await.is_ok()
-    })
+    let node = NodeProcess::start(
+        &["--node-id", "tight", "--max-connections", "1000"],
+        &[],
+        Some("ulimit -n 64"),
+    )
     .await;
-    let url = format!("ws://127.0.0.1:{port}/ws?room=r&user=u");
+    let addr = node.addr();
+    let url = node.url("r", "u");
     let mut open = Vec::new();
     let mut refused = None;
     for _ in 0..100 {
@@ -55,6 +51,4 @@ async fn the_node_refuses_at_the_file_limit_and_keeps_the_rest() {
         !metrics.contains("wsnode_upgrades_refused_total{reason=\"fd_limit\"} 0"),
         "refusals at the file limit are counted"
     );
-    let _ = child.kill();
-    let _ = child.wait();
 }

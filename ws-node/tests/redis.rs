@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::spanning as scenario;
-use common::{Client, STEP, TestNode, config};
+use common::{Client, NodeProcess, STEP, TestNode, config};
 use serde_json::json;
 use shared::testkit::{RedisServer, wait_until};
 use tokio_util::sync::CancellationToken;
@@ -154,21 +154,14 @@ async fn a_redis_restart_leaves_local_rooms_alone_and_spanning_rooms_recover() {
 async fn a_sigkilled_node_is_pruned_from_room_sets_within_its_heartbeat_ttl() {
     let redis = RedisServer::start().await;
     let c = cluster(&redis, 1).await;
-    let port = shared::testkit::free_port();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ws-node"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--node-id", "victim"])
-        .args(["--redis", &redis.url(), "--heartbeat-ttl", "2"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn ws-node");
-    let victim_url = format!("ws://127.0.0.1:{port}/ws?room=shared&user=v");
-    wait_until(STEP, "the victim to serve", || async move {
-        shared::testkit::http(([127, 0, 0, 1], port).into(), "GET", "/healthz", &[], "")
-            .await
-            .is_ok()
-    })
+    let url = redis.url();
+    let victim = NodeProcess::start(
+        &["--node-id", "victim", "--redis", &url, "--heartbeat-ttl", "2"],
+        &[],
+        None,
+    )
     .await;
+    let victim_url = victim.url("shared", "v");
     wait_until(STEP, "the victim's heartbeat", || async {
         redis.command(&["EXISTS", "roomfleet:hb:victim"]).await.contains(":1")
     })
@@ -178,8 +171,8 @@ async fn a_sigkilled_node_is_pruned_from_room_sets_within_its_heartbeat_ttl() {
     let members = redis.command(&["SMEMBERS", "roomfleet:nodes:shared"]).await;
     assert!(members.contains("victim") && members.contains("n0"), "{members}");
 
-    child.kill().expect("SIGKILL");
-    let _ = child.wait();
+    victim.signal("KILL");
+    let _ = victim.exit().await;
     // Heartbeat TTL (2 s) plus one holder check (2 s), with slack for a loaded machine.
     wait_until(Duration::from_secs(6), "the victim to leave the room set", || async {
         !redis.command(&["SMEMBERS", "roomfleet:nodes:shared"]).await.contains("victim")
@@ -194,28 +187,27 @@ async fn a_sigkilled_node_is_pruned_from_room_sets_within_its_heartbeat_ttl() {
 #[tokio::test]
 async fn sigterm_deregisters_then_drains_with_1012_and_exits() {
     let redis = RedisServer::start().await;
-    let port = shared::testkit::free_port();
+    let (url, port) = (redis.url(), shared::testkit::free_port());
+    // Advertise any address: the registry entry is what this test watches.
     let addr = format!("127.0.0.1:{port}");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ws-node"))
-        .args(["--listen", &addr, "--node-id", "rolling", "--advertise", &addr])
-        .args(["--redis", &redis.url(), "--deregister-wait", "0.5", "--drain-window", "1"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn ws-node");
+    let node = NodeProcess::start(
+        &["--node-id", "rolling", "--advertise", &addr, "--redis", &url]
+            .into_iter()
+            .chain(["--deregister-wait", "0.5", "--drain-window", "1"])
+            .collect::<Vec<_>>(),
+        &[],
+        None,
+    )
+    .await;
     wait_until(STEP, "the node to register", || async {
         redis.command(&["HGET", "roomfleet:registry", "rolling"]).await.contains(&addr)
     })
     .await;
     let mut clients = Vec::new();
     for i in 0..5 {
-        clients.push(Client::join(&format!("ws://{addr}/ws?room=r{i}&user=u")).await.0);
+        clients.push(Client::join(&node.url(&format!("r{i}"), "u")).await.0);
     }
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
+    node.signal("TERM");
     wait_until(STEP, "the node to deregister", || async {
         !redis.command(&["HEXISTS", "roomfleet:registry", "rolling"]).await.contains(":1")
     })
@@ -223,6 +215,6 @@ async fn sigterm_deregisters_then_drains_with_1012_and_exits() {
     for c in clients.iter_mut() {
         assert_eq!(c.closed(Duration::from_secs(10)).await, Some(1012));
     }
-    let exit = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    let exit = node.exit().await;
     assert!(exit.success(), "{exit:?}");
 }

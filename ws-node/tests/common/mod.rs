@@ -65,3 +65,78 @@ impl Drop for TestNode {
 pub fn config(id: &str) -> Config {
     Config { node_id: id.into(), publish_rate: 1000.0, publish_burst: 1000.0, ..Config::default() }
 }
+
+/// The real `ws-node` binary on a free port, for tests about processes; killed on drop.
+pub struct NodeProcess {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl NodeProcess {
+    /// Runs `ws-node --listen 127.0.0.1:PORT ARGS` with `envs`, after `shell` (for example
+    /// `ulimit -n 64`) when given, and waits until it answers `/healthz`.
+    pub async fn start(args: &[&str], envs: &[(&str, String)], shell: Option<&str>) -> Self {
+        let port = shared::testkit::free_port();
+        let bin = env!("CARGO_BIN_EXE_ws-node");
+        let listen = format!("127.0.0.1:{port}");
+        let mut cmd = match shell {
+            Some(pre) => {
+                let mut c = std::process::Command::new("bash");
+                c.args(["-c", &format!("{pre} && exec \"$0\" \"$@\""), bin, "--listen", &listen]);
+                c
+            }
+            None => {
+                let mut c = std::process::Command::new(bin);
+                c.args(["--listen", &listen]);
+                c
+            }
+        };
+        let child = cmd
+            .args(args)
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn ws-node");
+        let p = Self { port, child: Some(child) };
+        let addr = p.addr();
+        shared::testkit::wait_until(STEP, "ws-node to serve", || async move {
+            shared::testkit::http(addr, "GET", "/healthz", &[], "").await.is_ok()
+        })
+        .await;
+        p
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    pub fn url(&self, room: &str, user: &str) -> String {
+        format!("ws://127.0.0.1:{}/ws?room={room}&user={user}", self.port)
+    }
+
+    /// Sends `signal` (`TERM`, `KILL`, ...) to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().map(|c| c.id()).expect("running");
+        let ok = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} {pid}");
+    }
+
+    /// Waits for the process to exit.
+    pub async fn exit(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
