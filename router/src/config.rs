@@ -53,6 +53,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The drain window passed to a node's `POST /admin/drain`; `None` = the node's default.
     pub drain_window: Option<Duration>,
+    /// Nodes from the Redis registry (`--discovery redis`), besides the static ones.
+    pub discovery: Option<crate::discovery::Discovery>,
 }
 
 impl Default for Config {
@@ -75,6 +77,7 @@ impl Default for Config {
             health: HealthConfig::default(),
             shutdown_grace: Duration::from_secs(30),
             drain_window: None,
+            discovery: None,
         }
     }
 }
@@ -112,6 +115,13 @@ impl Config {
             (!self.upstream_timeout.is_zero(), "--upstream-timeout must be above 0"),
             (!self.header_timeout.is_zero(), "--header-timeout must be above 0"),
         ];
+        if let Some(d) = &self.discovery {
+            redis::Client::open(d.redis.as_str())
+                .map_err(|e| Error::config(format!("--redis {}: {e}", d.redis)))?;
+            if d.interval.is_zero() {
+                return Err(Error::config("--discovery-interval must be above 0"));
+            }
+        }
         match checks.iter().find(|(ok, _)| !ok) {
             Some((_, why)) => Err(Error::config(*why)),
             None => Ok(()),
@@ -174,6 +184,26 @@ pub struct RouterArgs {
     /// Seconds over which a drained node spreads its closes (default: the node's own).
     #[arg(long, env = "ROUTER_DRAIN_WINDOW", value_parser = parse_secs)]
     pub drain_window: Option<Duration>,
+    /// Where nodes come from: `static` (--node, config file, admin API) or `redis` (also the
+    /// registry the nodes keep with --advertise; needs --redis).
+    #[arg(long, env = "ROUTER_DISCOVERY", value_enum, default_value_t = DiscoveryKind::Static)]
+    pub discovery: DiscoveryKind,
+    /// Redis URL of the node registry (`--discovery redis`).
+    #[arg(long, env = "ROUTER_REDIS")]
+    pub redis: Option<String>,
+    /// Prefix of the registry's keys and channel: the nodes' --redis-prefix.
+    #[arg(long, env = "ROUTER_REDIS_PREFIX", default_value = "roomfleet")]
+    pub redis_prefix: String,
+    /// Seconds between full reads of the registry (changes are also pushed at once).
+    #[arg(long, env = "ROUTER_DISCOVERY_INTERVAL", value_parser = parse_secs, default_value = "1")]
+    pub discovery_interval: Duration,
+}
+
+/// The `--discovery` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DiscoveryKind {
+    Static,
+    Redis,
 }
 
 impl RouterArgs {
@@ -208,6 +238,17 @@ impl RouterArgs {
             },
             shutdown_grace: self.shutdown_grace,
             drain_window: self.drain_window,
+            discovery: match (self.discovery, self.redis) {
+                (DiscoveryKind::Static, _) => None,
+                (DiscoveryKind::Redis, None) => {
+                    return Err(Error::config("--discovery redis needs --redis URL"));
+                }
+                (DiscoveryKind::Redis, Some(redis)) => Some(crate::discovery::Discovery {
+                    redis,
+                    prefix: self.redis_prefix,
+                    interval: self.discovery_interval,
+                }),
+            },
         };
         c.validate()?;
         Ok(c)

@@ -5,6 +5,7 @@
 
 mod admin;
 pub mod config;
+pub mod discovery;
 mod error;
 pub mod health;
 mod limits;
@@ -73,6 +74,7 @@ impl Router {
         let hard_stop = CancellationToken::new();
         let grace = config.shutdown_grace;
         let health = config.health;
+        let discovery = config.discovery.clone();
         let config = Arc::new(config);
         let proxy = Arc::new(proxy::Proxy {
             limits: limits::Limits::new(
@@ -91,6 +93,9 @@ impl Router {
         t.spawn(proxy::serve(proxy.clone(), Acceptor::new(listener)));
         t.spawn(admin::serve(proxy.clone(), Acceptor::new(admin_listener)));
         t.spawn(health::run(membership.clone(), metrics.clone(), health, shutdown.token.clone()));
+        if let Some(d) = discovery {
+            t.spawn(discovery::run(membership.clone(), metrics.clone(), d, shutdown.token.clone()));
+        }
         tracing::info!(
             listen = %proxy_addr,
             admin = %admin_addr,

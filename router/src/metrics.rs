@@ -74,6 +74,10 @@ pub struct Metrics {
     pub probe_failures: Counter,
     /// The ring generation in use; membership sets it on every rebuild.
     pub ring_generation: Arc<Gauge>,
+    /// Full reads of the Redis node registry (`--discovery redis`).
+    pub registry_syncs: Counter,
+    /// Registry connections or reads that failed (the last membership is kept).
+    pub registry_errors: Counter,
 }
 
 impl Metrics {
@@ -159,6 +163,16 @@ impl Metrics {
             [("down", self.health_down.get()), ("up", self.health_up.get())],
         );
         e.counter("router_probe_failures_total", "Failed health probes.", &self.probe_failures);
+        e.counter(
+            "router_registry_syncs_total",
+            "Full reads of the Redis node registry.",
+            &self.registry_syncs,
+        );
+        e.counter(
+            "router_registry_errors_total",
+            "Failed registry connections or reads (the last membership is kept).",
+            &self.registry_errors,
+        );
         e.gauge(
             "router_ring_generation",
             "Generation of the ring in use.",

@@ -1,0 +1,274 @@
+//! The deployment shape end to end, with real binaries and a real Redis on a free port:
+//! two routers and a pool of ws-nodes that register themselves (`--discovery redis`).
+//! A node added later joins both rings; both routers place rooms alike; a node stopped
+//! with SIGTERM while rooms chat hands every client over without losing a message.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use shared::testkit::ws::WsClient;
+use shared::testkit::{RedisServer, free_port, http, wait_until};
+use tokio_util::sync::CancellationToken;
+
+const STEP: Duration = Duration::from_secs(15);
+
+/// A workspace binary next to this test's executable (`cargo test --workspace` builds it).
+fn bin(name: &str) -> PathBuf {
+    let dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(name: &str, args: &[String]) -> Proc {
+    let child = Command::new(bin(name))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+    Proc(child)
+}
+
+fn node(redis: &str, id: &str) -> (Proc, u16) {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let args = [
+        "--listen",
+        &addr,
+        "--node-id",
+        id,
+        "--redis",
+        redis,
+        "--advertise",
+        &addr,
+        "--heartbeat-ttl",
+        "3",
+        "--deregister-wait",
+        "1.5",
+        "--drain-window",
+        "1",
+    ];
+    (spawn("ws-node", &args.map(String::from)), port)
+}
+
+struct RouterProc {
+    _p: Proc,
+    ws: String,
+    admin: SocketAddr,
+}
+
+fn router(redis: &str) -> RouterProc {
+    let (port, admin) = (free_port(), free_port());
+    let args = [
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--admin",
+        &format!("127.0.0.1:{admin}"),
+        "--discovery",
+        "redis",
+        "--redis",
+        redis,
+        "--discovery-interval",
+        "0.5",
+    ];
+    RouterProc {
+        _p: spawn("router", &args.map(String::from)),
+        ws: format!("ws://127.0.0.1:{port}/ws"),
+        admin: ([127, 0, 0, 1], admin).into(),
+    }
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Option<Value> {
+    let (s, body) = http(addr, "GET", path, &[], "").await.ok()?;
+    (s == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+}
+
+async fn ring_ids(r: &RouterProc) -> Vec<String> {
+    let Some(ring) = get(r.admin, "/admin/ring").await else { return Vec::new() };
+    let mut ids: Vec<String> = ring["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["healthy"] == true && n["draining"] == false)
+        .filter_map(|n| n["id"].as_str().map(String::from))
+        .collect();
+    ids.sort();
+    ids
+}
+
+async fn placed(r: &RouterProc, room: &str) -> String {
+    let p = get(r.admin, &format!("/admin/placement?room={room}")).await.expect("placement");
+    p["node"].as_str().expect("a node").to_string()
+}
+
+/// One chatting member: publishes every 100 ms with an id, follows 1012 to a new node
+/// through its router, and checks that each session's seq runs on without a gap.
+struct Session {
+    node: String,
+    /// Highest seq seen and highest seq acked for its own publishes, this session.
+    seen: u64,
+    acked: u64,
+}
+
+async fn member(
+    url: String,
+    stop: CancellationToken,
+    victim_closed: CancellationToken,
+) -> Vec<Session> {
+    let mut sessions = Vec::new();
+    let mut n = 0u64;
+    'connect: for _ in 0..5 {
+        let (mut c, w) = WsClient::join(&url).await;
+        let mut s = Session {
+            node: w["node"].as_str().unwrap().to_string(),
+            seen: w["seq"].as_u64().unwrap(),
+            acked: 0,
+        };
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = tick.tick(), if !stop.is_cancelled() => {
+                    n += 1;
+                    c.send_json(&json!({"type": "publish", "body": n, "id": n})).await;
+                }
+                m = tokio::time::timeout(Duration::from_secs(2), futures_util::StreamExt::next(&mut c.ws)) => {
+                    use tokio_tungstenite::tungstenite::Message;
+                    match m {
+                        // Quiet for 2 s after the stop: everything has arrived.
+                        Err(_) if stop.is_cancelled() => { sessions.push(s); break 'connect; }
+                        Err(_) => panic!("no frame for 2 s while chatting"),
+                        Ok(Some(Ok(Message::Text(t)))) => {
+                            let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                            match v["type"].as_str() {
+                                Some("message") => {
+                                    let seq = v["seq"].as_u64().unwrap();
+                                    assert_eq!(seq, s.seen + 1, "no gap, no duplicate on {}", s.node);
+                                    s.seen = seq;
+                                }
+                                Some("ack") => s.acked = s.acked.max(v["seq"].as_u64().unwrap()),
+                                Some("error") => panic!("error frame {v}"),
+                                _ => {}
+                            }
+                        }
+                        Ok(Some(Ok(Message::Close(f)))) => {
+                            let code = f.map(|f| u16::from(f.code));
+                            assert_eq!(code, Some(1012), "only the drain closes us");
+                            victim_closed.cancel();
+                            sessions.push(s);
+                            continue 'connect;
+                        }
+                        Ok(Some(Ok(_))) => {}
+                        other => panic!("connection broke: {other:?}"),
+                    }
+                }
+            }
+        }
+    }
+    sessions
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_routers_a_registered_pool_and_a_rolling_stop() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let mut nodes: HashMap<String, Proc> = HashMap::new();
+    for id in ["node-a", "node-b", "node-c"] {
+        nodes.insert(id.into(), node(&url, id).0);
+    }
+    let routers = [router(&url), router(&url)];
+    for r in &routers {
+        wait_until(STEP, "three registered nodes in each ring", || async {
+            ring_ids(r).await.len() == 3
+        })
+        .await;
+    }
+
+    // A fourth node appears in both rings and takes about a quarter of new rooms.
+    nodes.insert("node-d".into(), node(&url, "node-d").0);
+    for r in &routers {
+        wait_until(STEP, "node-d in each ring", || async { ring_ids(r).await.len() == 4 }).await;
+    }
+    let mut on_d = 0;
+    for i in 0..1000 {
+        let room = format!("room-{i}");
+        let (a, b) = (placed(&routers[0], &room).await, placed(&routers[1], &room).await);
+        assert_eq!(a, b, "both routers place {room} alike");
+        on_d += usize::from(a == "node-d");
+    }
+    assert!((150..=350).contains(&on_d), "node-d got {on_d} of 1000 rooms");
+
+    // 50 rooms chat, two members each, one through each router.
+    let stop = CancellationToken::new();
+    let closed = CancellationToken::new();
+    let mut owners = HashMap::new();
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let room = format!("chat-{i}");
+        owners.insert(room.clone(), placed(&routers[0], &room).await);
+        for (k, r) in routers.iter().enumerate() {
+            let url = format!("{}?room={room}&user=m{k}", r.ws);
+            tasks.push((room.clone(), tokio::spawn(member(url, stop.clone(), closed.clone()))));
+        }
+    }
+    // Stop the node holding most of them, with SIGTERM, while they chat.
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    owners.values().for_each(|n| *count.entry(n).or_default() += 1);
+    let victim = count.iter().max_by_key(|(_, n)| **n).map(|(id, _)| id.to_string()).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await; // let some chat happen first
+    let pid = nodes[&victim].0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    tokio::time::timeout(STEP, closed.cancelled()).await.expect("the victim drains its clients");
+    let mut victim_proc = nodes.remove(&victim).unwrap();
+    let exited = tokio::task::spawn_blocking(move || victim_proc.0.wait()).await.unwrap().unwrap();
+    assert!(exited.success(), "the stopped node exits cleanly: {exited:?}");
+    for r in &routers {
+        wait_until(STEP, "the stopped node out of each ring", || async {
+            !ring_ids(r).await.contains(&victim)
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await; // chat on the new owners
+    stop.cancel();
+
+    let mut by_room: HashMap<String, Vec<Vec<Session>>> = HashMap::new();
+    for (room, t) in tasks {
+        by_room.entry(room).or_default().push(t.await.expect("member task"));
+    }
+    let mut moved = 0;
+    for (room, members) in by_room {
+        let last: Vec<&Session> = members.iter().map(|s| s.last().unwrap()).collect();
+        assert_eq!(last[0].node, last[1].node, "{room}: both members end on one node");
+        assert_ne!(last[0].node, victim, "{room}: nobody stays on the stopped node");
+        if owners[&room] == victim {
+            moved += 1;
+            assert!(members.iter().all(|s| s.len() == 2), "{room}: every member reconnected once");
+        }
+        // Every message published after the last welcome arrived: each member saw the room's
+        // seq run without a gap up to everything either member got acked.
+        let top = last.iter().map(|s| s.acked).max().unwrap();
+        for s in &last {
+            assert!(s.seen >= top, "{room}: saw up to {} but {} was acked", s.seen, top);
+        }
+    }
+    assert!(moved > 0, "the stopped node held some rooms");
+}
