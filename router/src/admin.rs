@@ -178,6 +178,8 @@ fn placement(proxy: &Proxy, query: Option<&str>) -> Response<Body> {
             "hash": p.hash,
             "reason": p.reason,
             "country": p.country,
+            "pool": p.pool,
+            "fallback": p.fallback,
             "generation": p.generation,
             "fallbacks": &p.candidates[1..],
         }),

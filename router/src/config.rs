@@ -55,6 +55,12 @@ pub struct Config {
     pub drain_window: Option<Duration>,
     /// Nodes from the Redis registry (`--discovery redis`), besides the static ones.
     pub discovery: Option<crate::discovery::Discovery>,
+    /// The country database of `--policy geo`.
+    pub geoip: Option<std::path::PathBuf>,
+    /// `--policy geo` pools: country (or `default`) -> the nodes its rooms are hashed over.
+    pub pools: Vec<(String, Vec<String>)>,
+    /// Peers whose `Forwarded` / `X-Forwarded-For` name the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for Config {
@@ -78,6 +84,9 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(30),
             drain_window: None,
             discovery: None,
+            geoip: None,
+            pools: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -115,6 +124,9 @@ impl Config {
             (!self.upstream_timeout.is_zero(), "--upstream-timeout must be above 0"),
             (!self.header_timeout.is_zero(), "--header-timeout must be above 0"),
         ];
+        if self.policy == PolicyName::Geo && self.geoip.is_none() {
+            return Err(Error::config("--policy geo needs --geoip FILE.mmdb"));
+        }
         if let Some(d) = &self.discovery {
             redis::Client::open(d.redis.as_str())
                 .map_err(|e| Error::config(format!("--redis {}: {e}", d.redis)))?;
@@ -197,6 +209,36 @@ pub struct RouterArgs {
     /// Seconds between full reads of the registry (changes are also pushed at once).
     #[arg(long, env = "ROUTER_DISCOVERY_INTERVAL", value_parser = parse_secs, default_value = "1")]
     pub discovery_interval: Duration,
+    /// MaxMind-format country database for `--policy geo` (GeoLite2/GeoIP2-Country, DB-IP
+    /// country lite, ip-location-db); reloaded on SIGHUP and when the file changes.
+    #[arg(long, env = "ROUTER_GEOIP")]
+    pub geoip: Option<std::path::PathBuf>,
+    /// `--policy geo` pool: COUNTRY=NODE,NODE (or default=NODE,...); rooms of that country
+    /// are hashed over those nodes. Repeat per country.
+    #[arg(long = "pools", env = "ROUTER_POOLS", value_delimiter = ';', value_parser = parse_pool)]
+    pub pools: Vec<(String, Vec<String>)>,
+    /// CIDR of a proxy in front of the router whose Forwarded / X-Forwarded-For are believed.
+    #[arg(long = "trusted-proxy", env = "ROUTER_TRUSTED_PROXY", value_delimiter = ',')]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// `DE=node-a,node-b` -> ("DE", ["node-a", "node-b"]).
+fn parse_pool(s: &str) -> Result<(String, Vec<String>), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not COUNTRY=NODE,NODE"))?;
+    let k = k.trim();
+    let key = if k.eq_ignore_ascii_case("default") {
+        "default".to_string()
+    } else {
+        geoip::Country::new(k)
+            .ok_or_else(|| format!("{k:?} is not a two-letter country code"))?
+            .to_string()
+    };
+    let nodes: Vec<String> =
+        v.split(',').map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect();
+    if nodes.is_empty() {
+        return Err(format!("pool {key} names no node"));
+    }
+    Ok((key, nodes))
 }
 
 /// The `--discovery` values.
@@ -249,6 +291,9 @@ impl RouterArgs {
                     interval: self.discovery_interval,
                 }),
             },
+            geoip: self.geoip,
+            pools: self.pools,
+            trusted_proxies: self.trusted_proxies,
         };
         c.validate()?;
         Ok(c)
@@ -258,6 +303,24 @@ impl RouterArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pools_parse_and_refuse_nonsense() {
+        assert_eq!(
+            parse_pool("de=node-a, node-b"),
+            Ok(("DE".to_string(), vec!["node-a".to_string(), "node-b".to_string()]))
+        );
+        assert_eq!(parse_pool("Default=node-c").unwrap().0, "default");
+        assert!(parse_pool("DEU=node-a").is_err());
+        assert!(parse_pool("DE=").is_err());
+        assert!(parse_pool("DE").is_err());
+    }
+
+    #[test]
+    fn geo_needs_a_database() {
+        let c = Config { policy: PolicyName::Geo, ..Config::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("--geoip"));
+    }
 
     #[test]
     fn admin_off_loopback_needs_a_token() {

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod client_ip;
 pub mod config;
 pub mod discovery;
 mod error;
@@ -93,6 +94,12 @@ impl Router {
         t.spawn(proxy::serve(proxy.clone(), Acceptor::new(listener)));
         t.spawn(admin::serve(proxy.clone(), Acceptor::new(admin_listener)));
         t.spawn(health::run(membership.clone(), metrics.clone(), health, shutdown.token.clone()));
+        if let Policy::Geo(geo) = &proxy.policy {
+            let reloader = geoip::spawn_reloader(geo.db.clone(), shutdown.token.clone());
+            t.spawn(async move {
+                let _ = reloader.await;
+            });
+        }
         if let Some(d) = discovery {
             t.spawn(discovery::run(membership.clone(), metrics.clone(), d, shutdown.token.clone()));
         }

@@ -78,9 +78,26 @@ pub struct Metrics {
     pub registry_syncs: Counter,
     /// Registry connections or reads that failed (the last membership is kept).
     pub registry_errors: Counter,
+    /// `geo` placements by country (at most the ~250 ISO codes).
+    geo_countries: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// `geo` placements that fell back, by [`crate::placement::FALLBACKS`] reason.
+    geo_fallbacks: [Counter; 2],
 }
 
 impl Metrics {
+    /// Counts one `geo` placement of a client by country, or its fallback reason.
+    pub fn geo(&self, p: &crate::placement::Placement) {
+        if let Some(i) =
+            p.fallback.and_then(|f| crate::placement::FALLBACKS.iter().position(|x| *x == f))
+        {
+            self.geo_fallbacks[i].inc();
+        }
+        if let Some(c) = &p.country {
+            let mut m = self.geo_countries.lock().unwrap_or_else(|e| e.into_inner());
+            *m.entry(c.clone()).or_default() += 1;
+        }
+    }
+
     pub fn upgrade(&self, o: Outcome) {
         self.upgrades[o.index()].inc();
     }
@@ -167,6 +184,21 @@ impl Metrics {
             "router_registry_syncs_total",
             "Full reads of the Redis node registry.",
             &self.registry_syncs,
+        );
+        let countries = self.geo_countries.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        e.labeled(
+            "router_geo_placements_total",
+            "counter",
+            "Clients placed by the geo policy, by country.",
+            "country",
+            countries.iter().map(|(c, n)| (c.as_str(), *n)),
+        );
+        e.labeled(
+            "router_geo_fallbacks_total",
+            "counter",
+            "Geo placements that fell back to the room hash or the whole ring, by reason.",
+            "reason",
+            crate::placement::FALLBACKS.iter().zip(&self.geo_fallbacks).map(|(r, n)| (*r, n.get())),
         );
         e.counter(
             "router_registry_errors_total",

@@ -1,10 +1,12 @@
 //! Placement policies: which nodes, in which order, a client's upgrade goes to. The proxy
 //! and `/admin/placement` call [`client_ip`] and [`Policy::place`] with the room and the
-//! client's address, so a policy that keys on the client (the `geo` policy of issue 5:
-//! key = country, optional pools as filters of the ring walk, `room` as the fallback) plugs
-//! in here alone: a [`PolicyName`], a [`Policy`] variant holding its state, a `match` arm.
+//! client's address. `room` hashes the room; `geo` hashes the client's country (or, with a
+//! pool for it, the room over the pool's nodes) and falls back to `room` when the country
+//! is unknown.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use http::HeaderMap;
 use serde::Serialize;
@@ -21,19 +23,31 @@ pub enum PolicyName {
     /// Key = room ID: every member of a room meets on one node.
     #[default]
     Room,
+    /// Key = the client's country (GeoIP): a country's users share a node or a pool.
+    Geo,
 }
 
 /// A placement policy with whatever it needs at run time, built once at start.
 #[derive(Debug)]
 pub enum Policy {
     Room,
+    Geo(Geo),
 }
 
-/// The client address placement uses: the TCP peer, IPv4-mapped IPv6 made IPv4. (Issue 5
-/// adds `X-Forwarded-For` / `Forwarded` when the peer is a configured trusted proxy.)
+/// The state of the `geo` policy: the database (reloadable) and the pools.
+#[derive(Debug)]
+pub struct Geo {
+    pub db: Arc<geoip::GeoDb>,
+    /// Country code (or `default`) -> the nodes its rooms are hashed over.
+    pub pools: BTreeMap<String, Vec<NodeId>>,
+}
+
+/// Why `geo` did not place by country; the label of `router_geo_fallbacks_total`.
+pub const FALLBACKS: [&str; 2] = ["unknown_country", "pool_unavailable"];
+
+/// The client address placement uses: the TCP peer, or what a trusted proxy reports.
 pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, config: &Config) -> IpAddr {
-    let _ = (headers, config);
-    peer.ip().to_canonical()
+    crate::client_ip::client_ip(peer, headers, &config.trusted_proxies)
 }
 
 /// Where a room goes and why: what the proxy tries in order and what the admin API shows.
@@ -50,6 +64,10 @@ pub struct Placement {
     pub country: Option<String>,
     /// One line on why these nodes.
     pub reason: &'static str,
+    /// The `geo` pool used, when there was one.
+    pub pool: Option<String>,
+    /// Set when `geo` fell back: one of [`FALLBACKS`].
+    pub fallback: Option<&'static str>,
     pub generation: u64,
     /// The owner first, then the nodes to try when it refuses; every eligible node once.
     pub candidates: Vec<NodeId>,
@@ -61,21 +79,78 @@ impl Policy {
     pub fn from_config(config: &Config) -> Result<Self, Error> {
         match config.policy {
             PolicyName::Room => Ok(Policy::Room),
+            PolicyName::Geo => {
+                let path = config
+                    .geoip
+                    .as_ref()
+                    .ok_or_else(|| Error::config("--policy geo needs --geoip FILE.mmdb"))?;
+                let db = geoip::GeoDb::open(path).map_err(|e| Error::config(e.to_string()))?;
+                let mut pools = BTreeMap::new();
+                for (country, nodes) in &config.pools {
+                    let ids = nodes
+                        .iter()
+                        .map(|n| {
+                            NodeId::parse(n)
+                                .map_err(|e| Error::config(format!("--pools {country}: {e}")))
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    pools.insert(country.clone(), ids);
+                }
+                Ok(Policy::Geo(Geo { db: Arc::new(db), pools }))
+            }
         }
     }
 
     pub fn name(&self) -> &'static str {
         match self {
             Policy::Room => "room",
+            Policy::Geo(_) => "geo",
         }
     }
 
     /// Places `room` for a client at `client_ip` on `view`'s ring.
     pub fn place(&self, view: &View, room: &RoomId, client_ip: IpAddr) -> Result<Placement, Error> {
-        let _ = client_ip;
         match self {
             Policy::Room => by_key(view, room, "room", room.as_str(), "room id hash"),
+            Policy::Geo(geo) => geo.place(view, room, client_ip),
         }
+    }
+}
+
+impl Geo {
+    fn place(&self, view: &View, room: &RoomId, ip: IpAddr) -> Result<Placement, Error> {
+        let Some(country) = self.db.lookup(ip) else {
+            let mut p = by_key(view, room, "room", room.as_str(), "unknown country: room id hash")?;
+            p.fallback = Some(FALLBACKS[0]);
+            return Ok(p);
+        };
+        let code = country.as_str().to_string();
+        let pool = self
+            .pools
+            .get(&code)
+            .map(|p| (code.clone(), p))
+            .or_else(|| self.pools.get("default").map(|p| ("default".to_string(), p)));
+        let Some((pool_name, members)) = pool else {
+            // No pools: the country is the key, so its users share one node.
+            let mut p = by_key(view, room, "geo", &format!("country:{code}"), "country hash")?;
+            p.country = Some(code);
+            return Ok(p);
+        };
+        let mut p =
+            by_key(view, room, "geo", room.as_str(), "room id hash within the country's pool")?;
+        p.country = Some(code);
+        p.pool = Some(pool_name);
+        // The ring walk filtered to the pool is the pool's own ring; the rest follow as
+        // last-resort fallbacks so a client is still served when the whole pool is down.
+        let (inside, outside): (Vec<NodeId>, Vec<NodeId>) =
+            p.candidates.iter().cloned().partition(|id| members.contains(id));
+        if inside.is_empty() {
+            p.fallback = Some(FALLBACKS[1]);
+            p.reason = "pool has no healthy node: room id hash on the whole ring";
+        } else {
+            p.candidates = inside.into_iter().chain(outside).collect();
+        }
+        Ok(p)
     }
 }
 
@@ -100,6 +175,8 @@ fn by_key(
         hash: format!("{hash:016x}"),
         country: None,
         reason,
+        pool: None,
+        fallback: None,
         generation: ring.generation(),
         candidates,
     })

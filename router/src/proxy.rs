@@ -192,7 +192,12 @@ impl Proxy {
         let client_ip = crate::placement::client_ip(peer, req.headers(), &self.config);
         let view = self.membership.view();
         let placement = match self.policy.place(&view, &target.room, client_ip) {
-            Ok(p) => p,
+            Ok(p) => {
+                if matches!(self.policy, crate::placement::Policy::Geo(_)) {
+                    m.geo(&p);
+                }
+                p
+            }
             Err(e) => {
                 m.upgrade(Outcome::NoNode);
                 return retry_later(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}; retry later"));

@@ -29,6 +29,38 @@ impl WsClient {
         }
     }
 
+    /// Connects from source address `src` (any 127.x.y.z: the server sees it as the peer)
+    /// with extra request headers, such as a forwarded-for a proxy would add.
+    pub async fn connect_from(
+        url: &str,
+        src: std::net::IpAddr,
+        headers: &[(&str, &str)],
+    ) -> Result<Self, String> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = url.into_client_request().map_err(|e| format!("{url}: {e}"))?;
+        for (k, v) in headers {
+            let name = http::HeaderName::from_bytes(k.as_bytes()).map_err(|e| e.to_string())?;
+            req.headers_mut().insert(name, v.parse().map_err(|_| format!("header {k}"))?);
+        }
+        let host = req.uri().host().unwrap_or("127.0.0.1").to_string();
+        let port = req.uri().port_u16().unwrap_or(80);
+        let dial = async {
+            let dest: std::net::SocketAddr =
+                format!("{host}:{port}").parse().map_err(|e| format!("{host}:{port}: {e}"))?;
+            let sock = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+            sock.bind((src, 0).into()).map_err(|e| format!("bind {src}: {e}"))?;
+            let stream = sock.connect(dest).await.map_err(|e| format!("connect {dest}: {e}"))?;
+            tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream))
+                .await
+                .map_err(|e| format!("connect {url}: {e}"))
+        };
+        match tokio::time::timeout(STEP, dial).await {
+            Ok(Ok((ws, _))) => Ok(Self { ws }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(format!("connect {url}: timed out")),
+        }
+    }
+
     /// Connects and reads the `welcome` frame; panics with the reason otherwise.
     pub async fn join(url: &str) -> (Self, Value) {
         let mut c = Self::connect(url).await.unwrap_or_else(|e| panic!("{e}"));
