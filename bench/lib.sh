@@ -6,11 +6,15 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$ROOT/bench/out}"
 BIN="$ROOT/target/release"
 mkdir -p "$OUT"
-PIDS=()
+# Pids of everything `start` ran, in a file: `X=$(start ...)` runs in a subshell.
+PIDFILE="$OUT/.pids.$$"
+: >"$PIDFILE"
 
 cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  local p
+  while read -r p; do kill "$p" 2>/dev/null || true; done <"$PIDFILE"
   wait 2>/dev/null || true
+  rm -f "$PIDFILE"
 }
 trap cleanup EXIT
 
@@ -22,7 +26,7 @@ build() {
 start() {
   local name=$1; shift
   "$@" >"$OUT/$name.log" 2>&1 &
-  PIDS+=($!)
+  echo $! >>"$PIDFILE"
   echo $!
 }
 

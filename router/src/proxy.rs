@@ -330,16 +330,19 @@ impl Proxy {
                     return;
                 }
             };
+            let (Some(client_io), Some(node_io)) =
+                (crate::tunnel::into_tcp(client_io), crate::tunnel::into_tcp(node_io))
+            else {
+                // Both sides are built on TokioIo<TcpStream> above; nothing else can arrive.
+                tracing::error!("upgraded connection is not a TCP stream; dropping the tunnel");
+                return;
+            };
             let m = &proxy.metrics;
             m.tunnels.inc();
             stats.connections.inc();
-            let r = crate::tunnel::splice(
-                TokioIo::new(client_io),
-                TokioIo::new(node_io),
-                m.clone(),
-                proxy.hard_stop.clone(),
-            )
-            .await;
+            let r =
+                crate::tunnel::splice_tcp(client_io, node_io, m.clone(), proxy.hard_stop.clone())
+                    .await;
             if let Err(e) = r {
                 tracing::debug!("tunnel: {e}");
             }
