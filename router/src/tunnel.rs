@@ -49,6 +49,9 @@ pub(crate) async fn splice_tcp(
     if !node_early.is_empty() {
         client_wr.write_all(&node_early).await?;
     }
+    // These may be views into hyper's whole read buffers: let the buffers go now, not when
+    // the tunnel ends.
+    drop((client_early, node_early));
     splice(Counted { inner: client_rd, metrics }, client_wr, node_rd, node_wr, hard_stop).await
 }
 
