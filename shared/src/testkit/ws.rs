@@ -14,6 +14,31 @@ pub const STEP: Duration = Duration::from_secs(10);
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// Opens connections to `url` (at most `max`) until the server refuses one. Then checks
+/// that the first one still chats and that closing a few lets a new client in again: what
+/// a server at its file or connection limit must do. Returns the refusal.
+pub async fn fill_until_refused(url: &str, max: usize) -> String {
+    let mut open = Vec::new();
+    let refused = loop {
+        assert!(open.len() < max, "nobody was refused within {max} connections");
+        match WsClient::connect(url).await {
+            Ok(c) => open.push(c),
+            Err(e) => break e,
+        }
+    };
+    assert!(open.len() > 5, "only {} clients before the limit", open.len());
+    let first = open.first_mut().expect("one client");
+    let _ = first.recv_type("welcome").await;
+    first.publish(serde_json::json!("still here")).await;
+    assert_eq!(first.recv_type("message").await["body"], "still here", "open clients keep working");
+    open.truncate(3);
+    crate::testkit::wait_until(STEP, "room for a new client", || async {
+        WsClient::connect(url).await.is_ok()
+    })
+    .await;
+    refused
+}
+
 /// One client connection.
 pub struct WsClient {
     pub ws: Ws,
