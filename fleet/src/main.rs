@@ -36,9 +36,8 @@ struct Up {
     /// The router's admin API.
     #[arg(long, env = "FLEET_ADMIN", default_value = "127.0.0.1:9090")]
     admin: SocketAddr,
-    /// Redis URL: nodes span rooms through Redis instead of the in-process hub.
-    #[arg(long, env = "FLEET_REDIS")]
-    redis: Option<String>,
+    /// The router's flags. Their `--redis URL` also makes the nodes span rooms through that
+    /// Redis instead of the in-process hub.
     #[command(flatten)]
     router: RouterArgs,
 }
@@ -54,12 +53,13 @@ fn main() {
             }
             let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| e.exit());
             let Command::Up(up) = cli.command;
+            let redis = up.router.redis.clone();
             let router = up.router.into_config(up.listen, up.admin, Vec::new());
             router.map_err(|e| e.to_string()).map(|router| Options {
                 nodes: up.nodes,
                 router,
                 node: ws_node::Config::default(),
-                redis: up.redis,
+                redis,
             })
         });
     let result = options.and_then(|o| run(o).map_err(|e| e.to_string()));
@@ -76,4 +76,14 @@ async fn run(options: Options) -> Result<(), fleet::Error> {
     shared::shutdown::signal().await;
     fleet.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }
