@@ -44,6 +44,9 @@ pub enum Error {
     Node { id: String, addr: String, cause: Cause, detail: String },
     #[error("unknown node {0}")]
     UnknownNode(String),
+    /// The router itself had no descriptor for the node side: no node is at fault.
+    #[error("router at its open-file limit: {0}")]
+    FdLimit(std::io::Error),
 }
 
 impl Error {

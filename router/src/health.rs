@@ -12,6 +12,7 @@ use shared::ids::NodeId;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::error::Error;
 use crate::membership::{Member, Membership};
 use crate::metrics::Metrics;
 use crate::upstream;
@@ -80,21 +81,28 @@ pub(crate) async fn run(
     let timeout = cfg.timeout;
     let probe = move |m: Member| async move {
         match upstream::request(&m, Method::GET, "/healthz", None, timeout).await {
-            Ok((status, _)) if status.is_success() => true,
+            Ok((status, _)) if status.is_success() => Some(true),
             Ok((status, _)) => {
                 tracing::debug!(node = %m.spec.id, %status, "probe failed");
-                false
+                Some(false)
+            }
+            // The router could not open a socket: that says nothing about the node, and
+            // taking it off the ring would turn a full router into an empty one.
+            Err(Error::FdLimit(e)) => {
+                tracing::debug!(node = %m.spec.id, "probe skipped: {e}");
+                None
             }
             Err(e) => {
                 tracing::debug!("probe failed: {e}");
-                false
+                Some(false)
             }
         }
     };
     run_with(membership, metrics, cfg, token, probe).await
 }
 
-/// The probe loop over any `probe` (tests inject one and pause time).
+/// The probe loop over any `probe` (tests inject one and pause time): `Some(ok)` is a
+/// result, `None` a probe that could not be made and leaves the streak as it is.
 pub(crate) async fn run_with<P, F>(
     membership: Arc<Membership>,
     metrics: Arc<Metrics>,
@@ -103,7 +111,7 @@ pub(crate) async fn run_with<P, F>(
     probe: P,
 ) where
     P: Fn(Member) -> F,
-    F: Future<Output = bool> + Send + 'static,
+    F: Future<Output = Option<bool>> + Send + 'static,
 {
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -118,7 +126,7 @@ pub(crate) async fn run_with<P, F>(
         for m in view.members.values() {
             let fut = tokio::time::timeout(cfg.timeout, probe(m.clone()));
             let m = m.clone();
-            probes.spawn(async move { (m, matches!(fut.await, Ok(true))) });
+            probes.spawn(async move { (m, fut.await.unwrap_or(Some(false))) });
         }
         let results = tokio::select! {
             _ = token.cancelled() => return,
@@ -128,6 +136,7 @@ pub(crate) async fn run_with<P, F>(
             view.member(id).is_some_and(|m| m.spec.addr.as_str() == addr.as_str())
         });
         for (m, ok) in results {
+            let Some(ok) = ok else { continue };
             if !ok {
                 metrics.probe_failures.inc();
             }
@@ -172,6 +181,24 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_probe_the_router_could_not_make_moves_nobody() {
+        let cfg = HealthConfig::default();
+        let nodes = vec!["a=127.0.0.1:1".parse().unwrap()];
+        let membership = Arc::new(Membership::new(nodes, Source::Static, 160, Arc::default()));
+        let metrics = Arc::new(Metrics::default());
+        let token = CancellationToken::new();
+        let probe = |_m: Member| async { None };
+        let task =
+            tokio::spawn(run_with(membership.clone(), metrics.clone(), cfg, token.clone(), probe));
+        tokio::time::sleep(cfg.window() * 3).await;
+        let a = NodeId::parse("a").unwrap();
+        assert!(membership.view().ring.contains(&a), "out of the ring for the router's trouble");
+        assert_eq!(metrics.probe_failures.get(), 0);
+        token.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_dead_node_leaves_within_the_window_and_comes_back() {
         let cfg = HealthConfig::default();
         let nodes = vec!["a=127.0.0.1:1".parse().unwrap(), "b=127.0.0.1:2".parse().unwrap()];
@@ -183,7 +210,7 @@ mod tests {
             let down = down.clone();
             move |m: Member| {
                 let dead = down.lock().unwrap().contains(m.spec.id.as_str());
-                async move { !dead }
+                async move { Some(!dead) }
             }
         };
         let task =

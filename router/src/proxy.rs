@@ -225,6 +225,15 @@ impl Proxy {
                     m.upgrade(Outcome::NodeRejected);
                     return resp;
                 }
+                Err(Error::FdLimit(e)) => {
+                    // Every other candidate would need a descriptor too.
+                    m.refused(Refusal::FdLimit);
+                    tracing::warn!(room = %target.room, "connect to a node: {e}; refusing with 503");
+                    return retry_later(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "router at its open-file limit; retry",
+                    );
+                }
                 Err(e) => {
                     if let Error::Node { cause, .. } = &e {
                         m.proxy_error(*cause);
@@ -248,9 +257,7 @@ impl Proxy {
     /// Sends the upgrade to one node and reads its answer.
     async fn attempt(&self, member: &Member, req: Request<Empty<Bytes>>) -> Result<Answer, Error> {
         let cfg = &self.config;
-        let stream = upstream::connect(&member.spec.addr, cfg.connect_timeout)
-            .await
-            .map_err(|(cause, detail)| node_error(member, cause, detail))?;
+        let stream = upstream::connect(member, cfg.connect_timeout).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| node_error(member, Cause::Protocol, format!("handshake: {e}")))?;

@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::error::{Cause, Error};
-use crate::membership::{Member, NodeAddr};
+use crate::membership::Member;
 
 /// Largest body read back from a node's plain answer.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -28,11 +28,10 @@ pub(crate) fn node_error(m: &Member, cause: Cause, detail: impl Into<String>) ->
     }
 }
 
-/// Opens a TCP connection to `addr` (resolving a host name) within `timeout`.
-pub(crate) async fn connect(
-    addr: &NodeAddr,
-    timeout: Duration,
-) -> Result<TcpStream, (Cause, String)> {
+/// Opens a TCP connection to `member` within `timeout`. Running out of descriptors is the
+/// router's own trouble, [`Error::FdLimit`], never counted against the node.
+pub(crate) async fn connect(member: &Member, timeout: Duration) -> Result<TcpStream, Error> {
+    let addr = &member.spec.addr;
     let attempt = async {
         match addr.ip() {
             Some(ip) => TcpStream::connect(ip).await,
@@ -44,8 +43,13 @@ pub(crate) async fn connect(
             let _ = s.set_nodelay(true);
             Ok(s)
         }
-        Ok(Err(e)) => Err((Cause::Connect, format!("connect: {e}"))),
-        Err(_) => Err((Cause::Timeout, format!("connect: no answer within {timeout:?}"))),
+        Ok(Err(e)) if shared::listen::is_fd_exhaustion(&e) => Err(Error::FdLimit(e)),
+        Ok(Err(e)) => Err(node_error(member, Cause::Connect, format!("connect: {e}"))),
+        Err(_) => Err(node_error(
+            member,
+            Cause::Timeout,
+            format!("connect: no answer within {timeout:?}"),
+        )),
     }
 }
 
@@ -92,8 +96,9 @@ pub(crate) async fn request(
     timeout: Duration,
 ) -> Result<(StatusCode, Bytes), Error> {
     let addr = &member.spec.addr;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let stream = connect(member, timeout).await?;
     let exchange = async {
-        let stream = connect(addr, timeout).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| (Cause::Protocol, format!("handshake: {e}")))?;
@@ -122,7 +127,7 @@ pub(crate) async fn request(
         let body = body.map_err(|e| (Cause::Protocol, format!("body: {e}")))?.to_bytes();
         Ok((status, body))
     };
-    match tokio::time::timeout(timeout, exchange).await {
+    match tokio::time::timeout_at(deadline, exchange).await {
         Ok(Ok(r)) => Ok(r),
         Ok(Err((cause, detail))) => Err(node_error(member, cause, detail)),
         Err(_) => Err(node_error(member, Cause::Timeout, format!("no answer within {timeout:?}"))),

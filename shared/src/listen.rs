@@ -5,6 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -43,7 +44,7 @@ pub struct Acceptor {
 }
 
 /// What a refused client reads when the process has no descriptor left.
-pub const FD_LIMIT_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 36\r\nconnection: close\r\n\r\nserver at its open-file limit; retry\n";
+pub const FD_LIMIT_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 36\r\nretry-after: 1\r\nconnection: close\r\n\r\nserver at its open-file limit; retry\n";
 
 impl Acceptor {
     pub fn new(listener: TcpListener) -> Self {
@@ -59,23 +60,41 @@ impl Acceptor {
     pub async fn accept(&mut self, refused: &crate::metrics::Counter) -> (TcpStream, SocketAddr) {
         let mut backoff = Duration::from_millis(1);
         loop {
+            if self.reserve.is_none() {
+                // Lost to another task in the instant it was free; take it back as soon as
+                // any descriptor closes, or the next client at the limit cannot be answered.
+                self.reserve = reserve_fd();
+            }
             match self.listener.accept().await {
                 Ok((s, a)) => {
                     let _ = s.set_nodelay(true);
                     return (s, a);
                 }
                 Err(e) if is_fd_exhaustion(&e) => {
-                    refused.inc();
-                    tracing::warn!("accept: {e}; refusing a client with 503");
+                    // Linux reports EMFILE before it looks at the queue, so this may come with
+                    // nobody waiting: take a client only if one is there now. Nothing else
+                    // runs on this task until the reserve is held again.
                     self.reserve = None;
-                    if let Ok((mut s, _)) = self.listener.accept().await {
-                        let _ = tokio::time::timeout(
-                            Duration::from_millis(100),
-                            s.write_all(self.refusal),
-                        )
-                        .await;
+                    match self.listener.accept().now_or_never() {
+                        Some(Ok((mut s, peer))) => {
+                            refused.inc();
+                            tracing::warn!(%peer, "accept: {e}; refusing the client with 503");
+                            let write = s.write_all(self.refusal);
+                            let _ = tokio::time::timeout(Duration::from_millis(100), write).await;
+                            drop(s);
+                            self.reserve = reserve_fd();
+                            continue;
+                        }
+                        Some(Err(e)) => {
+                            self.reserve = reserve_fd();
+                            tracing::debug!("accept at the file limit: {e}");
+                        }
+                        None => {
+                            // Nobody waiting: the next accept sleeps until somebody is.
+                            self.reserve = reserve_fd();
+                            continue;
+                        }
                     }
-                    self.reserve = reserve_fd();
                     tokio::time::sleep(backoff).await;
                 }
                 Err(e) => {
