@@ -59,9 +59,9 @@ pub struct Metrics {
     upgrades: [Counter; 5],
     /// Time from the client's request to the node's 101, retries included.
     pub upgrade_seconds: Histogram,
-    /// Bytes spliced client -> node, counted when a tunnel closes.
+    /// Bytes spliced client -> node, counted as they pass.
     pub bytes_to_node: Counter,
-    /// Bytes spliced node -> client, counted when a tunnel closes.
+    /// Bytes spliced node -> client, counted as they pass.
     pub bytes_to_client: Counter,
     proxy_errors: [Counter; 4],
     /// Upgrades that went to a further candidate after one failed.
@@ -141,12 +141,12 @@ impl Metrics {
         );
         e.counter(
             "router_bytes_to_node_total",
-            "Bytes spliced from clients to nodes (counted when a tunnel closes).",
+            "Bytes spliced from clients to nodes (counted as they pass).",
             &self.bytes_to_node,
         );
         e.counter(
             "router_bytes_to_client_total",
-            "Bytes spliced from nodes to clients (counted when a tunnel closes).",
+            "Bytes spliced from nodes to clients (counted as they pass).",
             &self.bytes_to_client,
         );
         e.labeled(

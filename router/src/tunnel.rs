@@ -1,18 +1,23 @@
 //! The spliced tunnel after both 101s: bytes copied both ways, no frame parsing, until one
 //! side closes (the other then gets a short grace to finish its close handshake), or until
 //! the hard stop at the end of the shutdown grace.
+//!
+//! An idle tunnel holds no copy buffer. Each direction waits for readiness, then reads into
+//! a stack buffer and writes it on at once; only bytes the other side cannot take yet are
+//! copied to the heap, for as long as that write waits. Most WebSocket clients are idle most
+//! of the time, so this is what makes a proxied idle client cheap (see docs/benchmarks.md).
 
-use std::io;
-use std::pin::Pin;
+use std::io::{self, ErrorKind};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
+use shared::metrics::Counter;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -21,68 +26,41 @@ use crate::metrics::Metrics;
 /// WebSocket close frames, short enough that a client gone without a FIN frees its slot.
 pub const HALF_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-/// Copy buffer per direction. Frames larger than this just take several reads; small
-/// buffers keep an idle tunnel cheap (two of these per proxied client).
-const TUNNEL_BUF: usize = 4096;
+/// Most bytes moved by one read. It lives on the stack only while a read and its write run,
+/// so it can be generous: a 16 KiB frame passes in one read.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// The TCP stream under an upgraded connection and the bytes hyper had read past the
 /// headers. Both sides of a tunnel are plain TCP here, so the splice runs on owned socket
-/// halves: no lock per read and no dynamic dispatch on the data path.
+/// halves with readiness-driven reads and writes.
 pub(crate) fn into_tcp(up: Upgraded) -> Option<(TcpStream, Bytes)> {
     up.downcast::<TokioIo<TcpStream>>().ok().map(|p| (p.io.into_inner(), p.read_buf))
 }
 
 /// Splices two upgraded TCP connections; `*_early` are bytes already read from each side.
+/// Copies client -> node and node -> client until either side closes or `hard_stop` fires;
+/// bytes are counted as they pass, so `/metrics` is live for long tunnels too.
 pub(crate) async fn splice_tcp(
     (client, client_early): (TcpStream, Bytes),
     (node, node_early): (TcpStream, Bytes),
     metrics: Arc<Metrics>,
     hard_stop: CancellationToken,
 ) -> io::Result<()> {
-    let (client_rd, client_wr) = client.into_split();
+    let (client_rd, mut client_wr) = client.into_split();
     let (node_rd, mut node_wr) = node.into_split();
-    let mut client_wr = Counted { inner: client_wr, metrics: metrics.clone() };
     if !client_early.is_empty() {
-        metrics.bytes_to_node.add(client_early.len() as u64);
         node_wr.write_all(&client_early).await?;
+        metrics.bytes_to_node.add(client_early.len() as u64);
     }
     if !node_early.is_empty() {
         client_wr.write_all(&node_early).await?;
+        metrics.bytes_to_client.add(node_early.len() as u64);
     }
     // These may be views into hyper's whole read buffers: let the buffers go now, not when
     // the tunnel ends.
     drop((client_early, node_early));
-    splice(Counted { inner: client_rd, metrics }, client_wr, node_rd, node_wr, hard_stop).await
-}
-
-/// Copies client -> node and node -> client until either side closes or `hard_stop` fires.
-/// Bytes are counted as they pass (the `Counted` client halves), so `/metrics` is live for
-/// long tunnels too.
-pub(crate) async fn splice<CR, CW, NR, NW>(
-    client_rd: CR,
-    mut client_wr: CW,
-    node_rd: NR,
-    mut node_wr: NW,
-    hard_stop: CancellationToken,
-) -> io::Result<()>
-where
-    CR: AsyncRead + Unpin,
-    CW: AsyncWrite + Unpin,
-    NR: AsyncRead + Unpin,
-    NW: AsyncWrite + Unpin,
-{
-    let mut client_rd = BufReader::with_capacity(TUNNEL_BUF, client_rd);
-    let mut node_rd = BufReader::with_capacity(TUNNEL_BUF, node_rd);
-    let up = async {
-        let r = tokio::io::copy_buf(&mut client_rd, &mut node_wr).await;
-        let _ = node_wr.shutdown().await;
-        r
-    };
-    let down = async {
-        let r = tokio::io::copy_buf(&mut node_rd, &mut client_wr).await;
-        let _ = client_wr.shutdown().await;
-        r
-    };
+    let up = pump(&client_rd, &mut node_wr, &metrics.bytes_to_node);
+    let down = pump(&node_rd, &mut client_wr, &metrics.bytes_to_client);
     tokio::pin!(up, down);
     let (first, rest) = tokio::select! {
         r = &mut up => (r, Either::Down),
@@ -97,10 +75,7 @@ where
         }
     };
     tokio::select! {
-        r = tokio::time::timeout(HALF_CLOSE_GRACE, finish) => match r {
-            Ok(r) => r.map(|_| ()),
-            Err(_) => Ok(()),
-        },
+        r = tokio::time::timeout(HALF_CLOSE_GRACE, finish) => r.unwrap_or(Ok(())),
         _ = hard_stop.cancelled() => Ok(()),
     }
 }
@@ -110,76 +85,91 @@ enum Either {
     Down,
 }
 
-/// The client side of a tunnel, counting what it reads (to the node) and writes (to the client).
-struct Counted<T> {
-    inner: T,
-    metrics: Arc<Metrics>,
+/// Copies `rd` to `wr` until `rd` ends, then shuts `wr` down (the half-close reaches the
+/// other side, which can then finish its close handshake).
+async fn pump(rd: &OwnedReadHalf, wr: &mut OwnedWriteHalf, counter: &Counter) -> io::Result<()> {
+    let r = copy(rd, wr, counter).await;
+    let _ = wr.shutdown().await;
+    r
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = r {
-            self.metrics.bytes_to_node.add((buf.filled().len() - before) as u64);
-        }
-        r
+async fn copy(rd: &OwnedReadHalf, wr: &mut OwnedWriteHalf, counter: &Counter) -> io::Result<()> {
+    loop {
+        rd.readable().await?;
+        let unsent = match move_once(rd, wr, counter)? {
+            Step::Moved => continue,
+            Step::Eof => return Ok(()),
+            Step::Unsent(unsent) => unsent,
+        };
+        wr.write_all(&unsent).await?;
+        counter.add(unsent.len() as u64);
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = r {
-            self.metrics.bytes_to_client.add(n as u64);
-        }
-        r
-    }
+/// What one read and write did.
+enum Step {
+    /// Everything read (possibly nothing: a spurious wake-up) was written.
+    Moved,
+    /// The read side ended.
+    Eof,
+    /// Bytes read that the write side could not take yet.
+    Unsent(Vec<u8>),
+}
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+/// One read into a stack buffer and one write of what it got. A plain function, not an
+/// `async` one: the buffer can never become part of the tunnel's future.
+fn move_once(rd: &OwnedReadHalf, wr: &OwnedWriteHalf, counter: &Counter) -> io::Result<Step> {
+    let mut buf = [0u8; READ_CHUNK];
+    let n = match rd.try_read(&mut buf) {
+        Ok(0) => return Ok(Step::Eof),
+        Ok(n) => n,
+        Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Step::Moved),
+        Err(e) => return Err(e),
+    };
+    let written = match wr.try_write(&buf[..n]) {
+        Ok(w) => w,
+        Err(e) if e.kind() == ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    counter.add(written as u64);
+    Ok(if written == n { Step::Moved } else { Step::Unsent(buf[written..n].to_vec()) })
 }
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::{AsyncReadExt, duplex};
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
 
     use super::*;
 
-    /// `splice` over in-memory pipes, with the client side counted as in production.
-    async fn split_splice(
-        client: tokio::io::DuplexStream,
-        node: tokio::io::DuplexStream,
-        metrics: Arc<Metrics>,
+    /// A connected loopback pair: (the router's end, the peer's end).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap());
+        let (peer, accepted) = tokio::join!(peer, listener.accept());
+        (accepted.unwrap().0, peer.unwrap())
+    }
+
+    /// A tunnel between two fresh pairs: (task, client peer, node peer, metrics).
+    async fn tunnel(
         stop: CancellationToken,
-    ) -> io::Result<()> {
-        let (cr, cw) = tokio::io::split(client);
-        let (nr, nw) = tokio::io::split(node);
-        let (cr, cw) =
-            (Counted { inner: cr, metrics: metrics.clone() }, Counted { inner: cw, metrics });
-        splice(cr, cw, nr, nw, stop).await
+    ) -> (tokio::task::JoinHandle<io::Result<()>>, TcpStream, TcpStream, Arc<Metrics>) {
+        let (client, client_peer) = pair().await;
+        let (node, node_peer) = pair().await;
+        let metrics = Arc::new(Metrics::default());
+        let task = tokio::spawn(splice_tcp(
+            (client, Bytes::new()),
+            (node, Bytes::new()),
+            metrics.clone(),
+            stop,
+        ));
+        (task, client_peer, node_peer, metrics)
     }
 
     #[tokio::test]
     async fn copies_both_ways_and_ends_when_one_side_closes() {
-        let metrics = Arc::new(Metrics::default());
-        let (client, mut client_peer) = duplex(1024);
-        let (node, mut node_peer) = duplex(1024);
-        let task =
-            tokio::spawn(split_splice(client, node, metrics.clone(), CancellationToken::new()));
+        let (task, mut client_peer, mut node_peer, metrics) =
+            tunnel(CancellationToken::new()).await;
         client_peer.write_all(b"hello").await.unwrap();
         let mut buf = [0u8; 5];
         node_peer.read_exact(&mut buf).await.unwrap();
@@ -191,27 +181,93 @@ mod tests {
         drop(node_peer);
         let mut rest = Vec::new();
         client_peer.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
         drop(client_peer);
         task.await.unwrap().unwrap();
         assert_eq!((metrics.bytes_to_node.get(), metrics.bytes_to_client.get()), (5, 2));
     }
 
+    #[tokio::test]
+    async fn early_bytes_go_first_and_are_counted() {
+        let (client, mut client_peer) = pair().await;
+        let (node, mut node_peer) = pair().await;
+        let metrics = Arc::new(Metrics::default());
+        let task = tokio::spawn(splice_tcp(
+            (client, Bytes::from_static(b"c0")),
+            (node, Bytes::from_static(b"n0")),
+            metrics.clone(),
+            CancellationToken::new(),
+        ));
+        client_peer.write_all(b"c1").await.unwrap();
+        let mut buf = [0u8; 4];
+        node_peer.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"c0c1");
+        client_peer.read_exact(&mut buf[..2]).await.unwrap();
+        assert_eq!(&buf[..2], b"n0");
+        drop((client_peer, node_peer));
+        task.await.unwrap().unwrap();
+        assert_eq!((metrics.bytes_to_node.get(), metrics.bytes_to_client.get()), (4, 2));
+    }
+
+    #[tokio::test]
+    async fn a_slow_reader_gets_every_byte_in_order() {
+        // Far more than the socket buffers hold: the writes must wait, with the bytes read
+        // but not yet taken held on the heap.
+        const TOTAL: usize = 8 * 1024 * 1024;
+        let (task, client_peer, mut node_peer, metrics) = tunnel(CancellationToken::new()).await;
+        let (mut client_rd, mut client_wr) = client_peer.into_split();
+        let send = tokio::spawn(async move {
+            let data: Vec<u8> = (0..TOTAL).map(|i| (i % 251) as u8).collect();
+            client_wr.write_all(&data).await.unwrap();
+            client_wr.shutdown().await.unwrap();
+        });
+        let mut got = Vec::with_capacity(TOTAL);
+        let mut chunk = vec![0u8; 1000];
+        loop {
+            // Small reads, each a separate wake-up: the tunnel's writes keep hitting a full
+            // socket buffer.
+            let n = node_peer.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&chunk[..n]);
+            tokio::task::yield_now().await;
+        }
+        send.await.unwrap();
+        assert_eq!(got.len(), TOTAL);
+        assert!(got.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8), "bytes out of order");
+        drop(node_peer);
+        let mut rest = Vec::new();
+        client_rd.read_to_end(&mut rest).await.unwrap();
+        task.await.unwrap().unwrap();
+        assert_eq!(metrics.bytes_to_node.get(), TOTAL as u64);
+    }
+
+    #[tokio::test]
+    async fn the_read_buffer_stays_out_of_the_tunnel_future() {
+        let (client, _c) = pair().await;
+        let (node, _n) = pair().await;
+        let fut = splice_tcp(
+            (client, Bytes::new()),
+            (node, Bytes::new()),
+            Arc::default(),
+            CancellationToken::new(),
+        );
+        let size = std::mem::size_of_val(&fut);
+        assert!(size < READ_CHUNK / 8, "the tunnel future is {size} bytes");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_silent_peer_does_not_hold_the_tunnel_open() {
-        let (client, _client_peer) = duplex(1024);
-        let (node, node_peer) = duplex(1024);
-        let task =
-            tokio::spawn(split_splice(client, node, Arc::default(), CancellationToken::new()));
+        let (task, _client_peer, node_peer, _) = tunnel(CancellationToken::new()).await;
         drop(node_peer);
         tokio::time::timeout(HALF_CLOSE_GRACE * 2, task).await.unwrap().unwrap().unwrap();
     }
 
     #[tokio::test]
     async fn the_hard_stop_cuts_the_tunnel() {
-        let (client, _c) = duplex(1024);
-        let (node, _n) = duplex(1024);
         let stop = CancellationToken::new();
-        let task = tokio::spawn(split_splice(client, node, Arc::default(), stop.clone()));
+        let (task, _c, _n, _) = tunnel(stop.clone()).await;
         stop.cancel();
         assert!(task.await.unwrap().is_err());
     }
