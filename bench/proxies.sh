@@ -2,7 +2,8 @@
 # Issue 3 benchmark: the same ws-node reached directly, through the roomfleet router (room
 # and geo policy), through nginx (`hash $arg_room consistent` + upgrade headers) and through
 # HAProxy (`balance url_param room` + `hash-type consistent`), side by side in one run:
-# upgrades per second, message latency, and proxy memory per proxied idle connection.
+# upgrades per second, message latency, proxy CPU per upgrade, and proxy memory per proxied
+# idle connection.
 # Writes bench/out/proxies.md. Usage: bench/proxies.sh [quick]
 source "$(dirname "$0")/lib.sh"
 EXTRA_BINS="--bin router" build
@@ -79,6 +80,12 @@ for p in $NGX $HAP; do
   for i in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
 done
 
+# cpu_tree PID: CPU seconds of PID and its children (nginx workers).
+cpu_tree() {
+  local p
+  for p in $1 $(pgrep -P "$1" || true); do cpu_secs "$p"; done | awk '{s += $1} END {print s}'
+}
+
 # rss_tree PID: RSS of PID and its children (nginx workers), KiB.
 rss_tree() {
   local total=0 p
@@ -91,10 +98,12 @@ row() {
   local name=$1 port=$2 pid=${3:-}
   local url="ws://127.0.0.1:$port/ws"
   # Upgrades per second: connect as fast as possible, hold nothing.
+  local c0=0; [ -n "$pid" ] && c0=$(cpu_tree "$pid")
   "$BIN/loadtest" "${LT[@]}" --url "$url" --conns "$UP" --rooms $(( UP / 10 )) --rate 0 \
     --warmup 0 --duration 0 --connect-rate 1000000 --max-inflight 200 --prefix "up-$name" \
     --json "$OUT/px-up-$name.json" >"$OUT/px-up-$name.log" 2>&1 || true
-  local ups cp50 cp99
+  local ups cp50 cp99 cpu="—"
+  [ -n "$pid" ] && cpu=$(awk -v a="$c0" -v b="$(cpu_tree "$pid")" -v n="$UP" 'BEGIN {printf "%.0f", (b - a) * 1e6 / n}')
   ups=$(python3 -c "import json;r=json.load(open('$OUT/px-up-$name.json'));print(int(r['connect']['connected']/max(r['wall_s'],1e-9)))")
   cp50=$(json_get "$OUT/px-up-$name.json" connect.latency_us.p50); cp99=$(json_get "$OUT/px-up-$name.json" connect.latency_us.p99)
   # Message latency through the path.
@@ -118,15 +127,15 @@ row() {
     wait $lt || true
     mem=$(( (r1 - r0) * 1024 / IDLE ))
   fi
-  python3 -c "print(f'| $name | $ups | {$cp50/1000:.2f} / {$cp99/1000:.2f} | {$p50/1000:.2f} | {$p99/1000:.2f} | $mem |')" | tee -a "$OUT/proxies-rows.md"
+  python3 -c "print(f'| $name | $ups | {$cp50/1000:.2f} / {$cp99/1000:.2f} | {$p50/1000:.2f} | {$p99/1000:.2f} | $cpu | $mem |')" | tee -a "$OUT/proxies-rows.md"
 }
 
 : >"$OUT/proxies-rows.md"
 {
   echo "machine: $(machine)"
   echo
-  echo "| path | upgrades/s | connect p50 / p99 ms | msg p50 ms | msg p99 ms | proxy bytes per idle conn |"
-  echo "| --- | --- | --- | --- | --- | --- |"
+  echo "| path | upgrades/s | connect p50 / p99 ms | msg p50 ms | msg p99 ms | proxy CPU µs per upgrade | proxy bytes per idle conn |"
+  echo "| --- | --- | --- | --- | --- | --- | --- |"
 } | tee "$OUT/proxies.md"
 row direct $NODE
 row router $ROUTER "$ROUTER_PID"
