@@ -2,11 +2,14 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
 use serde_json::json;
 use shared::testkit::wait_until;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn members_of_a_room_meet_on_the_placed_node_and_talk() {
@@ -90,6 +93,79 @@ async fn a_node_at_its_limit_answers_503_and_the_next_node_takes_the_client() {
         assert_eq!(w["node"], "spare");
     }
     assert!(router.metrics().proxy_errors(router::Cause::Refused) >= 1);
+}
+
+/// A stand-in for a node that turns upgrades away itself (another version, or an auth layer
+/// in front of it): no ws-node answers 4xx to a request the router has already validated.
+/// Healthy on `/healthz`; 403 with a reason on anything else, counted.
+async fn refusing_node() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let refused = Arc::new(AtomicUsize::new(0));
+    let count = refused.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let count = count.clone();
+            let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                let count = count.clone();
+                async move {
+                    let mut r = if req.uri().path() == "/healthz" {
+                        shared::http::text(http::StatusCode::OK, "ok")
+                    } else {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        shared::http::text(http::StatusCode::FORBIDDEN, "user u is banned")
+                    };
+                    r.headers_mut().insert("x-ban-reason", "spam".parse().unwrap());
+                    Ok::<_, std::convert::Infallible>(r)
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(io, svc));
+        }
+    });
+    (addr, refused)
+}
+
+#[tokio::test]
+async fn a_node_that_refuses_the_client_is_answered_as_is_and_not_retried() {
+    let hub = ws_node::LocalHub::new();
+    let (gate_addr, refused) = refusing_node().await;
+    let other = TestNode::start("other", &hub).await;
+    let mut cfg = config(&[&other]);
+    cfg.nodes.push(format!("gate={gate_addr}").parse().unwrap());
+    let router = router::Router::start(cfg).unwrap();
+    let admin_addr = router.admin_addr();
+    let mut room = None;
+    for i in 0..100 {
+        let r = format!("r{i}");
+        let (_, placed) =
+            admin(admin_addr, "GET", &format!("/admin/placement?room={r}"), &[], "").await;
+        if placed["node"] == "gate" {
+            room = Some(r);
+            break;
+        }
+    }
+    let room = room.expect("a room the ring places on the refusing node");
+    let mut head =
+        format!("GET /ws?room={room}&user=u HTTP/1.1\r\nhost: x\r\nconnection: Upgrade, close\r\n");
+    for (k, v) in UPGRADE.iter().filter(|(k, _)| *k != "connection") {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut conn = tokio::net::TcpStream::connect(router.proxy_addr()).await.unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(STEP, conn.read_to_string(&mut answer)).await.unwrap().unwrap();
+    let answer = answer.to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 403 forbidden\r\n"), "{answer}");
+    assert!(answer.contains("\r\nx-roomfleet-node: gate\r\n"), "{answer}");
+    assert!(answer.contains("\r\nx-ban-reason: spam\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nuser u is banned\n"), "{answer}");
+    assert_eq!(refused.load(Ordering::SeqCst), 1);
+    assert_eq!(other.node.connections(), 0, "a refusal is final: no other node is tried");
+    let text = shared::testkit::http(admin_addr, "GET", "/metrics", &[], "").await.unwrap().1;
+    assert!(text.contains("router_upgrades_total{outcome=\"node_rejected\"} 1"), "{text}");
+    assert_eq!(shared::metrics::sample(&text, "router_retries_total"), Some(0.0));
 }
 
 #[tokio::test]
