@@ -80,16 +80,19 @@ for p in $NGX $HAP; do
   for i in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
 done
 
-# cpu_tree PID: CPU seconds of PID and its children (nginx workers).
+# pid_tree PID: PID and its children (nginx workers).
+pid_tree() { echo "$1" $(pgrep -P "$1" || true); }
+
+# cpu_tree PID: CPU seconds of the tree.
 cpu_tree() {
   local p
-  for p in $1 $(pgrep -P "$1" || true); do cpu_secs "$p"; done | awk '{s += $1} END {print s}'
+  for p in $(pid_tree "$1"); do cpu_secs "$p"; done | awk '{s += $1} END {print s}'
 }
 
-# rss_tree PID: RSS of PID and its children (nginx workers), KiB.
+# rss_tree PID: RSS of the tree, KiB.
 rss_tree() {
   local total=0 p
-  for p in $1 $(pgrep -P "$1" || true); do total=$(( total + $(rss_kib "$p") )); done
+  for p in $(pid_tree "$1"); do total=$(( total + $(rss_kib "$p") )); done
   echo $total
 }
 

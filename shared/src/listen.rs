@@ -75,26 +75,21 @@ impl Acceptor {
                     // nobody waiting: take a client only if one is there now. Nothing else
                     // runs on this task until the reserve is held again.
                     self.reserve = None;
-                    match self.listener.accept().now_or_never() {
+                    let waiting = match self.listener.accept().now_or_never() {
                         Some(Ok((mut s, peer))) => {
                             refused.inc();
                             tracing::warn!(%peer, "accept: {e}; refusing the client with 503");
                             let write = s.write_all(self.refusal);
                             let _ = tokio::time::timeout(Duration::from_millis(100), write).await;
-                            drop(s);
-                            self.reserve = reserve_fd();
-                            continue;
+                            Ok(())
                         }
-                        Some(Err(e)) => {
-                            self.reserve = reserve_fd();
-                            tracing::debug!("accept at the file limit: {e}");
-                        }
-                        None => {
-                            // Nobody waiting: the next accept sleeps until somebody is.
-                            self.reserve = reserve_fd();
-                            continue;
-                        }
-                    }
+                        Some(Err(e)) => Err(e),
+                        // Nobody waiting: the next accept sleeps until somebody is.
+                        None => Ok(()),
+                    };
+                    self.reserve = reserve_fd();
+                    let Err(e) = waiting else { continue };
+                    tracing::debug!("accept at the file limit: {e}");
                     tokio::time::sleep(backoff).await;
                 }
                 Err(e) => {
