@@ -82,7 +82,25 @@ impl Registry {
         pipe.query_async(conn).await
     }
 
-    /// Removes the node and announces it, so routers stop placing there at once.
+    /// Takes the node out of placement and announces it, so routers stop placing there at
+    /// once. The heartbeat key stays: the node still holds rooms until it has drained.
+    pub async fn withdraw(
+        &self,
+        conn: &mut MultiplexedConnection,
+        id: &str,
+    ) -> redis::RedisResult<()> {
+        redis::pipe()
+            .atomic()
+            .hdel(self.hash_key(), id)
+            .ignore()
+            .publish(self.events_channel(), format!("down {id}"))
+            .ignore()
+            .query_async(conn)
+            .await
+    }
+
+    /// Withdraws the node and drops its heartbeat: the last step of a shutdown, after which
+    /// other nodes prune it from room sets at once.
     pub async fn deregister(
         &self,
         conn: &mut MultiplexedConnection,

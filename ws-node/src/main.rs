@@ -74,7 +74,7 @@ struct Args {
     /// Ring weight this node registers with.
     #[arg(long, env = "WSNODE_WEIGHT", default_value_t = 1)]
     weight: u32,
-    /// On SIGTERM, seconds to wait after deregistering before draining, so every router
+    /// On SIGTERM, seconds to wait after leaving the registry before draining, so every router
     /// has stopped placing here.
     #[arg(long, env = "WSNODE_DEREGISTER_WAIT", default_value = "2", value_parser = parse_secs)]
     deregister_wait: Duration,
@@ -179,6 +179,11 @@ async fn run(
     }
     node.shutdown();
     let _ = serving.await;
+    if let Some(bus) = &redis_bus
+        && let Err(e) = bus.deregister().await
+    {
+        tracing::warn!("deregister: {e}");
+    }
     bus_token.cancel();
     Ok(())
 }
@@ -187,12 +192,12 @@ async fn run(
 /// then close clients with 1012 spread over the drain window so they reconnect through the
 /// router without a stampede. Whatever is left at the end gets 1001.
 async fn rolling_stop(node: &Arc<Node>, bus: Option<&RedisBus>, registered: bool, wait: Duration) {
+    node.set_draining();
     if let Some(bus) = bus.filter(|_| registered) {
-        if let Err(e) = bus.deregister().await {
-            tracing::warn!("deregister: {e}");
+        if let Err(e) = bus.withdraw().await {
+            tracing::warn!("withdraw from the registry: {e}");
         }
-        tracing::info!(?wait, "deregistered; waiting for routers");
-        node.set_draining();
+        tracing::info!(?wait, "withdrawn from the registry; waiting for routers");
         tokio::time::sleep(wait).await;
     }
     let window = node.config.drain_window;

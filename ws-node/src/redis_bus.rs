@@ -3,6 +3,7 @@
 //! that a supervisor task reconnects with backoff, resubscribing and re-announcing itself.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -118,6 +119,9 @@ pub struct RedisBus {
     events_rx: Mutex<Option<mpsc::Receiver<BusEvent>>>,
     scripts: Scripts,
     registry: Registry,
+    /// Cleared by [`RedisBus::withdraw`]: from then on heartbeats keep the node alive for
+    /// its peers but never put it back into the registry routers place from.
+    placeable: AtomicBool,
 }
 
 impl std::fmt::Debug for RedisBus {
@@ -136,7 +140,7 @@ fn unavailable(e: impl std::fmt::Display) -> BusError {
 
 impl RedisBus {
     /// Checks the URL and starts the supervisor, which connects (and reconnects) in the
-    /// background until `token` is cancelled; then the node deregisters its heartbeat.
+    /// background until `token` is cancelled.
     pub fn start(
         node_id: &str,
         cfg: RedisConfig,
@@ -163,8 +167,10 @@ impl RedisBus {
                 raise: Script::new(RAISE),
                 publish: Script::new(PUBLISH),
             },
+            placeable: AtomicBool::new(true),
         });
-        tokio::spawn(bus.clone().supervise(token));
+        tokio::spawn(bus.clone().supervise(token.clone()));
+        tokio::spawn(bus.clone().beat(token));
         Ok(bus)
     }
 
@@ -243,12 +249,14 @@ impl RedisBus {
         Ok(stream)
     }
 
-    /// Refreshes the heartbeat key (and the registry entry when advertising).
+    /// Refreshes the heartbeat key, and the registry entry while the node is placeable.
     async fn heartbeat(&self, conn: &mut MultiplexedConnection, announce: bool) -> BusResult<()> {
         let ttl = self.cfg.heartbeat_ttl.as_millis() as u64;
         let r = match &self.cfg.advertise {
-            Some(rec) => self.registry.register(conn, rec, ttl, announce).await,
-            None => {
+            Some(rec) if self.placeable.load(Ordering::Acquire) => {
+                self.registry.register(conn, rec, ttl, announce).await
+            }
+            _ => {
                 redis::cmd("SET")
                     .arg(self.registry.heartbeat_key(&self.node))
                     .arg(1)
@@ -261,32 +269,48 @@ impl RedisBus {
         r.map_err(unavailable)
     }
 
-    /// Leaves the registry and drops the heartbeat, so routers stop placing here at once and
-    /// other nodes prune this one from room sets. Part of a rolling restart.
+    /// The heartbeat, on a task of its own so a busy Pub/Sub reader never delays it (peers
+    /// would prune this node from its rooms).
+    async fn beat(self: Arc<Self>, token: CancellationToken) {
+        let mut tick = tokio::time::interval(self.cfg.heartbeat_ttl / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let Ok(mut c) = self.conn() else { continue };
+            if let Err(e) = self.heartbeat(&mut c, false).await {
+                tracing::warn!("redis heartbeat: {e}");
+            }
+        }
+    }
+
+    /// Leaves the registry and drops the heartbeat, so peers prune this node from room sets
+    /// at once: the last step of a shutdown, once no client is left.
     pub async fn deregister(&self) -> BusResult<()> {
+        self.placeable.store(false, Ordering::Release);
         let mut conn = self.conn()?;
         self.registry.deregister(&mut conn, &self.node).await.map_err(unavailable)
     }
 
+    /// Leaves the registry for good, so routers stop placing here at once; the heartbeat
+    /// goes on, so peers keep this node in its rooms while it drains. Part of a rolling
+    /// restart.
+    pub async fn withdraw(&self) -> BusResult<()> {
+        self.placeable.store(false, Ordering::Release);
+        let mut conn = self.conn()?;
+        self.registry.withdraw(&mut conn, &self.node).await.map_err(unavailable)
+    }
+
     /// Serves one connection; returns true when stopped by the token.
     async fn serve(&self, mut stream: redis::aio::PubSubStream, token: &CancellationToken) -> bool {
-        let mut hb = tokio::time::interval(self.cfg.heartbeat_ttl / 3);
-        hb.tick().await;
         let ctl = self.control_channel(&self.node);
         let room_prefix = format!("{}:room:", self.cfg.prefix);
         loop {
             tokio::select! {
-                _ = token.cancelled() => {
-                    let _ = self.deregister().await;
-                    return true;
-                }
-                _ = hb.tick() => {
-                    let Ok(mut c) = self.conn() else { return false };
-                    if let Err(e) = self.heartbeat(&mut c, false).await {
-                        tracing::warn!("redis heartbeat: {e}");
-                        return false;
-                    }
-                }
+                _ = token.cancelled() => return true,
                 msg = stream.next() => {
                     let Some(msg) = msg else { return false };
                     let channel = msg.get_channel_name();
