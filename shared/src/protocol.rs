@@ -180,7 +180,16 @@ pub enum PresenceEvent {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
     /// First frame: who is in the room (every node) and the last `seq` before this member.
-    Welcome { room: RoomId, user: UserId, node: String, members: Vec<UserId>, seq: u64 },
+    /// `info` holds the members that carry one (from their token), by user.
+    Welcome {
+        room: RoomId,
+        user: UserId,
+        node: String,
+        members: Vec<UserId>,
+        seq: u64,
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        info: Option<std::collections::BTreeMap<UserId, Box<RawValue>>>,
+    },
     /// A published message, to every member including the sender.
     Message {
         room: RoomId,
@@ -193,8 +202,14 @@ pub enum ServerFrame {
     },
     /// The sender's publish with this `id` got this `seq`.
     Ack { id: ClientId, seq: u64 },
-    /// A member joined or left the room.
-    Presence { event: PresenceEvent, user: UserId },
+    /// A member joined or left the room (counted once per user, whatever its node or tabs);
+    /// a join carries the user's `info` when it has one.
+    Presence {
+        event: PresenceEvent,
+        user: UserId,
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        info: Option<Box<RawValue>>,
+    },
     /// An ephemeral relay (typing, cursors): not sequenced, not acknowledged.
     Signal { from: UserId, body: Box<RawValue> },
     /// Something the client sent could not be processed; `code` is stable.

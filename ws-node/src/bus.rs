@@ -35,16 +35,37 @@ pub struct Envelope {
     pub tail: Option<String>,
 }
 
-/// Node-to-node control messages of the span handshake.
+/// Node-to-node control messages. Every one is idempotent: the repair re-sends them, and
+/// hearing one twice changes nothing.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum Control {
-    /// "I hold this room too: subscribe to its channel and publish through the bus."
+    /// "I hold this room too: span it, and publish your [`Note::Sync`] on its channel."
     Span { room: RoomId },
-    /// "Done; here are my members of the room." Sent after subscribing.
-    Confirm { room: RoomId, users: Vec<UserId> },
+    /// "I do not hold this room (any more)": do not wait for my sync.
+    Absent { room: RoomId },
     /// "I no longer hold this room": a survivor may now be alone.
     Left { room: RoomId },
+}
+
+/// Node-to-node notes on a room's channel, in channel order with its messages.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "note", rename_all = "snake_case")]
+pub enum Note {
+    /// "I span this room from here on; these are my users, and my last `seq`." Every
+    /// message of the sender after this note comes through the bus.
+    Sync { seq: u64, users: Vec<(UserId, Option<String>)> },
+    /// A user appeared on (or vanished from) the sender's members.
+    Presence { user: UserId, present: bool, info: Option<String> },
+}
+
+impl Note {
+    /// Notes travel as unsequenced frames; their JSON starts with this, client frames never.
+    pub const PREFIX: &'static str = r#"{"note":"#;
+
+    pub fn envelope(&self) -> Envelope {
+        Envelope { conn: 0, head: serde_json::to_string(self).unwrap_or_default(), tail: None }
+    }
 }
 
 /// What a node receives from the bus.
@@ -68,6 +89,15 @@ pub trait Bus: Send + Sync + 'static {
     fn leave(&self, room: &RoomId) -> BoxFuture<'_, BusResult<Vec<String>>>;
     /// The room's live holders (this node included), pruning nodes whose heartbeat expired.
     fn holders(&self, room: &RoomId) -> BoxFuture<'_, BusResult<Vec<String>>>;
+    /// Removes `node` from the room's node set: it did not answer a span in time.
+    fn prune(&self, room: &RoomId, node: &str) -> BoxFuture<'_, BusResult<()>>;
+    /// The room's stamped messages after `after` still held by the bus, in `seq` order:
+    /// what a node that lost its subscription for a while missed.
+    fn catch_up(
+        &self,
+        room: &RoomId,
+        after: u64,
+    ) -> BoxFuture<'_, BusResult<Vec<(u64, Utf8Bytes)>>>;
     fn subscribe(&self, room: &RoomId) -> BoxFuture<'_, BusResult<()>>;
     fn unsubscribe(&self, room: &RoomId) -> BoxFuture<'_, BusResult<()>>;
     /// Raises the room's shared `seq` to at least `seq` (never lowers it).
@@ -93,12 +123,18 @@ pub fn stamp(env: &Envelope, seq: u64) -> Utf8Bytes {
     }
 }
 
+/// Stamped messages the bus keeps per spanning room for [`Bus::catch_up`].
+pub const LOG_SIZE: usize = 1000;
+
 #[derive(Default)]
 struct HubState {
     sets: HashMap<RoomId, HashSet<Arc<str>>>,
+    logs: HashMap<RoomId, std::collections::VecDeque<(u64, Utf8Bytes)>>,
     seqs: HashMap<RoomId, u64>,
     subs: HashMap<RoomId, HashSet<Arc<str>>>,
     nodes: HashMap<Arc<str>, mpsc::Sender<BusEvent>>,
+    /// Nodes [`LocalHub::kill`] cut off: their bus calls fail, as a dead process's would.
+    dead: HashSet<Arc<str>>,
 }
 
 /// The in-process hub behind every `LocalBus` of one process (`fleet up`, tests).
@@ -126,9 +162,11 @@ impl LocalHub {
         LocalBus { hub: self.clone(), id, events: Mutex::new(Some(rx)) }
     }
 
-    /// Forgets a node as if its heartbeat expired: it leaves every room set.
+    /// Cuts a node off as if it died: it leaves every room set, hears nothing more and
+    /// every bus call it makes fails.
     pub fn kill(&self, node_id: &str) {
         let mut st = self.lock();
+        st.dead.insert(Arc::from(node_id));
         st.nodes.remove(node_id);
         for set in st.sets.values_mut() {
             set.remove(node_id);
@@ -165,6 +203,14 @@ impl LocalBus {
     fn now<T: Send + 'static>(v: T) -> BoxFuture<'static, BusResult<T>> {
         Box::pin(std::future::ready(Ok(v)))
     }
+
+    fn cut_off(&self) -> bool {
+        self.hub.lock().dead.contains(&self.id)
+    }
+
+    fn gone<T: Send + 'static>() -> BoxFuture<'static, BusResult<T>> {
+        Box::pin(std::future::ready(Err(BusError::Unavailable("node cut off".into()))))
+    }
 }
 
 fn sorted(set: impl IntoIterator<Item = Arc<str>>) -> Vec<String> {
@@ -175,6 +221,9 @@ fn sorted(set: impl IntoIterator<Item = Arc<str>>) -> Vec<String> {
 
 impl Bus for LocalBus {
     fn join(&self, room: &RoomId) -> BoxFuture<'_, BusResult<Vec<String>>> {
+        if self.cut_off() {
+            return Self::gone();
+        }
         let mut st = self.hub.lock();
         let set = st.sets.entry(room.clone()).or_default();
         set.insert(self.id.clone());
@@ -183,6 +232,9 @@ impl Bus for LocalBus {
     }
 
     fn leave(&self, room: &RoomId) -> BoxFuture<'_, BusResult<Vec<String>>> {
+        if self.cut_off() {
+            return Self::gone();
+        }
         let mut st = self.hub.lock();
         let left = match st.sets.get_mut(room) {
             Some(set) => {
@@ -190,6 +242,8 @@ impl Bus for LocalBus {
                 let left = sorted(set.iter().cloned());
                 if set.is_empty() {
                     st.sets.remove(room);
+                    st.seqs.remove(room);
+                    st.logs.remove(room);
                 }
                 left
             }
@@ -199,16 +253,52 @@ impl Bus for LocalBus {
     }
 
     fn holders(&self, room: &RoomId) -> BoxFuture<'_, BusResult<Vec<String>>> {
+        if self.cut_off() {
+            return Self::gone();
+        }
         let st = self.hub.lock();
         Self::now(st.sets.get(room).map(|s| sorted(s.iter().cloned())).unwrap_or_default())
     }
 
+    fn prune(&self, room: &RoomId, node: &str) -> BoxFuture<'_, BusResult<()>> {
+        if self.cut_off() {
+            return Self::gone();
+        }
+        if let Some(set) = self.hub.lock().sets.get_mut(room) {
+            set.remove(node);
+        }
+        Self::now(())
+    }
+
+    fn catch_up(
+        &self,
+        room: &RoomId,
+        after: u64,
+    ) -> BoxFuture<'_, BusResult<Vec<(u64, Utf8Bytes)>>> {
+        if self.cut_off() {
+            return Self::gone();
+        }
+        let st = self.hub.lock();
+        let v = st
+            .logs
+            .get(room)
+            .map(|l| l.iter().filter(|(s, _)| *s > after).cloned().collect())
+            .unwrap_or_default();
+        Self::now(v)
+    }
+
     fn subscribe(&self, room: &RoomId) -> BoxFuture<'_, BusResult<()>> {
+        if self.cut_off() {
+            return Self::gone();
+        }
         self.hub.lock().subs.entry(room.clone()).or_default().insert(self.id.clone());
         Self::now(())
     }
 
     fn unsubscribe(&self, room: &RoomId) -> BoxFuture<'_, BusResult<()>> {
+        if self.cut_off() {
+            return Self::gone();
+        }
         let mut st = self.hub.lock();
         if let Some(s) = st.subs.get_mut(room) {
             s.remove(&*self.id);
@@ -220,6 +310,9 @@ impl Bus for LocalBus {
     }
 
     fn raise_seq(&self, room: &RoomId, seq: u64) -> BoxFuture<'_, BusResult<()>> {
+        if self.cut_off() {
+            return Self::gone();
+        }
         let mut st = self.hub.lock();
         let cur = st.seqs.entry(room.clone()).or_default();
         *cur = (*cur).max(seq);
@@ -227,10 +320,16 @@ impl Bus for LocalBus {
     }
 
     fn current_seq(&self, room: &RoomId) -> BoxFuture<'_, BusResult<u64>> {
+        if self.cut_off() {
+            return Self::gone();
+        }
         Self::now(self.hub.lock().seqs.get(room).copied().unwrap_or(0))
     }
 
     fn publish(&self, room: &RoomId, env: Envelope) -> BoxFuture<'_, BusResult<u64>> {
+        if self.cut_off() {
+            return Self::gone();
+        }
         // Stamping and queueing under one lock is what gives every subscriber one order.
         let mut st = self.hub.lock();
         let seq = if env.tail.is_some() {
@@ -241,6 +340,13 @@ impl Bus for LocalBus {
             0
         };
         let frame = stamp(&env, seq);
+        if seq > 0 {
+            let log = st.logs.entry(room.clone()).or_default();
+            log.push_back((seq, frame.clone()));
+            if log.len() > LOG_SIZE {
+                log.pop_front();
+            }
+        }
         let subs: Vec<Arc<str>> =
             st.subs.get(room).map(|s| s.iter().cloned().collect()).unwrap_or_default();
         for node in subs {
@@ -264,6 +370,9 @@ impl Bus for LocalBus {
     }
 
     fn send_control(&self, to: &str, msg: Control) -> BoxFuture<'_, BusResult<()>> {
+        if self.cut_off() {
+            return Self::gone();
+        }
         let tx = self.hub.lock().nodes.get(to).cloned();
         let from = self.id.to_string();
         let to = to.to_owned();

@@ -35,6 +35,15 @@ pub struct Config {
     pub header_timeout: Duration,
     /// Bearer token `/admin/*` requires, when set.
     pub admin_token: Option<String>,
+    /// How long a node opening a room waits for another holder's sync before it takes the
+    /// holder for dead, prunes it and welcomes its joiners without it.
+    pub span_timeout: Duration,
+    /// How often every room compares its holders with its mode and repairs a split.
+    pub repair_interval: Duration,
+    /// How long a spanning room must be alone before it goes back to one node.
+    pub unspan_grace: Duration,
+    /// How long a peer that missed a span is not waited for by this node's other rooms.
+    pub suspect_ttl: Duration,
 }
 
 impl Default for Config {
@@ -55,6 +64,10 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
             admin_token: None,
+            span_timeout: Duration::from_millis(500),
+            repair_interval: Duration::from_secs(2),
+            unspan_grace: Duration::from_secs(2),
+            suspect_ttl: Duration::from_secs(10),
         }
     }
 }

@@ -8,12 +8,15 @@ pub mod config;
 mod frames;
 pub mod metrics;
 mod node;
+mod presence;
 mod rate;
 pub mod redis_bus;
 pub mod room;
+pub mod room_core;
+pub mod rooms;
 mod server;
 mod session;
-mod span;
+mod suspects;
 
 pub use bus::{Bus, LocalBus, LocalHub};
 pub use config::Config;

@@ -27,6 +27,9 @@ pub struct Metrics {
     pub redis_reconnects: Counter,
     pub redis_errors: Counter,
     pub span_handshake: Histogram,
+    pub bus_gaps: Counter,
+    pub bus_notes: Counter,
+    pub bus_duplicates: Counter,
     errors: [Counter; ErrorCode::ALL.len()],
 }
 
@@ -102,6 +105,21 @@ impl Metrics {
         );
         e.counter("wsnode_redis_reconnects_total", "Redis reconnections.", &self.redis_reconnects);
         e.counter("wsnode_redis_errors_total", "Failed Redis operations.", &self.redis_errors);
+        e.counter(
+            "wsnode_bus_gaps_total",
+            "Times a room's order skipped messages the bus no longer held (a healed split).",
+            &self.bus_gaps,
+        );
+        e.counter(
+            "wsnode_bus_notes_total",
+            "Sync and presence notes published on spanning rooms' channels.",
+            &self.bus_notes,
+        );
+        e.counter(
+            "wsnode_bus_duplicates_total",
+            "Bus messages dropped because this node had delivered them already.",
+            &self.bus_duplicates,
+        );
         e.histogram(
             "wsnode_span_handshake_seconds",
             "Time from joining a room held elsewhere to the other nodes' confirmation.",

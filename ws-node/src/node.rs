@@ -11,7 +11,8 @@ use tokio_util::task::TaskTracker;
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::room::{CloseReason, Kill, Rooms};
+use crate::room::{CloseReason, Kill};
+use crate::rooms::{RoomTimers, Rooms};
 
 /// The close switches of every open connection, for drain.
 #[derive(Debug, Default)]
@@ -50,7 +51,14 @@ pub struct Node {
 impl Node {
     pub fn new(config: Config, bus: Arc<dyn Bus>) -> Arc<Self> {
         let metrics = Arc::new(Metrics::default());
-        let rooms = Rooms::new(&config.node_id, bus, metrics.clone(), config.max_room_members);
+        let timers = RoomTimers {
+            span_timeout: config.span_timeout,
+            repair_interval: config.repair_interval,
+            unspan_grace: config.unspan_grace,
+            suspect_ttl: config.suspect_ttl,
+        };
+        let rooms =
+            Rooms::new(&config.node_id, bus, metrics.clone(), config.max_room_members, timers);
         Arc::new(Self {
             config,
             rooms,

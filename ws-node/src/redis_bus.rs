@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{Bus, BusError, BusEvent, BusResult, Control, EVENT_QUEUE, Envelope};
+use crate::bus::{Bus, BusError, BusEvent, BusResult, Control, EVENT_QUEUE, Envelope, LOG_SIZE};
 
 /// Settings of the Redis bus.
 #[derive(Debug, Clone)]
@@ -60,8 +60,8 @@ end
 return out
 "#;
 
-/// Removes the node; returns the live holders left. Deletes the seq key with the last one.
-/// KEYS[1] = set, KEYS[2] = seq; ARGV = node, heartbeat key prefix.
+/// Removes the node; returns the live holders left. Deletes the seq key and the log with
+/// the last one. KEYS[1] = set, KEYS[2] = seq, KEYS[3] = log; ARGV = node, heartbeat prefix.
 const LEAVE: &str = r#"
 redis.call('SREM', KEYS[1], ARGV[1])
 local out = {}
@@ -69,7 +69,7 @@ for _, n in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if redis.call('EXISTS', ARGV[2] .. n) == 1 then table.insert(out, n)
   else redis.call('SREM', KEYS[1], n) end
 end
-if #out == 0 then redis.call('DEL', KEYS[2]) end
+if #out == 0 then redis.call('DEL', KEYS[2], KEYS[3]) end
 return out
 "#;
 
@@ -90,15 +90,27 @@ if cur < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
 return 0
 "#;
 
-/// Stamps the next seq and publishes in one step, so channel order is seq order.
-/// KEYS[1] = seq, KEYS[2] = channel; ARGV = "origin conn " header, frame head, frame tail.
+/// Stamps the next seq, keeps the frame in the room's log (stream ID = seq, so a catch-up
+/// reads from any seq) and publishes, in one step, so channel order is seq order.
+/// KEYS[1] = seq, KEYS[2] = channel, KEYS[3] = log; ARGV = "origin conn " header, frame
+/// head, frame tail, log length, log TTL in ms.
 const PUBLISH: &str = r#"
 local s = redis.call('INCR', KEYS[1])
-redis.call('PUBLISH', KEYS[2], s .. ' ' .. ARGV[1] .. ARGV[2] .. s .. ARGV[3])
+local frame = ARGV[2] .. s .. ARGV[3]
+redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], s .. '-1', 'f', frame)
+redis.call('PEXPIRE', KEYS[3], ARGV[5])
+redis.call('PUBLISH', KEYS[2], s .. ' ' .. ARGV[1] .. frame)
 return s
 "#;
 
+/// Removes one node from a room set. KEYS[1] = set; ARGV[1] = node.
+const PRUNE: &str = "return redis.call('SREM', KEYS[1], ARGV[1])";
+
+/// How long a spanning room's log outlives its last message.
+const LOG_TTL: Duration = Duration::from_secs(300);
+
 struct Scripts {
+    prune: Script,
     join: Script,
     leave: Script,
     holders: Script,
@@ -161,6 +173,7 @@ impl RedisBus {
             events_tx,
             events_rx: Mutex::new(Some(events_rx)),
             scripts: Scripts {
+                prune: Script::new(PRUNE),
                 join: Script::new(JOIN),
                 leave: Script::new(LEAVE),
                 holders: Script::new(HOLDERS),
@@ -373,6 +386,7 @@ impl Bus for RedisBus {
             let mut i = self.scripts.leave.prepare_invoke();
             i.key(self.key("nodes", room))
                 .key(self.key("seq", room))
+                .key(self.key("log", room))
                 .arg(&*self.node)
                 .arg(self.hb_prefix());
             i
@@ -387,6 +401,44 @@ impl Bus for RedisBus {
             i
         };
         Box::pin(async move { inv.invoke_async(&mut self.conn()?).await.map_err(unavailable) })
+    }
+
+    fn prune(&self, room: &RoomId, node: &str) -> BoxFuture<'_, BusResult<()>> {
+        let inv = {
+            let mut i = self.scripts.prune.prepare_invoke();
+            i.key(self.key("nodes", room)).arg(node);
+            i
+        };
+        Box::pin(async move {
+            inv.invoke_async::<i64>(&mut self.conn()?).await.map(|_| ()).map_err(unavailable)
+        })
+    }
+
+    fn catch_up(
+        &self,
+        room: &RoomId,
+        after: u64,
+    ) -> BoxFuture<'_, BusResult<Vec<(u64, Utf8Bytes)>>> {
+        let key = self.key("log", room);
+        Box::pin(async move {
+            // Entries are `seq-1`; "(" excludes `after-1` itself.
+            let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                .arg(key)
+                .arg(format!("({after}-1"))
+                .arg("+")
+                .query_async(&mut self.conn()?)
+                .await
+                .map_err(unavailable)?;
+            let mut out = Vec::with_capacity(reply.ids.len());
+            for entry in reply.ids {
+                let seq = entry.id.split('-').next().and_then(|s| s.parse::<u64>().ok());
+                let frame: Option<String> = entry.get("f");
+                if let (Some(seq), Some(frame)) = (seq, frame) {
+                    out.push((seq, Utf8Bytes::from(frame)));
+                }
+            }
+            Ok(out)
+        })
     }
 
     fn subscribe(&self, room: &RoomId) -> BoxFuture<'_, BusResult<()>> {
@@ -441,12 +493,20 @@ impl Bus for RedisBus {
         let header = format!("{} {} ", self.node, env.conn);
         let channel = self.room_channel(room);
         let seq_key = self.key("seq", room);
+        let log_key = self.key("log", room);
         Box::pin(async move {
             let mut conn = self.conn()?;
             match env.tail {
                 Some(tail) => {
                     let mut i = self.scripts.publish.prepare_invoke();
-                    i.key(seq_key).key(channel).arg(header).arg(env.head).arg(tail);
+                    i.key(seq_key)
+                        .key(channel)
+                        .key(log_key)
+                        .arg(header)
+                        .arg(env.head)
+                        .arg(tail)
+                        .arg(LOG_SIZE)
+                        .arg(LOG_TTL.as_millis() as u64);
                     i.invoke_async(&mut conn).await.map_err(unavailable)
                 }
                 None => {

@@ -1,19 +1,29 @@
-//! Rooms on this node: members, presence, the per-room `seq`, fan-out to members' bounded
-//! queues, and the mode that says whether the room is on this node only or spans nodes.
+//! The owner of one room: a task that applies every event to the room's [`RoomCore`] and
+//! carries out its actions (fan-out to members' bounded queues, bus operations). Bus
+//! operations run one at a time, in order, on the room's lane task, so a slow Redis never
+//! stalls the room's local fan-out; their results come back as events.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
 
 use serde_json::value::RawValue;
 use shared::ids::{RoomId, UserId};
-use shared::protocol::{ClientId, PresenceEvent, ServerFrame, close, unix_ms};
-use tokio::sync::{Notify, mpsc};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use shared::protocol::{ClientId, close};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{Bus, BusError, Envelope, stamp};
-use crate::frames;
+use crate::bus::{Bus, Control, Envelope};
 use crate::metrics::Metrics;
+use crate::room_core::{Action, BusOp, Event, Mode, RoomCore, Settings, To, Welcome};
+use crate::suspects::Suspects;
+
+/// Inputs a room queues before its senders wait (sessions and the bus reader).
+pub const ROOM_QUEUE: usize = 1024;
+/// Bus operations a room queues for its lane before the room waits.
+const LANE_QUEUE: usize = 256;
 
 /// Why the node closes a connection: the close code and reason it sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +45,7 @@ pub struct Kill {
     reason: std::sync::OnceLock<CloseReason>,
     /// Set by [`Kill::kill`]: fan-out checks this plain flag for every member of every
     /// message, which is cheaper than asking the token.
-    dead: std::sync::atomic::AtomicBool,
+    dead: AtomicBool,
 }
 
 impl Kill {
@@ -52,7 +62,7 @@ impl Kill {
     /// Asks the connection to close with `reason`; the first reason wins.
     pub fn kill(&self, reason: CloseReason) -> bool {
         let first = self.reason.set(reason).is_ok();
-        self.dead.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.dead.store(true, Ordering::Relaxed);
         self.token.cancel();
         first
     }
@@ -60,8 +70,16 @@ impl Kill {
         self.reason.get().copied()
     }
     pub fn is_killed(&self) -> bool {
-        self.dead.load(std::sync::atomic::Ordering::Relaxed)
+        self.dead.load(Ordering::Relaxed)
     }
+}
+
+/// A frame queued for one connection. A welcome stays a snapshot until the connection's
+/// own session writes it, so admitting a member costs the room O(1), not O(members).
+#[derive(Debug)]
+pub enum Outbound {
+    Frame(Utf8Bytes),
+    Welcome(Box<Welcome>),
 }
 
 /// One connection in a room, as the room sees it.
@@ -69,152 +87,10 @@ impl Kill {
 pub struct Member {
     pub conn: u64,
     pub user: UserId,
-    pub tx: mpsc::Sender<Message>,
+    /// The `info` shown to other members (from the connection's token), as JSON text.
+    pub info: Option<Arc<str>>,
+    pub tx: mpsc::Sender<Outbound>,
     pub kill: Arc<Kill>,
-}
-
-/// Where a room's events are ordered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Registering with the bus; joiners wait.
-    Opening,
-    /// On this node only: the room stamps `seq` and fans out in memory.
-    Local,
-    /// Becoming spanning (subscribing, handing `seq` to the bus); publishers wait.
-    Switching,
-    /// Members on several nodes: the bus stamps `seq` and every node delivers in its order.
-    Spanning,
-    /// Back to one node: waiting for the last bus message before going `Local`.
-    Unspanning,
-    /// Emptied and leaving the bus; joiners wait and then open a new room.
-    Closing,
-}
-
-#[derive(Debug)]
-pub(crate) struct RoomState {
-    pub(crate) members: HashMap<u64, Member>,
-    /// Local users with their connection count: presence is per user, not per tab.
-    pub(crate) users: HashMap<UserId, u32>,
-    /// Users on other nodes (spanning rooms), per node.
-    pub(crate) remote: HashMap<String, HashMap<UserId, u32>>,
-    /// The last `seq` delivered here.
-    pub(crate) seq: u64,
-    pub(crate) mode: Mode,
-    /// Subscribed to the room's bus channel.
-    pub(crate) subscribed: bool,
-    /// Removed from the registry: joiners must look the room up again.
-    pub(crate) closed: bool,
-}
-
-/// A room on this node.
-#[derive(Debug)]
-pub struct Room {
-    pub id: RoomId,
-    state: Mutex<RoomState>,
-    /// Woken on every mode change; waiters register before checking the mode.
-    pub(crate) changed: Notify,
-}
-
-impl Room {
-    fn new(id: RoomId) -> Self {
-        Self {
-            id,
-            state: Mutex::new(RoomState {
-                members: HashMap::new(),
-                users: HashMap::new(),
-                remote: HashMap::new(),
-                seq: 0,
-                mode: Mode::Opening,
-                subscribed: false,
-                closed: false,
-            }),
-            changed: Notify::new(),
-        }
-    }
-
-    pub(crate) fn lock(&self) -> MutexGuard<'_, RoomState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn mode(&self) -> Mode {
-        self.lock().mode
-    }
-
-    /// Sets the mode and wakes everyone waiting on it.
-    pub(crate) fn set_mode(&self, st: &mut RoomState, mode: Mode) {
-        st.mode = mode;
-        self.changed.notify_waiters();
-    }
-
-    /// Waits until `ready` holds for the state, checking after every mode change.
-    pub(crate) async fn wait_for(&self, ready: impl Fn(&RoomState) -> bool) {
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if ready(&self.lock()) {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-impl RoomState {
-    /// Every user in the room, on every node, once each, sorted.
-    pub(crate) fn all_users(&self) -> Vec<UserId> {
-        let mut v: Vec<UserId> =
-            self.users.keys().chain(self.remote.values().flat_map(|m| m.keys())).cloned().collect();
-        v.sort();
-        v.dedup();
-        v
-    }
-
-    pub(crate) fn local_users(&self) -> Vec<UserId> {
-        self.users.keys().cloned().collect()
-    }
-
-    /// Queues `frame` to every member but `skip`; a member whose queue is full is a slow
-    /// consumer and is closed, so it never slows the room. Returns the frames queued.
-    pub(crate) fn fan_out(&self, frame: &Utf8Bytes, skip: Option<u64>, metrics: &Metrics) -> u64 {
-        let mut n = 0;
-        for m in self.members.values() {
-            if Some(m.conn) == skip || m.kill.is_killed() {
-                continue;
-            }
-            match m.tx.try_send(Message::Text(frame.clone())) {
-                Ok(()) => n += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    if m.kill.kill(CloseReason::SLOW_CONSUMER) {
-                        metrics.slow_consumer_closes.inc();
-                        tracing::info!(conn = m.conn, user = %m.user, "slow consumer: closing");
-                    }
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
-            }
-        }
-        metrics.deliveries.add(n);
-        n
-    }
-
-    /// Applies a presence event of a user on node `node` to the remote view.
-    pub(crate) fn apply_remote_presence(&mut self, node: &str, event: PresenceEvent, user: UserId) {
-        let users = self.remote.entry(node.to_owned()).or_default();
-        match event {
-            PresenceEvent::Join => *users.entry(user).or_default() += 1,
-            PresenceEvent::Leave => {
-                if let Some(n) = users.get_mut(&user) {
-                    *n -= 1;
-                    if *n == 0 {
-                        users.remove(&user);
-                    }
-                }
-                if users.is_empty() {
-                    self.remote.remove(node);
-                }
-            }
-        }
-    }
 }
 
 /// Why a join was refused after the upgrade.
@@ -223,293 +99,388 @@ pub enum JoinError {
     RoomFull,
 }
 
-/// Why a publish did not go out.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum PublishError {
-    #[error("room spans nodes and the bus is unavailable: {0}")]
-    Degraded(#[from] BusError),
+/// A room as `GET /admin/rooms` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RoomInfo {
+    pub room: String,
+    pub members: usize,
+    pub users: usize,
+    pub seq: u64,
+    pub mode: &'static str,
+    pub remote_nodes: Vec<String>,
 }
 
-/// What a publish leads to, decided under the room lock.
-enum Step {
-    Done(u64),
-    Bus(Envelope),
-    Wait,
+/// What a room's owner is sent.
+#[derive(Debug)]
+pub(crate) enum Input {
+    Join { member: Member, reply: oneshot::Sender<Result<(), JoinError>> },
+    Leave { conn: u64 },
+    Publish { conn: u64, env: Envelope, id: Option<ClientId> },
+    Signal { conn: u64, body: Box<RawValue> },
+    Bus(Event),
+    Inspect(oneshot::Sender<RoomInfo>),
 }
 
-/// Every room on this node, and the bus they share.
-pub struct Rooms {
-    map: Mutex<HashMap<RoomId, Arc<Room>>>,
-    pub(crate) bus: Arc<dyn Bus>,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) node_id: Arc<str>,
-    max_members: usize,
-    pub(crate) span: crate::span::Spans,
+static NEXT_ROOM: AtomicU64 = AtomicU64::new(1);
+
+/// A way to reach a room's owner. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RoomHandle {
+    pub id: RoomId,
+    /// Tells this room apart from a later one of the same name.
+    pub(crate) serial: u64,
+    pub(crate) tx: mpsc::Sender<Input>,
 }
 
-impl std::fmt::Debug for Rooms {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Rooms").field("node_id", &self.node_id).finish()
+impl RoomHandle {
+    /// The room's state right now, or `None` when it has just closed.
+    pub async fn info(&self) -> Option<RoomInfo> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Input::Inspect(tx)).await.ok()?;
+        rx.await.ok()
     }
 }
 
-impl Rooms {
-    pub fn new(
-        node_id: &str,
-        bus: Arc<dyn Bus>,
-        metrics: Arc<Metrics>,
-        max_members: usize,
-    ) -> Arc<Self> {
-        Arc::new(Self {
-            map: Mutex::new(HashMap::new()),
-            bus,
-            metrics,
-            node_id: Arc::from(node_id),
-            max_members,
-            span: Default::default(),
-        })
-    }
+/// What every room of a node shares.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub bus: Arc<dyn Bus>,
+    pub metrics: Arc<Metrics>,
+    pub suspects: Arc<Suspects>,
+    /// Called once the room has closed, to take it out of the node's rooms.
+    pub on_close: Arc<dyn Fn(&RoomHandle) + Send + Sync>,
+}
 
-    fn map(&self) -> MutexGuard<'_, HashMap<RoomId, Arc<Room>>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
-    }
+/// Starts the owner and lane of a new room; the first join follows.
+pub(crate) fn spawn(settings: Settings, shared: Shared) -> RoomHandle {
+    let (tx, rx) = mpsc::channel(ROOM_QUEUE);
+    let handle = RoomHandle {
+        id: settings.room.clone(),
+        serial: NEXT_ROOM.fetch_add(1, Ordering::Relaxed),
+        tx,
+    };
+    let (lane_tx, lane_rx) = mpsc::channel(LANE_QUEUE);
+    // Room results never outnumber the lane's queue plus the one in flight, so the lane
+    // never waits on a room that waits on the lane.
+    let (res_tx, res_rx) = mpsc::channel(LANE_QUEUE + 2);
+    tokio::spawn(lane(settings.room.clone(), shared.clone(), lane_rx, res_tx));
+    let owner = Owner {
+        core: RoomCore::new(settings),
+        handle: handle.clone(),
+        shared,
+        members: HashMap::new(),
+        pending: HashMap::new(),
+        lane: lane_tx,
+        opened_at: Instant::now(),
+    };
+    tokio::spawn(owner.run(rx, res_rx));
+    handle
+}
 
-    pub fn get(&self, id: &RoomId) -> Option<Arc<Room>> {
-        self.map().get(id).cloned()
-    }
+struct Owner {
+    core: RoomCore,
+    handle: RoomHandle,
+    shared: Shared,
+    members: HashMap<u64, Member>,
+    /// Joiners waiting for their welcome.
+    pending: HashMap<u64, (Member, oneshot::Sender<Result<(), JoinError>>)>,
+    lane: mpsc::Sender<BusOp>,
+    opened_at: Instant,
+}
 
-    /// A snapshot of every room, for admin and drain.
-    pub fn all(&self) -> Vec<Arc<Room>> {
-        self.map().values().cloned().collect()
-    }
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
 
-    /// Adds `member` to its room (opening the room if needed) and queues its `welcome`
-    /// as the first frame; the other members get a presence `join`.
-    pub async fn join(
-        self: &Arc<Self>,
-        id: &RoomId,
-        member: Member,
-    ) -> Result<Arc<Room>, JoinError> {
+impl Owner {
+    async fn run(mut self, mut rx: mpsc::Receiver<Input>, mut results: mpsc::Receiver<Event>) {
+        let first = self.core.start(now());
+        if self.exec(first).await {
+            return self.close(rx);
+        }
         loop {
-            let (room, fresh) = {
-                let mut map = self.map();
-                match map.get(id) {
-                    Some(r) => (r.clone(), false),
-                    None => {
-                        let r = Arc::new(Room::new(id.clone()));
-                        map.insert(id.clone(), r.clone());
-                        self.metrics.rooms.set(map.len() as i64);
-                        (r, true)
+            let timeout = self.core.poll_timeout();
+            let sleep = async move {
+                match timeout {
+                    Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let actions = tokio::select! {
+                input = rx.recv() => {
+                    let Some(input) = input else { return };
+                    match self.input(input) {
+                        Some(ev) => self.core.on(ev, now()),
+                        None => continue,
                     }
                 }
-            };
-            if fresh {
-                self.open(&room).await;
-            }
-            room.wait_for(|st| !matches!(st.mode, Mode::Opening | Mode::Closing) || st.closed)
-                .await;
-            let bus_presence = {
-                let mut st = room.lock();
-                if st.closed {
-                    continue;
+                ev = results.recv() => {
+                    let Some(ev) = ev else { return };
+                    self.result(ev)
                 }
-                if st.members.len() >= self.max_members {
-                    return Err(JoinError::RoomFull);
-                }
-                let first_of_user = {
-                    let n = st.users.entry(member.user.clone()).or_default();
-                    *n += 1;
-                    *n == 1
-                };
-                let welcome = ServerFrame::Welcome {
-                    room: id.clone(),
-                    user: member.user.clone(),
-                    node: self.node_id.to_string(),
-                    members: st.all_users(),
-                    seq: st.seq,
-                };
-                // Queued under the room lock, so no room frame can overtake it.
-                let _ = member.tx.try_send(Message::Text(frames::text(&welcome)));
-                st.members.insert(member.conn, member.clone());
-                self.presence(&room, &mut st, &member, PresenceEvent::Join, first_of_user)
+                _ = sleep => self.core.on(Event::Tick, now()),
             };
-            if let Some(env) = bus_presence {
-                let _ = self.bus.publish(id, env).await;
+            if self.exec(actions).await {
+                return self.close(rx);
             }
-            return Ok(room);
         }
     }
 
-    /// Presence of `member`: fanned out here for a local room, or returned for the bus.
-    fn presence(
-        &self,
-        room: &Room,
-        st: &mut RoomState,
-        member: &Member,
-        event: PresenceEvent,
-        changed: bool,
-    ) -> Option<Envelope> {
-        if !changed {
-            return None;
-        }
-        let frame = ServerFrame::Presence { event, user: member.user.clone() };
-        match st.mode {
-            Mode::Spanning | Mode::Switching | Mode::Unspanning => {
-                Some(frames::unsequenced(member.conn, &frame))
+    /// Turns an input into the core's event, keeping the members' queues here.
+    fn input(&mut self, input: Input) -> Option<Event> {
+        match input {
+            Input::Join { member, reply } => {
+                let ev = Event::Join {
+                    conn: member.conn,
+                    user: member.user.clone(),
+                    info: member.info.clone(),
+                };
+                self.pending.insert(member.conn, (member, reply));
+                Some(ev)
             }
-            Mode::Local | Mode::Opening | Mode::Closing => {
-                let _ = room;
-                st.fan_out(&frames::text(&frame), Some(member.conn), &self.metrics);
+            Input::Leave { conn } => {
+                self.members.remove(&conn);
+                self.pending.remove(&conn);
+                Some(Event::Leave { conn })
+            }
+            Input::Publish { conn, env, id } => Some(Event::Publish { conn, env, id }),
+            Input::Signal { conn, body } => Some(Event::Signal { conn, body }),
+            Input::Bus(ev) => Some(ev),
+            Input::Inspect(reply) => {
+                let _ = reply.send(RoomInfo {
+                    room: self.handle.id.to_string(),
+                    members: self.core.members(),
+                    users: self.core.users(),
+                    seq: self.core.seq(),
+                    mode: self.core.mode().name(),
+                    remote_nodes: self.core.remote_nodes(),
+                });
                 None
             }
         }
     }
 
-    /// Registers a new room with the bus, and spans it when other nodes hold it already.
-    async fn open(self: &Arc<Self>, room: &Arc<Room>) {
-        let others = match self.bus.join(&room.id).await {
-            Ok(others) => others,
-            Err(e) => {
-                // The room still works on this node; it is registered again on `Restored`.
-                self.metrics.redis_errors.inc();
-                tracing::warn!(room = %room.id, "cannot register room: {e}");
-                Vec::new()
+    /// A bus result; holders other rooms already found dead are not waited for.
+    fn result(&mut self, ev: Event) -> Vec<Action> {
+        let suspects: Vec<String> = match &ev {
+            Event::Registered(Some(others)) => {
+                let t = now();
+                others.iter().filter(|n| self.shared.suspects.is_suspect(n, t)).cloned().collect()
             }
+            _ => Vec::new(),
         };
-        if others.is_empty() {
-            let mut st = room.lock();
-            room.set_mode(&mut st, Mode::Local);
-        } else {
-            self.span_open(room, others).await;
+        let mut actions = self.core.on(ev, now());
+        for node in suspects {
+            actions.extend(self.core.on(Event::Forget { node }, now()));
         }
+        actions
     }
 
-    /// Removes a member; the last one out closes the room and leaves the bus.
-    pub async fn leave(self: &Arc<Self>, room: &Arc<Room>, conn: u64) {
-        let (bus_presence, empty) = {
-            let mut st = room.lock();
-            let Some(member) = st.members.remove(&conn) else { return };
-            let last_of_user = match st.users.get_mut(&member.user) {
-                Some(n) => {
-                    *n -= 1;
-                    if *n == 0 {
-                        st.users.remove(&member.user);
-                        true
-                    } else {
-                        false
+    /// Carries out the core's actions; true once the room has closed.
+    async fn exec(&mut self, actions: Vec<Action>) -> bool {
+        let mut closed = false;
+        for a in actions {
+            match a {
+                Action::Deliver { to, frame } => self.deliver(to, frame),
+                Action::Admit { conn, welcome } => {
+                    if let Some((m, reply)) = self.pending.remove(&conn) {
+                        // The queue is empty: the welcome is the member's first frame.
+                        let _ = m.tx.try_send(Outbound::Welcome(welcome));
+                        let _ = reply.send(Ok(()));
+                        self.members.insert(conn, m);
                     }
                 }
-                None => false,
-            };
-            let env = self.presence(room, &mut st, &member, PresenceEvent::Leave, last_of_user);
-            let empty = st.members.is_empty() && !matches!(st.mode, Mode::Opening | Mode::Closing);
-            let was = st.mode;
-            if empty {
-                room.set_mode(&mut st, Mode::Closing);
-            }
-            (env, empty.then_some(was))
-        };
-        if let Some(env) = bus_presence {
-            let _ = self.bus.publish(&room.id, env).await;
-        }
-        if let Some(was) = empty {
-            self.close(room, was).await;
-        }
-    }
-
-    /// Leaves the bus for an emptied room, tells the other holders, then forgets it.
-    async fn close(&self, room: &Arc<Room>, was: Mode) {
-        if was != Mode::Local {
-            let _ = self.bus.unsubscribe(&room.id).await;
-            self.metrics.spanning_rooms.dec();
-        }
-        match self.bus.leave(&room.id).await {
-            Ok(rest) => {
-                for node in rest.iter().filter(|n| **n != *self.node_id) {
-                    let _ = self
-                        .bus
-                        .send_control(node, crate::bus::Control::Left { room: room.id.clone() })
-                        .await;
-                }
-            }
-            Err(e) => {
-                self.metrics.redis_errors.inc();
-                tracing::warn!(room = %room.id, "cannot leave room on the bus: {e}");
-            }
-        }
-        let mut map = self.map();
-        if map.get(&room.id).is_some_and(|r| Arc::ptr_eq(r, room)) {
-            map.remove(&room.id);
-        }
-        self.metrics.rooms.set(map.len() as i64);
-        drop(map);
-        let mut st = room.lock();
-        st.closed = true;
-        room.changed.notify_waiters();
-    }
-
-    /// Publishes `body` from `member`: stamped and fanned out here for a local room, or
-    /// stamped by the bus for a spanning one. Returns the message's `seq`.
-    pub async fn publish(
-        &self,
-        room: &Room,
-        member: &Member,
-        body: &RawValue,
-        id: Option<&ClientId>,
-    ) -> Result<u64, PublishError> {
-        let env = frames::message(member.conn, &room.id, &member.user, unix_ms(), body, id);
-        loop {
-            let notified = room.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let step = {
-                let mut st = room.lock();
-                match st.mode {
-                    Mode::Local => {
-                        st.seq += 1;
-                        let seq = st.seq;
-                        st.fan_out(&stamp(&env, seq), None, &self.metrics);
-                        self.metrics.redis_publishes_avoided.inc();
-                        Step::Done(seq)
+                Action::Refuse { conn } => {
+                    if let Some((_, reply)) = self.pending.remove(&conn) {
+                        let _ = reply.send(Err(JoinError::RoomFull));
                     }
-                    Mode::Spanning => Step::Bus(env.clone()),
-                    _ => Step::Wait,
                 }
-            };
-            match step {
-                Step::Done(seq) => return Ok(seq),
-                Step::Bus(env) => {
-                    let seq = self.bus.publish(&room.id, env).await?;
-                    self.metrics.redis_publishes.inc();
-                    return Ok(seq);
+                Action::Bus(op) => {
+                    if self.lane.send(op).await.is_err() {
+                        return true;
+                    }
                 }
-                Step::Wait => notified.await,
+                Action::Suspect { node } => {
+                    tracing::warn!(room = %self.handle.id, node, "no span sync in time; taking the node for dead");
+                    self.shared.suspects.mark(&node, now());
+                }
+                Action::Gap { expected, got } => {
+                    self.shared.metrics.bus_gaps.inc();
+                    tracing::warn!(room = %self.handle.id, expected, got, "room order skipped messages the bus no longer had");
+                }
+                Action::Duplicate { seq } => {
+                    self.shared.metrics.bus_duplicates.inc();
+                    tracing::debug!(room = %self.handle.id, seq, "bus message already delivered");
+                }
+                Action::Mode { from, to } => self.mode_changed(from, to),
+                Action::Close => closed = true,
             }
         }
+        closed
     }
 
-    /// Relays a signal to the other members, unsequenced.
-    pub async fn signal(
-        &self,
-        room: &Room,
-        member: &Member,
-        body: Box<RawValue>,
-    ) -> Result<(), PublishError> {
-        let frame = ServerFrame::Signal { from: member.user.clone(), body };
-        let env = {
-            let st = room.lock();
-            match st.mode {
-                Mode::Local | Mode::Opening | Mode::Closing => {
-                    st.fan_out(&frames::text(&frame), Some(member.conn), &self.metrics);
+    fn mode_changed(&mut self, from: Mode, to: Mode) {
+        let spanning = |m: Mode| matches!(m, Mode::Spanning | Mode::Unspanning);
+        let m = &self.shared.metrics;
+        match (spanning(from), spanning(to)) {
+            (false, true) => m.spanning_rooms.inc(),
+            (true, false) => m.spanning_rooms.dec(),
+            _ => {}
+        }
+        if from == Mode::Opening && to == Mode::Spanning {
+            m.span_handshake.observe(self.opened_at.elapsed());
+        }
+        if to == Mode::Opening {
+            self.opened_at = Instant::now();
+        }
+        tracing::debug!(room = %self.handle.id, from = from.name(), to = to.name(), "room mode");
+    }
+
+    /// Queues `frame` to the chosen members; a member whose queue is full is a slow
+    /// consumer and is closed, so it never slows the room.
+    fn deliver(&self, to: To, frame: Utf8Bytes) {
+        let metrics = &self.shared.metrics;
+        let send = |m: &Member| -> u64 {
+            if m.kill.is_killed() {
+                return 0;
+            }
+            match m.tx.try_send(Outbound::Frame(frame.clone())) {
+                Ok(()) => 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    if m.kill.kill(CloseReason::SLOW_CONSUMER) {
+                        metrics.slow_consumer_closes.inc();
+                        tracing::info!(conn = m.conn, user = %m.user, "slow consumer: closing");
+                    }
+                    0
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => 0,
+            }
+        };
+        let n: u64 = match to {
+            To::All => self.members.values().map(send).sum(),
+            To::AllBut(c) => self.members.values().filter(|m| m.conn != c).map(send).sum(),
+            To::One(c) => self.members.get(&c).map(send).unwrap_or(0),
+        };
+        metrics.deliveries.add(n);
+    }
+
+    /// Takes the room out of the node; whoever still queued a join starts a new room.
+    fn close(self, mut rx: mpsc::Receiver<Input>) {
+        (self.shared.on_close)(&self.handle);
+        rx.close();
+        while let Ok(input) = rx.try_recv() {
+            drop(input);
+        }
+    }
+}
+
+/// Runs a room's bus operations in order and reports their results.
+async fn lane(
+    room: RoomId,
+    shared: Shared,
+    mut ops: mpsc::Receiver<BusOp>,
+    results: mpsc::Sender<Event>,
+) {
+    let bus = shared.bus.clone();
+    let m = shared.metrics.clone();
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        m.redis_errors.inc();
+        tracing::warn!(room = %room, "{what}: {e}");
+    };
+    while let Some(op) = ops.recv().await {
+        let ev = match op {
+            BusOp::Register => Some(Event::Registered(match bus.join(&room).await {
+                Ok(o) => Some(o),
+                Err(e) => {
+                    failed("cannot register room", &e);
                     None
                 }
-                _ => Some(frames::unsequenced(member.conn, &frame)),
+            })),
+            BusOp::Unregister => Some(Event::Unregistered(match bus.leave(&room).await {
+                Ok(o) => Some(o),
+                Err(e) => {
+                    failed("cannot unregister room", &e);
+                    None
+                }
+            })),
+            BusOp::Subscribe => Some(Event::Subscribed(match bus.subscribe(&room).await {
+                Ok(()) => true,
+                Err(e) => {
+                    failed("cannot subscribe", &e);
+                    false
+                }
+            })),
+            BusOp::Unsubscribe => {
+                if let Err(e) = bus.unsubscribe(&room).await {
+                    tracing::debug!(room = %room, "unsubscribe: {e}");
+                }
+                None
             }
+            BusOp::RaiseSeq(s) => Some(Event::SeqRaised(match bus.raise_seq(&room, s).await {
+                Ok(()) => true,
+                Err(e) => {
+                    failed("cannot raise seq", &e);
+                    false
+                }
+            })),
+            BusOp::ReadSeq => Some(Event::BusSeq(bus.current_seq(&room).await.ok())),
+            BusOp::Holders => Some(Event::Holders(bus.holders(&room).await.ok())),
+            BusOp::Prune(node) => {
+                if let Err(e) = bus.prune(&room, &node).await {
+                    tracing::debug!(room = %room, node, "prune: {e}");
+                }
+                None
+            }
+            BusOp::CatchUp { after } => {
+                Some(Event::CaughtUp(match bus.catch_up(&room, after).await {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        failed("cannot catch up", &e);
+                        None
+                    }
+                }))
+            }
+            BusOp::Publish { conn, id, env } => {
+                let seq = match bus.publish(&room, env).await {
+                    Ok(s) => {
+                        m.redis_publishes.inc();
+                        Some(s)
+                    }
+                    Err(e) => {
+                        failed("publish", &e);
+                        None
+                    }
+                };
+                Some(Event::Published { conn, id, seq })
+            }
+            BusOp::Send(env) => {
+                // Notes (conn 0) are the protocol's own traffic, counted apart from members'.
+                let note = env.conn == 0;
+                match bus.publish(&room, env).await {
+                    Ok(_) if note => m.bus_notes.inc(),
+                    Ok(_) => m.redis_publishes.inc(),
+                    Err(e) => tracing::debug!(room = %room, "unsequenced publish: {e}"),
+                }
+                None
+            }
+            BusOp::Span { to } => control(&*bus, &to, Control::Span { room: room.clone() }).await,
+            BusOp::Absent { to } => {
+                control(&*bus, &to, Control::Absent { room: room.clone() }).await
+            }
+            BusOp::Left { to } => control(&*bus, &to, Control::Left { room: room.clone() }).await,
         };
-        if let Some(env) = env {
-            self.bus.publish(&room.id, env).await?;
-            self.metrics.redis_publishes.inc();
+        if let Some(ev) = ev
+            && results.send(ev).await.is_err()
+        {
+            return;
         }
-        Ok(())
     }
+}
+
+/// Sends a control message; a lost one is repaired by the next repair tick.
+async fn control(bus: &dyn Bus, to: &str, msg: Control) -> Option<Event> {
+    if let Err(e) = bus.send_control(to, msg).await {
+        tracing::debug!(node = to, "control: {e}");
+    }
+    None
 }

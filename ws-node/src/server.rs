@@ -9,7 +9,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde::Serialize;
 use shared::http::{
     Body, bearer_ok, check_ws_upgrade, json, json_error, metrics_text, query_param, text,
     ws_upgrade_refusal,
@@ -22,7 +21,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::node::Node;
-use crate::room::Mode;
+use crate::room::RoomInfo;
 
 /// Serves `node` on `listener` until [`Node::shutdown`], then waits for every connection
 /// to close (they get 1001), at most `shutdown_grace`.
@@ -49,7 +48,14 @@ async fn serve_http(node: Arc<Node>, stream: TcpStream) {
     let svc_node = node.clone();
     let svc = service_fn(move |req| {
         let node = svc_node.clone();
-        async move { Ok::<_, std::convert::Infallible>(route(&node, req)) }
+        async move {
+            let r = if req.method() == Method::GET && req.uri().path() == "/admin/rooms" {
+                admin_rooms(&node, req).await
+            } else {
+                route(&node, req)
+            };
+            Ok::<_, std::convert::Infallible>(r)
+        }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -66,13 +72,17 @@ async fn serve_http(node: Arc<Node>, stream: TcpStream) {
     }
 }
 
+/// `/admin/*` without the configured bearer token.
+fn admin_refused(node: &Node, req: &Request<Incoming>) -> Option<Response<Body>> {
+    let token = node.config.admin_token.as_ref()?;
+    (req.uri().path().starts_with("/admin/") && !bearer_ok(req.headers(), token))
+        .then(|| json_error(StatusCode::UNAUTHORIZED, "admin requires a bearer token"))
+}
+
 fn route(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
-    if let Some(token) = &node.config.admin_token
-        && path.starts_with("/admin/")
-        && !bearer_ok(req.headers(), token)
-    {
-        return json_error(StatusCode::UNAUTHORIZED, "admin requires a bearer token");
+    if let Some(r) = admin_refused(node, &req) {
+        return r;
     }
     match (req.method(), path) {
         (&Method::GET, "/ws") => upgrade(node, req),
@@ -85,7 +95,6 @@ fn route(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
             }
         }
         (&Method::GET, "/metrics") => metrics_text(node.metrics.render()),
-        (&Method::GET, "/admin/rooms") => admin_rooms(node, req.uri().query()),
         (&Method::POST, "/admin/drain") => admin_drain(node, req.uri().query()),
         (_, "/ws" | "/healthz" | "/readyz" | "/metrics" | "/admin/rooms" | "/admin/drain") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
@@ -168,20 +177,14 @@ fn anonymous_user() -> UserId {
     UserId::parse(&id).expect("generated IDs are valid")
 }
 
-#[derive(Serialize)]
-struct RoomInfo {
-    room: String,
-    members: usize,
-    users: usize,
-    seq: u64,
-    mode: &'static str,
-    remote_nodes: Vec<String>,
-}
-
 /// Rooms listed by `GET /admin/rooms` unless `limit` says otherwise.
 const ROOMS_LIMIT: usize = 1000;
 
-fn admin_rooms(node: &Node, query: Option<&str>) -> Response<Body> {
+async fn admin_rooms(node: &Node, req: Request<Incoming>) -> Response<Body> {
+    if let Some(r) = admin_refused(node, &req) {
+        return r;
+    }
+    let query = req.uri().query();
     let limit = match query_param(query, "limit").map(|v| v.parse::<usize>()) {
         None => ROOMS_LIMIT,
         Some(Ok(n)) => n,
@@ -190,21 +193,12 @@ fn admin_rooms(node: &Node, query: Option<&str>) -> Response<Body> {
     let filter = query_param(query, "room");
     let all = node.rooms.all();
     let total = all.len();
-    let mut rooms: Vec<RoomInfo> = all
-        .iter()
-        .filter(|r| filter.as_deref().is_none_or(|f| r.id.as_str() == f))
-        .map(|r| {
-            let st = r.lock();
-            RoomInfo {
-                room: r.id.to_string(),
-                members: st.members.len(),
-                users: st.users.len(),
-                seq: st.seq,
-                mode: mode_name(st.mode),
-                remote_nodes: st.remote.keys().cloned().collect(),
-            }
-        })
-        .collect();
+    let mut rooms: Vec<RoomInfo> = Vec::new();
+    for h in all.iter().filter(|r| filter.as_deref().is_none_or(|f| r.id.as_str() == f)) {
+        if let Some(info) = h.info().await {
+            rooms.push(info);
+        }
+    }
     rooms.sort_by(|a, b| b.members.cmp(&a.members).then_with(|| a.room.cmp(&b.room)));
     rooms.truncate(limit);
     json(
@@ -217,17 +211,6 @@ fn admin_rooms(node: &Node, query: Option<&str>) -> Response<Body> {
             "rooms": rooms,
         }),
     )
-}
-
-fn mode_name(m: Mode) -> &'static str {
-    match m {
-        Mode::Opening => "opening",
-        Mode::Local => "local",
-        Mode::Switching => "switching",
-        Mode::Spanning => "spanning",
-        Mode::Unspanning => "unspanning",
-        Mode::Closing => "closing",
-    }
 }
 
 fn admin_drain(node: &Arc<Node>, query: Option<&str>) -> Response<Body> {

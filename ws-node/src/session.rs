@@ -9,7 +9,7 @@ use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use shared::ids::{RoomId, UserId};
-use shared::protocol::{ClientFrame, ErrorCode, ServerFrame, close};
+use shared::protocol::{ClientFrame, ErrorCode, ServerFrame, close, unix_ms};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
@@ -20,7 +20,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use crate::frames;
 use crate::node::Node;
 use crate::rate::TokenBucket;
-use crate::room::{CloseReason, JoinError, Kill, Member, Room};
+use crate::room::{CloseReason, JoinError, Kill, Member, Outbound};
+use crate::rooms::Membership;
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
@@ -49,10 +50,18 @@ pub(crate) async fn run(node: Arc<Node>, mut ws: Ws, room_id: RoomId, user: User
     let cfg = &node.config;
     let (tx, mut rx) = mpsc::channel(cfg.outbound_queue.max(2));
     let kill = Arc::new(Kill::child_of(&node.token));
-    let member = Member { conn, user, tx, kill: kill.clone() };
+    let member = Member { conn, user, info: None, tx, kill: kill.clone() };
     node.kills.insert(conn, kill.clone());
-    let room = match node.rooms.join(&room_id, member.clone()).await {
-        Ok(room) => room,
+    let joined = tokio::select! {
+        j = node.rooms.join(&room_id, member.clone()) => j,
+        _ = kill.token().cancelled() => {
+            node.kills.remove(conn);
+            finish(&mut ws, kill.reason().or(Some(GOING_AWAY)), cfg.close_timeout).await;
+            return;
+        }
+    };
+    let membership = match joined {
+        Ok(m) => m,
         Err(JoinError::RoomFull) => {
             node.kills.remove(conn);
             node.metrics.room_full_closes.inc();
@@ -64,9 +73,9 @@ pub(crate) async fn run(node: Arc<Node>, mut ws: Ws, room_id: RoomId, user: User
             return;
         }
     };
-    let reason = serve(&node, &mut ws, &room, &member, &mut rx).await;
+    let reason = serve(&node, &mut ws, &membership, &member, &mut rx).await;
     node.kills.remove(conn);
-    node.rooms.leave(&room, conn).await;
+    drop(membership);
     match reason {
         Some(r) if r == CloseReason::SLOW_CONSUMER => {}
         Some(r) if r == RATE_ABUSE => node.metrics.rate_limit_closes.inc(),
@@ -81,9 +90,9 @@ pub(crate) async fn run(node: Arc<Node>, mut ws: Ws, room_id: RoomId, user: User
 async fn serve(
     node: &Arc<Node>,
     ws: &mut Ws,
-    room: &Arc<Room>,
+    room: &Membership,
     member: &Member,
-    rx: &mut mpsc::Receiver<Message>,
+    rx: &mut mpsc::Receiver<Outbound>,
 ) -> Option<CloseReason> {
     let cfg = &node.config;
     let mut bucket = TokenBucket::new(cfg.publish_rate, cfg.publish_burst);
@@ -96,9 +105,10 @@ async fn serve(
     let stopped = member.kill.token().cancelled();
     tokio::pin!(stopped);
     let why = || member.kill.reason().or(Some(GOING_AWAY));
+    // Not `biased`: under fan-out the queue is never empty, and client reads must still
+    // get their turn.
     loop {
         tokio::select! {
-            biased;
             _ = &mut stopped => return why(),
             out = rx.recv() => {
                 let first = out?;
@@ -164,25 +174,24 @@ async fn serve(
 }
 
 /// Handles one accepted client frame.
-async fn handle(node: &Arc<Node>, room: &Arc<Room>, member: &Member, frame: ClientFrame) {
+async fn handle(node: &Arc<Node>, room: &Membership, member: &Member, frame: ClientFrame) {
     match frame {
         ClientFrame::Publish { body, id } => {
-            match node.rooms.publish(room, member, &body, id.as_ref()).await {
-                Ok(seq) => {
-                    node.metrics.messages_in.inc();
-                    if let Some(id) = id {
-                        let _ = member
-                            .tx
-                            .try_send(Message::Text(frames::text(&ServerFrame::Ack { id, seq })));
-                    }
-                }
-                Err(e) => reply(node, member, ErrorCode::Degraded, e.to_string()),
-            }
+            let env = frames::message(
+                member.conn,
+                &room.room().id,
+                &member.user,
+                unix_ms(),
+                &body,
+                id.as_ref(),
+            );
+            node.metrics.messages_in.inc();
+            room.publish(env, id).await;
         }
-        ClientFrame::Signal { body } => match node.rooms.signal(room, member, body).await {
-            Ok(()) => node.metrics.signals.inc(),
-            Err(e) => reply(node, member, ErrorCode::Degraded, e.to_string()),
-        },
+        ClientFrame::Signal { body } => {
+            node.metrics.signals.inc();
+            room.signal(body).await;
+        }
     }
 }
 
@@ -190,7 +199,7 @@ async fn handle(node: &Arc<Node>, room: &Arc<Room>, member: &Member, frame: Clie
 fn reply(node: &Node, member: &Member, code: ErrorCode, message: impl Into<String>) {
     node.metrics.error(code);
     let frame = frames::text(&ServerFrame::error(code, message));
-    if member.tx.try_send(Message::Text(frame)).is_err()
+    if member.tx.try_send(Outbound::Frame(frame)).is_err()
         && member.kill.kill(CloseReason::SLOW_CONSUMER)
     {
         node.metrics.slow_consumer_closes.inc();
@@ -201,23 +210,32 @@ fn reply(node: &Node, member: &Member, code: ErrorCode, message: impl Into<Strin
 /// frames when a connection falls a little behind.
 async fn write_batch(
     ws: &mut Ws,
-    first: Message,
-    rx: &mut mpsc::Receiver<Message>,
+    first: Outbound,
+    rx: &mut mpsc::Receiver<Outbound>,
 ) -> Result<(), WsError> {
-    ws.feed(first).await?;
+    ws.feed(message(first)).await?;
     for _ in 1..MAX_BATCH {
         match rx.try_recv() {
-            Ok(m) => ws.feed(m).await?,
+            Ok(m) => ws.feed(message(m)).await?,
             Err(_) => break,
         }
     }
     ws.flush().await
 }
 
+/// The WebSocket message of a queued frame; a welcome is serialized here, by its own
+/// connection's task.
+fn message(o: Outbound) -> Message {
+    match o {
+        Outbound::Frame(f) => Message::Text(f),
+        Outbound::Welcome(w) => Message::Text(w.to_json().into()),
+    }
+}
+
 /// Writes out everything still queued (used before closing on our own initiative).
-async fn drain_queue(ws: &mut Ws, rx: &mut mpsc::Receiver<Message>) {
+async fn drain_queue(ws: &mut Ws, rx: &mut mpsc::Receiver<Outbound>) {
     while let Ok(m) = rx.try_recv() {
-        if ws.feed(m).await.is_err() {
+        if ws.feed(message(m)).await.is_err() {
             return;
         }
     }

@@ -1,0 +1,1035 @@
+//! A room as a sans-IO state machine: its members, presence, `seq`, and the mode that says
+//! where the room's order is decided (here, or on the bus while it spans nodes).
+//! [`RoomCore::on`] takes one event and the time and returns the actions to carry out; it
+//! does no I/O, holds no lock and reads no clock, so every race is a unit test. One owner
+//! task per room drives it (room.rs); bus operations it asks for come back as events, in
+//! the order they were asked for.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::value::RawValue;
+use shared::ids::{RoomId, UserId};
+use shared::protocol::{ClientId, ErrorCode, ServerFrame};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::bus::{Envelope, Note, stamp};
+use crate::frames;
+use crate::presence::{Change, Everyone, Presence};
+
+pub type Conn = u64;
+
+/// The room's tunables (node config).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node: Arc<str>,
+    pub room: RoomId,
+    /// Members the room holds on this node; the next joiner is refused (4009).
+    pub max_members: usize,
+    /// How long a joining node waits for a holder's sync before taking it for dead.
+    pub span_timeout: Duration,
+    /// How often the room compares its holders with its mode and repairs the difference.
+    pub repair_interval: Duration,
+    /// How long a spanning room must be alone before it goes back to one node.
+    pub unspan_grace: Duration,
+    /// Publishes held while the room changes mode; past this they fail with `degraded`.
+    pub max_queued: usize,
+}
+
+/// Where the room's events are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Registering with the bus and waiting for the other holders' syncs; joiners wait.
+    Opening,
+    /// On this node only: the room stamps `seq` and fans out in memory.
+    Local,
+    /// Becoming spanning (subscribing, handing `seq` to the bus); publishes wait.
+    Switching,
+    /// Members on several nodes: the bus stamps `seq`; every node delivers in its order.
+    Spanning,
+    /// Alone again: catching up with the bus's last `seq` before going `Local`.
+    Unspanning,
+    /// Emptied and leaving the bus; joiners wait and the room opens again after.
+    Closing,
+    /// Gone; the owner removes it.
+    Closed,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Opening => "opening",
+            Mode::Local => "local",
+            Mode::Switching => "switching",
+            Mode::Spanning => "spanning",
+            Mode::Unspanning => "unspanning",
+            Mode::Closing => "closing",
+            Mode::Closed => "closed",
+        }
+    }
+}
+
+/// Who a frame goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum To {
+    All,
+    AllBut(Conn),
+    One(Conn),
+}
+
+/// Something that happened to the room.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Join {
+        conn: Conn,
+        user: UserId,
+        info: Option<Arc<str>>,
+    },
+    Leave {
+        conn: Conn,
+    },
+    /// A member's message, pre-serialized without its `seq` (frames.rs).
+    Publish {
+        conn: Conn,
+        env: Envelope,
+        id: Option<ClientId>,
+    },
+    Signal {
+        conn: Conn,
+        body: Box<RawValue>,
+    },
+    // Results of the bus operations the room asked for, in the order asked.
+    /// `Register`: the other live holders, or `None` when the bus failed.
+    Registered(Option<Vec<String>>),
+    /// `Unregister`: the holders left, or `None` when the bus failed.
+    Unregistered(Option<Vec<String>>),
+    Subscribed(bool),
+    SeqRaised(bool),
+    /// `ReadSeq`: the bus's last stamped `seq`.
+    BusSeq(Option<u64>),
+    Holders(Option<Vec<String>>),
+    /// `Publish`: the `seq` the bus stamped, `None` when it failed.
+    Published {
+        conn: Conn,
+        id: Option<ClientId>,
+        seq: Option<u64>,
+    },
+    CaughtUp(Option<Vec<(u64, Utf8Bytes)>>),
+    // From other nodes.
+    SpanRequest {
+        from: String,
+    },
+    Absent {
+        from: String,
+    },
+    Left {
+        from: String,
+    },
+    /// A frame on the room's channel: `seq` 0 when unsequenced (signals, notes).
+    BusFrame {
+        seq: u64,
+        origin: Arc<str>,
+        conn: Conn,
+        frame: Utf8Bytes,
+    },
+    BusLost,
+    BusRestored,
+    /// Time passed; the owner sends it at [`RoomCore::poll_timeout`].
+    Tick,
+    /// Stop waiting for `node`'s sync: another room of this node already found it dead.
+    Forget {
+        node: String,
+    },
+}
+
+/// A bus operation the owner carries out, one at a time in order, answering with an event.
+#[derive(Debug, Clone)]
+pub enum BusOp {
+    Register,
+    Unregister,
+    Subscribe,
+    Unsubscribe,
+    RaiseSeq(u64),
+    ReadSeq,
+    Holders,
+    Prune(String),
+    CatchUp {
+        after: u64,
+    },
+    /// Sequenced: stamped and published atomically by the bus.
+    Publish {
+        conn: Conn,
+        id: Option<ClientId>,
+        env: Envelope,
+    },
+    /// Unsequenced, fire and forget (signals, notes): no event comes back.
+    Send(Envelope),
+    /// Control to one node; no event comes back.
+    Span {
+        to: String,
+    },
+    Absent {
+        to: String,
+    },
+    Left {
+        to: String,
+    },
+}
+
+/// The joiner's first frame, as a snapshot: the session serializes it off the room's path.
+#[derive(Debug, Clone)]
+pub struct Welcome {
+    pub room: RoomId,
+    pub user: UserId,
+    pub node: Arc<str>,
+    pub seq: u64,
+    pub members: Everyone,
+}
+
+impl Welcome {
+    pub fn to_json(&self) -> String {
+        let members: Vec<UserId> = self.members.keys().cloned().collect();
+        let info: BTreeMap<UserId, Box<RawValue>> = self
+            .members
+            .iter()
+            .filter_map(|(u, p)| {
+                let raw = RawValue::from_string(p.info.as_deref()?.to_owned()).ok()?;
+                Some((u.clone(), raw))
+            })
+            .collect();
+        ServerFrame::Welcome {
+            room: self.room.clone(),
+            user: self.user.clone(),
+            node: self.node.to_string(),
+            members,
+            seq: self.seq,
+            info: (!info.is_empty()).then_some(info),
+        }
+        .to_json()
+    }
+}
+
+/// What the owner must do.
+#[derive(Debug, Clone)]
+pub enum Action {
+    Deliver {
+        to: To,
+        frame: Utf8Bytes,
+    },
+    /// Admit the joiner: its welcome is the first frame it gets.
+    Admit {
+        conn: Conn,
+        welcome: Box<Welcome>,
+    },
+    /// The room is full: the joiner is closed with 4009.
+    Refuse {
+        conn: Conn,
+    },
+    Bus(BusOp),
+    /// `node` did not sync in time: do not wait on it in other rooms for a while.
+    Suspect {
+        node: String,
+    },
+    /// The room's order on this node skipped from `expected` to `got` (a split healed,
+    /// or the bus's log no longer reached back): logged and counted.
+    Gap {
+        expected: u64,
+        got: u64,
+    },
+    /// A bus message this node had already delivered: counted.
+    Duplicate {
+        seq: u64,
+    },
+    /// The mode changed (for gauges and logs).
+    Mode {
+        from: Mode,
+        to: Mode,
+    },
+    /// The room is closed; the owner removes it.
+    Close,
+}
+
+/// A publish waiting for the room to settle.
+#[derive(Debug, Clone)]
+struct Queued {
+    conn: Conn,
+    env: Envelope,
+    id: Option<ClientId>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoomCore {
+    cfg: Settings,
+    mode: Mode,
+    /// The last `seq` delivered here; never moves backwards.
+    seq: u64,
+    members: HashMap<Conn, UserId>,
+    presence: Presence,
+    joins: Vec<(Conn, UserId, Option<Arc<str>>)>,
+    queued: VecDeque<Queued>,
+    bus_up: bool,
+    subscribed: bool,
+    /// Holders whose sync a joining room waits for, until `deadline`.
+    waiting: HashSet<String>,
+    deadline: Option<Instant>,
+    /// Holders that synced with this room while it spans.
+    synced: HashSet<String>,
+    /// Bus messages that arrived ahead of a gap, while a catch-up reads what is missing.
+    ahead: BTreeMap<u64, Utf8Bytes>,
+    catching_up: bool,
+    /// Registered again after a bus restore: publishes wait for the `seq` to be raised.
+    resync: bool,
+    /// When the room was first seen alone while spanning.
+    alone_since: Option<Instant>,
+    /// The bus's last `seq` an unspanning room must reach.
+    unspan_to: Option<u64>,
+    next_repair: Option<Instant>,
+    /// A holders query is in flight (repairs never overlap).
+    repairing: bool,
+    /// Someone must be told the room spans: after a switch, these nodes get a `Span`.
+    span_after_switch: Vec<String>,
+    /// An opening room was asked to span before it subscribed: it syncs once it has.
+    sync_owed: bool,
+}
+
+impl RoomCore {
+    pub fn new(cfg: Settings) -> Self {
+        Self {
+            cfg,
+            mode: Mode::Opening,
+            seq: 0,
+            members: HashMap::new(),
+            presence: Presence::default(),
+            joins: Vec::new(),
+            queued: VecDeque::new(),
+            bus_up: true,
+            subscribed: false,
+            waiting: HashSet::new(),
+            deadline: None,
+            synced: HashSet::new(),
+            ahead: BTreeMap::new(),
+            catching_up: false,
+            resync: false,
+            alone_since: None,
+            unspan_to: None,
+            next_repair: None,
+            repairing: false,
+            span_after_switch: Vec::new(),
+            sync_owed: false,
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+    pub fn members(&self) -> usize {
+        self.members.len()
+    }
+    pub fn users(&self) -> usize {
+        self.presence.local_users().len()
+    }
+    pub fn remote_nodes(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.presence.remote_nodes().cloned().collect();
+        v.sort();
+        v
+    }
+    pub fn everyone(&self) -> &Everyone {
+        self.presence.everyone()
+    }
+
+    /// When the owner must send [`Event::Tick`] next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [self.deadline, self.next_repair].into_iter().flatten().min()
+    }
+
+    /// Applies one event at time `now`.
+    pub fn on(&mut self, ev: Event, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        let before = self.mode;
+        self.step(ev, now, &mut out);
+        self.settle(now, &mut out);
+        if self.mode != before {
+            out.push(Action::Mode { from: before, to: self.mode });
+        }
+        out
+    }
+
+    fn set_mode(&mut self, m: Mode) {
+        self.mode = m;
+    }
+
+    fn step(&mut self, ev: Event, now: Instant, out: &mut Vec<Action>) {
+        match ev {
+            Event::Join { conn, user, info } => self.on_join(conn, user, info, now, out),
+            Event::Leave { conn } => self.on_leave(conn, out),
+            Event::Publish { conn, env, id } => self.on_publish(Queued { conn, env, id }, out),
+            Event::Signal { conn, body } => self.on_signal(conn, body, out),
+            Event::Registered(r) => self.on_registered(r, now, out),
+            Event::Unregistered(r) => self.on_unregistered(r, out),
+            Event::Subscribed(ok) => self.on_subscribed(ok, now, out),
+            Event::SeqRaised(ok) => self.on_seq_raised(ok, out),
+            Event::BusSeq(s) => self.on_bus_seq(s, out),
+            Event::Holders(h) => self.on_holders(h, now, out),
+            Event::Published { conn, id, seq } => self.on_published(conn, id, seq, out),
+            Event::CaughtUp(r) => self.on_caught_up(r, out),
+            Event::SpanRequest { from } => self.on_span_request(from, out),
+            Event::Absent { from } => {
+                self.waiting.remove(&from);
+                self.synced.remove(&from);
+                self.opened_if_synced(out);
+            }
+            Event::Left { from } => {
+                self.synced.remove(&from);
+                // Check the holders soon rather than at the next repair.
+                if self.mode == Mode::Spanning {
+                    self.next_repair = Some(now);
+                }
+            }
+            Event::BusFrame { seq, origin, conn, frame } => {
+                self.on_bus_frame(seq, &origin, conn, frame, now, out)
+            }
+            Event::BusLost => self.on_bus_lost(out),
+            Event::BusRestored => self.on_bus_restored(out),
+            Event::Tick => self.on_tick(now, out),
+            Event::Forget { node } => self.on_forget(node, out),
+        }
+    }
+
+    // ---- members -------------------------------------------------------------------
+
+    fn on_join(
+        &mut self,
+        conn: Conn,
+        user: UserId,
+        info: Option<Arc<str>>,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        match self.mode {
+            Mode::Opening | Mode::Closing => self.joins.push((conn, user, info)),
+            Mode::Closed => {
+                // A closed room takes nobody: open it again.
+                self.joins.push((conn, user, info));
+                self.open(now, out);
+            }
+            _ => self.admit(conn, user, info, out),
+        }
+    }
+
+    fn admit(&mut self, conn: Conn, user: UserId, info: Option<Arc<str>>, out: &mut Vec<Action>) {
+        if self.members.len() >= self.cfg.max_members {
+            out.push(Action::Refuse { conn });
+            return;
+        }
+        let (first_here, change) = self.presence.join_local(&user, info.clone());
+        self.members.insert(conn, user.clone());
+        let welcome = Welcome {
+            room: self.cfg.room.clone(),
+            user: user.clone(),
+            node: self.cfg.node.clone(),
+            seq: self.seq,
+            members: self.presence.everyone().clone(),
+        };
+        out.push(Action::Admit { conn, welcome: Box::new(welcome) });
+        if let Some(c) = change {
+            out.push(presence_frame(&c, To::AllBut(conn)));
+        }
+        if first_here && self.spans() {
+            let info = info.map(|i| i.to_string());
+            out.push(Action::Bus(BusOp::Send(
+                Note::Presence { user, present: true, info }.envelope(),
+            )));
+        }
+    }
+
+    fn on_leave(&mut self, conn: Conn, out: &mut Vec<Action>) {
+        if let Some(i) = self.joins.iter().position(|j| j.0 == conn) {
+            self.joins.remove(i);
+            return;
+        }
+        let Some(user) = self.members.remove(&conn) else { return };
+        self.queued.retain(|q| q.conn != conn);
+        let (last_here, change) = self.presence.leave_local(&user);
+        if let Some(c) = change {
+            out.push(presence_frame(&c, To::All));
+        }
+        if last_here && self.spans() {
+            out.push(Action::Bus(BusOp::Send(
+                Note::Presence { user, present: false, info: None }.envelope(),
+            )));
+        }
+    }
+
+    /// Whether the room's channel carries this node's notes (it is subscribed and others
+    /// listen).
+    fn spans(&self) -> bool {
+        matches!(self.mode, Mode::Spanning | Mode::Unspanning | Mode::Switching) && self.subscribed
+    }
+
+    // ---- publishing ----------------------------------------------------------------
+
+    fn on_publish(&mut self, q: Queued, out: &mut Vec<Action>) {
+        if !self.members.contains_key(&q.conn) {
+            return;
+        }
+        match self.mode {
+            Mode::Local => self.stamp_here(q, out),
+            Mode::Spanning if !self.resync && self.bus_up => {
+                out.push(Action::Bus(BusOp::Publish { conn: q.conn, id: q.id, env: q.env }));
+            }
+            Mode::Spanning if !self.bus_up => degraded(q.conn, out),
+            _ => {
+                if self.queued.len() >= self.cfg.max_queued {
+                    degraded(q.conn, out);
+                } else {
+                    self.queued.push_back(q);
+                }
+            }
+        }
+    }
+
+    fn stamp_here(&mut self, q: Queued, out: &mut Vec<Action>) {
+        self.seq += 1;
+        out.push(Action::Deliver { to: To::All, frame: stamp(&q.env, self.seq) });
+        if let Some(id) = q.id {
+            out.push(ack(q.conn, id, self.seq));
+        }
+    }
+
+    /// Sends the publishes that waited, now that the room has settled.
+    fn flush_queued(&mut self, out: &mut Vec<Action>) {
+        while let Some(q) = self.queued.pop_front() {
+            self.on_publish(q, out);
+            if !matches!(self.mode, Mode::Local | Mode::Spanning) {
+                break;
+            }
+        }
+    }
+
+    fn on_published(
+        &mut self,
+        conn: Conn,
+        id: Option<ClientId>,
+        seq: Option<u64>,
+        out: &mut Vec<Action>,
+    ) {
+        match (seq, id) {
+            (Some(seq), Some(id)) => out.push(ack(conn, id, seq)),
+            (Some(_), None) => {}
+            (None, _) => degraded(conn, out),
+        }
+    }
+
+    fn on_signal(&mut self, conn: Conn, body: Box<RawValue>, out: &mut Vec<Action>) {
+        let Some(user) = self.members.get(&conn) else { return };
+        let frame = ServerFrame::Signal { from: user.clone(), body };
+        if self.spans() && self.bus_up {
+            out.push(Action::Bus(BusOp::Send(frames::unsequenced(conn, &frame))));
+        } else if self.spans() {
+            degraded(conn, out);
+        } else {
+            out.push(Action::Deliver { to: To::AllBut(conn), frame: frames::text(&frame) });
+        }
+    }
+
+    // ---- opening and closing -------------------------------------------------------
+
+    fn open(&mut self, _now: Instant, out: &mut Vec<Action>) {
+        self.set_mode(Mode::Opening);
+        self.waiting.clear();
+        self.synced.clear();
+        self.deadline = None;
+        out.push(Action::Bus(BusOp::Register));
+    }
+
+    /// The first event of a new room.
+    pub fn start(&mut self, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.open(now, &mut out);
+        out
+    }
+
+    fn on_registered(&mut self, r: Option<Vec<String>>, now: Instant, out: &mut Vec<Action>) {
+        let others: Vec<String> = match r {
+            Some(o) => o.into_iter().filter(|n| **n != *self.cfg.node).collect(),
+            None => {
+                // The room works on this node meanwhile; a restore registers it again.
+                if self.mode == Mode::Opening {
+                    self.set_mode(Mode::Local);
+                    self.admit_waiting(out);
+                }
+                return;
+            }
+        };
+        match self.mode {
+            Mode::Opening if others.is_empty() => {
+                self.set_mode(Mode::Local);
+                self.admit_waiting(out);
+            }
+            Mode::Opening => {
+                self.waiting = others.into_iter().collect();
+                self.deadline = Some(now + self.cfg.span_timeout);
+                out.push(Action::Bus(BusOp::Subscribe));
+            }
+            Mode::Local if !others.is_empty() => self.switch(others, out),
+            Mode::Spanning => {
+                // After a restore: make sure every holder spans with us again.
+                for n in others {
+                    out.push(Action::Bus(BusOp::Span { to: n }));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_subscribed(&mut self, ok: bool, _now: Instant, out: &mut Vec<Action>) {
+        match self.mode {
+            Mode::Opening => {
+                if !ok {
+                    // Cannot span: stay on this node; the repair tries again.
+                    self.waiting.clear();
+                    self.deadline = None;
+                    self.set_mode(Mode::Local);
+                    self.admit_waiting(out);
+                    return;
+                }
+                self.subscribed = true;
+                let mut waiting: Vec<&String> = self.waiting.iter().collect();
+                waiting.sort();
+                for n in waiting {
+                    out.push(Action::Bus(BusOp::Span { to: n.clone() }));
+                }
+                if std::mem::take(&mut self.sync_owed) {
+                    self.sync(out);
+                }
+                self.opened_if_synced(out);
+            }
+            Mode::Switching => {
+                if ok {
+                    self.subscribed = true;
+                    out.push(Action::Bus(BusOp::RaiseSeq(self.seq)));
+                } else {
+                    self.set_mode(Mode::Local);
+                    self.span_after_switch.clear();
+                    self.flush_queued(out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Local -> spanning: subscribe, hand `seq` to the bus, then sync.
+    fn switch(&mut self, tell: Vec<String>, out: &mut Vec<Action>) {
+        self.set_mode(Mode::Switching);
+        self.span_after_switch = tell;
+        if self.subscribed {
+            out.push(Action::Bus(BusOp::RaiseSeq(self.seq)));
+        } else {
+            out.push(Action::Bus(BusOp::Subscribe));
+        }
+    }
+
+    fn on_seq_raised(&mut self, ok: bool, out: &mut Vec<Action>) {
+        match self.mode {
+            Mode::Switching if ok => {
+                self.set_mode(Mode::Spanning);
+                self.alone_since = None;
+                self.sync(out);
+                for n in std::mem::take(&mut self.span_after_switch) {
+                    out.push(Action::Bus(BusOp::Span { to: n }));
+                }
+                self.flush_queued(out);
+            }
+            Mode::Switching => {
+                // No Sync: nobody is told we span when we do not.
+                self.set_mode(Mode::Local);
+                self.span_after_switch.clear();
+                self.subscribed = false;
+                out.push(Action::Bus(BusOp::Unsubscribe));
+                self.flush_queued(out);
+            }
+            Mode::Spanning if self.resync => {
+                if ok {
+                    self.resync = false;
+                    self.sync(out);
+                    self.flush_queued(out);
+                } else {
+                    // Still down; the next restore raises again.
+                    self.fail_queued(out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn sync(&self, out: &mut Vec<Action>) {
+        let users =
+            self.presence.local_users().into_iter().map(|(u, i)| (u, i.map(|i| i.to_string())));
+        let note = Note::Sync { seq: self.seq, users: users.collect() };
+        out.push(Action::Bus(BusOp::Send(note.envelope())));
+    }
+
+    fn opened_if_synced(&mut self, out: &mut Vec<Action>) {
+        if self.mode == Mode::Opening && self.subscribed && self.waiting.is_empty() {
+            self.deadline = None;
+            if self.synced.is_empty() {
+                // Every other holder was gone: the room is ours alone.
+                self.subscribed = false;
+                out.push(Action::Bus(BusOp::Unsubscribe));
+                self.set_mode(Mode::Local);
+            } else {
+                self.set_mode(Mode::Spanning);
+                self.sync(out);
+            }
+            self.admit_waiting(out);
+        }
+    }
+
+    fn admit_waiting(&mut self, out: &mut Vec<Action>) {
+        for (conn, user, info) in std::mem::take(&mut self.joins) {
+            self.admit(conn, user, info, out);
+        }
+        self.flush_queued(out);
+    }
+
+    /// After every event: an empty room closes; a settled room sends what waited.
+    fn settle(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.members.is_empty()
+            && self.joins.is_empty()
+            && matches!(self.mode, Mode::Local | Mode::Spanning)
+        {
+            self.set_mode(Mode::Closing);
+            self.queued.clear();
+            self.ahead.clear();
+            if self.subscribed {
+                self.subscribed = false;
+                out.push(Action::Bus(BusOp::Unsubscribe));
+            }
+            out.push(Action::Bus(BusOp::Unregister));
+        }
+        if matches!(self.mode, Mode::Local | Mode::Spanning) && self.next_repair.is_none() {
+            self.next_repair = Some(now + self.cfg.repair_interval);
+        }
+    }
+
+    fn on_unregistered(&mut self, left: Option<Vec<String>>, out: &mut Vec<Action>) {
+        if self.mode != Mode::Closing {
+            return;
+        }
+        for n in left.unwrap_or_default().into_iter().filter(|n| **n != *self.cfg.node) {
+            out.push(Action::Bus(BusOp::Left { to: n }));
+        }
+        self.presence = Presence::default();
+        self.synced.clear();
+        self.next_repair = None;
+        // Nobody is connected: a reopened room starts its order afresh, like a new one.
+        self.seq = 0;
+        if self.joins.is_empty() {
+            self.set_mode(Mode::Closed);
+            out.push(Action::Close);
+        } else {
+            // Joiners came while closing: the room opens again, keeping its `seq`.
+            self.set_mode(Mode::Opening);
+            out.push(Action::Bus(BusOp::Register));
+        }
+    }
+
+    // ---- spanning ------------------------------------------------------------------
+
+    fn on_span_request(&mut self, from: String, out: &mut Vec<Action>) {
+        match self.mode {
+            Mode::Local => self.switch(Vec::new(), out),
+            Mode::Spanning if !self.resync => self.sync(out),
+            // Two nodes opening at once wait for each other: an opening room has nobody
+            // to welcome yet, so it can say it spans as soon as it listens.
+            Mode::Opening if self.subscribed => self.sync(out),
+            Mode::Opening => self.sync_owed = true,
+            Mode::Closing | Mode::Closed => out.push(Action::Bus(BusOp::Absent { to: from })),
+            Mode::Unspanning => {
+                self.set_mode(Mode::Spanning);
+                self.unspan_to = None;
+                self.alone_since = None;
+                self.sync(out);
+                self.flush_queued(out);
+            }
+            // Switching syncs when it is done; a resync once `seq` is raised.
+            _ => {}
+        }
+    }
+
+    fn on_bus_frame(
+        &mut self,
+        seq: u64,
+        origin: &str,
+        conn: Conn,
+        frame: Utf8Bytes,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        match self.mode {
+            Mode::Local | Mode::Closing | Mode::Closed => return,
+            _ if !self.subscribed => return,
+            _ => {}
+        }
+        if seq > 0 {
+            self.on_bus_message(seq, frame, out);
+            return;
+        }
+        let own = origin == &*self.cfg.node;
+        if !frame.as_str().starts_with(Note::PREFIX) {
+            // A signal: our own skips its sender.
+            if !self.members.is_empty() {
+                let to = if own { To::AllBut(conn) } else { To::All };
+                out.push(Action::Deliver { to, frame });
+            }
+            return;
+        }
+        if own {
+            return;
+        }
+        let Ok(note) = serde_json::from_str::<Note>(frame.as_str()) else { return };
+        match note {
+            Note::Sync { seq, users } => {
+                let users = users.into_iter().map(|(u, i)| (u, i.map(Arc::from))).collect();
+                for c in self.presence.replace_remote(origin, users) {
+                    out.push(presence_frame(&c, To::All));
+                }
+                self.synced.insert(origin.to_owned());
+                self.waiting.remove(origin);
+                if self.mode == Mode::Opening {
+                    self.seq = self.seq.max(seq);
+                }
+                self.alone_since = None;
+                self.opened_if_synced(out);
+            }
+            Note::Presence { user, present, info } => {
+                self.synced.insert(origin.to_owned());
+                let info = info.map(Arc::from);
+                if let Some(c) = self.presence.set_remote(origin, &user, present, info) {
+                    out.push(presence_frame(&c, To::All));
+                }
+            }
+        }
+        let _ = now;
+    }
+
+    fn on_bus_message(&mut self, seq: u64, frame: Utf8Bytes, out: &mut Vec<Action>) {
+        if self.mode == Mode::Opening {
+            // Nobody is welcomed yet: the welcome starts after what went by.
+            self.seq = self.seq.max(seq);
+            return;
+        }
+        if seq <= self.seq {
+            out.push(Action::Duplicate { seq });
+            return;
+        }
+        if seq == self.seq + 1 && self.ahead.is_empty() {
+            self.deliver_bus(seq, frame, out);
+            self.unspanned_if_caught_up(out);
+            return;
+        }
+        self.ahead.insert(seq, frame);
+        if !self.catching_up {
+            self.catching_up = true;
+            out.push(Action::Bus(BusOp::CatchUp { after: self.seq }));
+        }
+    }
+
+    fn deliver_bus(&mut self, seq: u64, frame: Utf8Bytes, out: &mut Vec<Action>) {
+        if seq != self.seq + 1 {
+            out.push(Action::Gap { expected: self.seq + 1, got: seq });
+        }
+        self.seq = seq;
+        if !self.members.is_empty() {
+            out.push(Action::Deliver { to: To::All, frame });
+        }
+    }
+
+    fn on_caught_up(&mut self, r: Option<Vec<(u64, Utf8Bytes)>>, out: &mut Vec<Action>) {
+        self.catching_up = false;
+        for (seq, frame) in r.unwrap_or_default() {
+            self.ahead.entry(seq).or_insert(frame);
+        }
+        // Everything held now goes out in order; what the bus no longer had is a gap.
+        for (seq, frame) in std::mem::take(&mut self.ahead) {
+            if seq > self.seq {
+                self.deliver_bus(seq, frame, out);
+            }
+        }
+        self.unspanned_if_caught_up(out);
+    }
+
+    fn on_holders(&mut self, h: Option<Vec<String>>, now: Instant, out: &mut Vec<Action>) {
+        self.repairing = false;
+        let Some(holders) = h else { return };
+        let me_in = holders.iter().any(|n| **n == *self.cfg.node);
+        let others: Vec<String> =
+            holders.iter().filter(|n| **n != *self.cfg.node).cloned().collect();
+        if !me_in && matches!(self.mode, Mode::Local | Mode::Spanning) {
+            // Pruned by a peer that took us for dead: register again (and span then).
+            out.push(Action::Bus(BusOp::Register));
+        }
+        match self.mode {
+            Mode::Local if !others.is_empty() => {
+                // A split: another node holds the room and we did not know.
+                self.switch(others, out);
+            }
+            Mode::Spanning => {
+                // Nodes that left or died: their users leave.
+                let gone: Vec<String> =
+                    self.presence.remote_nodes().filter(|n| !others.contains(n)).cloned().collect();
+                for n in gone {
+                    self.synced.remove(&n);
+                    for c in self.presence.drop_remote(&n) {
+                        out.push(presence_frame(&c, To::All));
+                    }
+                }
+                self.synced.retain(|n| others.contains(n));
+                // Holders we never heard from get our span again (it may have been lost).
+                for n in others.iter().filter(|n| !self.synced.contains(*n)) {
+                    out.push(Action::Bus(BusOp::Span { to: n.clone() }));
+                }
+                if others.is_empty() && me_in {
+                    let since = *self.alone_since.get_or_insert(now);
+                    if now.duration_since(since) >= self.cfg.unspan_grace {
+                        self.set_mode(Mode::Unspanning);
+                        out.push(Action::Bus(BusOp::ReadSeq));
+                    } else {
+                        self.next_repair = Some(since + self.cfg.unspan_grace);
+                    }
+                } else {
+                    self.alone_since = None;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_bus_seq(&mut self, s: Option<u64>, out: &mut Vec<Action>) {
+        if self.mode != Mode::Unspanning {
+            return;
+        }
+        let last = s.unwrap_or(self.seq);
+        self.unspan_to = Some(last);
+        if self.seq < last && !self.catching_up {
+            self.catching_up = true;
+            out.push(Action::Bus(BusOp::CatchUp { after: self.seq }));
+        }
+        self.unspanned_if_caught_up(out);
+    }
+
+    fn unspanned_if_caught_up(&mut self, out: &mut Vec<Action>) {
+        if self.mode != Mode::Unspanning || self.catching_up {
+            return;
+        }
+        let Some(last) = self.unspan_to else { return };
+        // The catch-up delivered all the bus still had; what it did not have is lost.
+        self.seq = self.seq.max(last);
+        self.unspan_to = None;
+        self.alone_since = None;
+        self.subscribed = false;
+        self.synced.clear();
+        for n in self.presence.remote_nodes().cloned().collect::<Vec<_>>() {
+            for c in self.presence.drop_remote(&n) {
+                out.push(presence_frame(&c, To::All));
+            }
+        }
+        out.push(Action::Bus(BusOp::Unsubscribe));
+        self.set_mode(Mode::Local);
+        self.flush_queued(out);
+    }
+
+    // ---- the bus going away and coming back ----------------------------------------
+
+    fn on_bus_lost(&mut self, out: &mut Vec<Action>) {
+        self.bus_up = false;
+        if self.mode == Mode::Spanning && !self.members.is_empty() {
+            let frame = frames::text(&ServerFrame::error(
+                ErrorCode::Degraded,
+                "room spans nodes and Redis is unreachable; publishes fail until it is back",
+            ));
+            out.push(Action::Deliver { to: To::All, frame });
+        }
+    }
+
+    fn on_bus_restored(&mut self, out: &mut Vec<Action>) {
+        self.bus_up = true;
+        match self.mode {
+            Mode::Local => out.push(Action::Bus(BusOp::Register)),
+            Mode::Spanning => {
+                // Redis may have restarted empty: raise its `seq` from ours before anyone
+                // publishes again, catch up on what the channel dropped, and span again.
+                self.resync = true;
+                out.push(Action::Bus(BusOp::Register));
+                out.push(Action::Bus(BusOp::RaiseSeq(self.seq)));
+                if !self.catching_up {
+                    self.catching_up = true;
+                    out.push(Action::Bus(BusOp::CatchUp { after: self.seq }));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn fail_queued(&mut self, out: &mut Vec<Action>) {
+        for q in std::mem::take(&mut self.queued) {
+            degraded(q.conn, out);
+        }
+    }
+
+    // ---- time ----------------------------------------------------------------------
+
+    fn on_tick(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if let Some(d) = self.deadline
+            && now >= d
+        {
+            self.deadline = None;
+            // Holders that never synced are taken for dead: prune them, go on without.
+            let mut dead: Vec<String> = self.waiting.drain().collect();
+            dead.sort();
+            for n in dead {
+                out.push(Action::Suspect { node: n.clone() });
+                out.push(Action::Bus(BusOp::Prune(n)));
+            }
+            self.opened_if_synced(out);
+        }
+        if let Some(r) = self.next_repair
+            && now >= r
+        {
+            self.next_repair = Some(now + self.cfg.repair_interval);
+            if !self.repairing && self.bus_up && matches!(self.mode, Mode::Local | Mode::Spanning) {
+                self.repairing = true;
+                out.push(Action::Bus(BusOp::Holders));
+            }
+        }
+    }
+
+    fn on_forget(&mut self, node: String, out: &mut Vec<Action>) {
+        if self.waiting.remove(&node) {
+            out.push(Action::Bus(BusOp::Prune(node)));
+            self.opened_if_synced(out);
+        }
+    }
+}
+
+fn presence_frame(c: &Change, to: To) -> Action {
+    let info = c.info.as_deref().and_then(|i| RawValue::from_string(i.to_owned()).ok());
+    let frame = ServerFrame::Presence { event: c.event, user: c.user.clone(), info };
+    Action::Deliver { to, frame: frames::text(&frame) }
+}
+
+fn ack(conn: Conn, id: ClientId, seq: u64) -> Action {
+    Action::Deliver { to: To::One(conn), frame: frames::text(&ServerFrame::Ack { id, seq }) }
+}
+
+fn degraded(conn: Conn, out: &mut Vec<Action>) {
+    let frame = frames::text(&ServerFrame::error(
+        ErrorCode::Degraded,
+        "room spans nodes and the bus is unavailable; the message was not published",
+    ));
+    out.push(Action::Deliver { to: To::One(conn), frame });
+}
