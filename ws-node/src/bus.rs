@@ -26,7 +26,7 @@ pub type BusResult<T> = Result<T, BusError>;
 /// A room event on its way to every node holding the room. The frame is pre-serialized by
 /// the origin; a sequenced one has the room's next `seq` spliced between `head` and `tail`
 /// by the bus, atomically with publishing it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {
     /// The connection it came from, so its own node can skip echoing presence to it.
     pub conn: u64,

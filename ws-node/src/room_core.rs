@@ -144,7 +144,7 @@ pub enum Event {
 }
 
 /// A bus operation the owner carries out, one at a time in order, answering with an event.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum BusOp {
     Register,
     Unregister,
@@ -1033,3 +1033,8 @@ fn degraded(conn: Conn, out: &mut Vec<Action>) {
     ));
     out.push(Action::Deliver { to: To::One(conn), frame });
 }
+
+#[cfg(test)]
+mod sim;
+#[cfg(test)]
+mod tests;
