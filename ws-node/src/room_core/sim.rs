@@ -1,1 +1,538 @@
+//! A deterministic world for property tests: one room on three nodes, each a [`RoomCore`],
+//! over a simulated bus (node set, `seq`, log, channel, control) that can lose its Pub/Sub
+//! frames, duplicate control messages, restart empty, and lose a node. Random event
+//! sequences are checked against docs/protocol.md's guarantees.
 
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::bus::{Control, LOG_SIZE};
+
+const NODES: usize = 3;
+
+#[derive(Debug, Clone)]
+enum Step {
+    Join(usize),
+    Leave(usize, usize),
+    Publish(usize, usize),
+    /// Let node `n` run one unit of work (a lane op, a result, a bus frame, a control).
+    Work(usize, u8),
+    /// Re-send the last control message to its node (a duplicate).
+    DupControl,
+    /// Time passes (only once everything in flight has landed: nodes are responsive).
+    Tick(u64),
+    /// Redis kills every Pub/Sub connection: frames in flight are lost, the log stays.
+    PubsubKill,
+    /// Redis restarts with no data (after writing out what it had sent).
+    RedisRestart,
+    /// A node dies with its members.
+    Kill(usize),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => (0..NODES).prop_map(Step::Join),
+        1 => (0..NODES, 0..4usize).prop_map(|(n, k)| Step::Leave(n, k)),
+        6 => (0..NODES, 0..4usize).prop_map(|(n, k)| Step::Publish(n, k)),
+        40 => (0..NODES, any::<u8>()).prop_map(|(n, w)| Step::Work(n, w)),
+        1 => Just(Step::DupControl),
+        1 => (1..3000u64).prop_map(Step::Tick),
+        1 => Just(Step::PubsubKill),
+        1 => Just(Step::RedisRestart),
+        1 => (0..NODES).prop_map(Step::Kill),
+    ]
+}
+
+#[derive(Debug, Default)]
+struct Member {
+    welcome: Option<u64>,
+    seqs: Vec<u64>,
+}
+
+#[derive(Debug)]
+enum Inbound {
+    Frame { seq: u64, origin: Arc<str>, conn: Conn, frame: Utf8Bytes },
+    Control { from: String, msg: Control },
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    core: Option<RoomCore>,
+    lane: VecDeque<BusOp>,
+    results: VecDeque<Event>,
+    inbox: VecDeque<Inbound>,
+    members: BTreeMap<Conn, Member>,
+    dead: bool,
+    /// Channels the node's bus resubscribes after a reconnect.
+    wants_sub: bool,
+}
+
+#[derive(Debug, Default)]
+struct World {
+    nodes: Vec<Node>,
+    set: BTreeSet<usize>,
+    subs: BTreeSet<usize>,
+    seq: u64,
+    log: VecDeque<(u64, Utf8Bytes)>,
+    now_ms: u64,
+    next_conn: Conn,
+    /// Every stamped message's body by seq, per bus generation: one order.
+    bodies: BTreeMap<u64, String>,
+    acked: Vec<(usize, u64)>,
+    last_control: Option<(usize, Inbound)>,
+    /// A restart lost the bus's state: later splits may skip seqs.
+    lossy: bool,
+    killed: bool,
+    /// Messages the bus stamped: how much of the run spanned.
+    spanned: usize,
+}
+
+fn id(n: usize) -> String {
+    format!("n{n}")
+}
+
+fn idx(s: &str) -> usize {
+    s[1..].parse().unwrap()
+}
+
+impl World {
+    fn new() -> Self {
+        World {
+            nodes: (0..NODES).map(|_| Node::default()).collect(),
+            next_conn: 1,
+            ..Default::default()
+        }
+    }
+
+    fn t(&self, base: Instant) -> Instant {
+        base + Duration::from_millis(self.now_ms)
+    }
+
+    fn settings(n: usize) -> Settings {
+        Settings {
+            node: Arc::from(id(n).as_str()),
+            room: RoomId::parse("r").unwrap(),
+            max_members: 100,
+            span_timeout: Duration::from_millis(500),
+            repair_interval: Duration::from_secs(2),
+            unspan_grace: Duration::from_secs(2),
+            max_queued: 10_000,
+        }
+    }
+
+    fn feed(&mut self, n: usize, ev: Event, base: Instant) {
+        let now = self.t(base);
+        let Some(core) = self.nodes[n].core.as_mut() else { return };
+        let out = core.on(ev, now);
+        self.apply(n, out);
+    }
+
+    fn apply(&mut self, n: usize, out: Vec<Action>) {
+        for a in out {
+            let node = &mut self.nodes[n];
+            match a {
+                Action::Deliver { to, frame } => {
+                    let v: serde_json::Value = match serde_json::from_str(frame.as_str()) {
+                        Ok(v) => v,
+                        Err(_) => continue,
+                    };
+                    for (c, m) in node.members.iter_mut() {
+                        let hit = match to {
+                            To::All => true,
+                            To::AllBut(x) => x != *c,
+                            To::One(x) => x == *c,
+                        };
+                        if !hit || m.welcome.is_none() {
+                            continue;
+                        }
+                        match v["type"].as_str() {
+                            Some("message") => m.seqs.push(v["seq"].as_u64().unwrap()),
+                            Some("ack") if to == To::One(*c) => {
+                                self.acked.push((n, v["seq"].as_u64().unwrap()))
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                Action::Admit { conn, welcome } => {
+                    if let Some(m) = node.members.get_mut(&conn) {
+                        m.welcome = Some(welcome.seq);
+                    }
+                }
+                Action::Refuse { conn } => {
+                    node.members.remove(&conn);
+                }
+                Action::Bus(op) => node.lane.push_back(op),
+                Action::Close => node.core = None,
+                _ => {}
+            }
+        }
+    }
+
+    fn send(&mut self, to: usize, ib: Inbound) {
+        if !self.nodes[to].dead {
+            self.nodes[to].inbox.push_back(ib);
+        }
+    }
+
+    fn publish(&mut self, from: usize, seq: u64, conn: Conn, frame: Utf8Bytes) {
+        for s in self.subs.clone() {
+            let ib = Inbound::Frame {
+                seq,
+                origin: Arc::from(id(from).as_str()),
+                conn,
+                frame: frame.clone(),
+            };
+            self.send(s, ib);
+        }
+    }
+
+    /// Runs node `n`'s next lane operation against the bus.
+    fn run_op(&mut self, n: usize) {
+        let Some(op) = self.nodes[n].lane.pop_front() else { return };
+        let others = |w: &World| w.set.iter().filter(|x| **x != n).map(|x| id(*x)).collect();
+        let ev = match op {
+            BusOp::Register => {
+                self.set.insert(n);
+                Some(Event::Registered(Some(others(self))))
+            }
+            BusOp::Unregister => {
+                self.set.remove(&n);
+                if self.set.is_empty() {
+                    self.seq = 0;
+                    self.log.clear();
+                    self.bodies.clear();
+                }
+                Some(Event::Unregistered(Some(self.set.iter().map(|x| id(*x)).collect())))
+            }
+            BusOp::Subscribe => {
+                self.subs.insert(n);
+                self.nodes[n].wants_sub = true;
+                Some(Event::Subscribed(true))
+            }
+            BusOp::Unsubscribe => {
+                self.subs.remove(&n);
+                self.nodes[n].wants_sub = false;
+                None
+            }
+            BusOp::RaiseSeq(s) => {
+                self.seq = self.seq.max(s);
+                Some(Event::SeqRaised(true))
+            }
+            BusOp::ReadSeq => Some(Event::BusSeq(Some(self.seq))),
+            BusOp::Holders => Some(Event::Holders(Some(self.set.iter().map(|x| id(*x)).collect()))),
+            BusOp::Prune(x) => {
+                self.set.remove(&idx(&x));
+                None
+            }
+            BusOp::CatchUp { after } => Some(Event::CaughtUp(Some(
+                self.log.iter().filter(|(s, _)| *s > after).cloned().collect(),
+            ))),
+            BusOp::Publish { conn, id: cid, env } => {
+                self.seq += 1;
+                let seq = self.seq;
+                let frame = stamp(&env, seq);
+                self.bodies.insert(seq, frame.to_string());
+                self.log.push_back((seq, frame.clone()));
+                if self.log.len() > LOG_SIZE {
+                    self.log.pop_front();
+                }
+                self.publish(n, seq, conn, frame);
+                Some(Event::Published { conn, id: cid, seq: Some(seq) })
+            }
+            BusOp::Send(env) => {
+                self.publish(n, 0, env.conn, stamp(&env, 0));
+                None
+            }
+            BusOp::Span { to } => self.control(n, &to, Control::Span { room: room() }),
+            BusOp::Absent { to } => self.control(n, &to, Control::Absent { room: room() }),
+            BusOp::Left { to } => self.control(n, &to, Control::Left { room: room() }),
+        };
+        if let Some(ev) = ev {
+            self.nodes[n].results.push_back(ev);
+        }
+    }
+
+    fn control(&mut self, from: usize, to: &str, msg: Control) -> Option<Event> {
+        let to = idx(to);
+        self.last_control = Some((to, Inbound::Control { from: id(from), msg: msg.clone() }));
+        self.send(to, Inbound::Control { from: id(from), msg });
+        None
+    }
+
+    /// Hands node `n` one thing that arrived for it.
+    fn deliver_one(&mut self, n: usize, pick: u8, base: Instant) -> bool {
+        let node = &mut self.nodes[n];
+        let from_results =
+            !node.results.is_empty() && (pick.is_multiple_of(2) || node.inbox.is_empty());
+        if from_results {
+            let ev = node.results.pop_front().unwrap();
+            self.feed(n, ev, base);
+            return true;
+        }
+        let Some(ib) = node.inbox.pop_front() else { return false };
+        match ib {
+            Inbound::Frame { seq, origin, conn, frame } => {
+                self.feed(n, Event::BusFrame { seq, origin, conn, frame }, base)
+            }
+            Inbound::Control { from, msg } => {
+                let ev = match msg {
+                    Control::Span { .. } if self.nodes[n].core.is_none() => {
+                        let f = idx(&from);
+                        self.send(
+                            f,
+                            Inbound::Control { from: id(n), msg: Control::Absent { room: room() } },
+                        );
+                        return true;
+                    }
+                    Control::Span { .. } => Event::SpanRequest { from },
+                    Control::Absent { .. } => Event::Absent { from },
+                    Control::Left { .. } => Event::Left { from },
+                };
+                self.feed(n, ev, base);
+            }
+        }
+        true
+    }
+
+    fn work(&mut self, n: usize, pick: u8, base: Instant) -> bool {
+        if self.nodes[n].dead {
+            return false;
+        }
+        if pick.is_multiple_of(3) && !self.nodes[n].lane.is_empty() {
+            self.run_op(n);
+            return true;
+        }
+        if self.deliver_one(n, pick, base) {
+            return true;
+        }
+        if !self.nodes[n].lane.is_empty() {
+            self.run_op(n);
+            return true;
+        }
+        false
+    }
+
+    /// Lands everything in flight.
+    fn quiesce(&mut self, base: Instant) {
+        for _ in 0..100_000 {
+            let mut any = false;
+            for n in 0..NODES {
+                any |= self.work(n, 1, base);
+            }
+            if !any {
+                return;
+            }
+        }
+        panic!("the world never settles");
+    }
+
+    fn tick(&mut self, ms: u64, base: Instant) {
+        self.quiesce(base);
+        self.now_ms += ms;
+        for n in 0..NODES {
+            if !self.nodes[n].dead {
+                self.feed(n, Event::Tick, base);
+            }
+        }
+        self.quiesce(base);
+    }
+
+    fn run(&mut self, s: Step, base: Instant) {
+        match s {
+            Step::Join(n) if !self.nodes[n].dead => {
+                let conn = self.next_conn;
+                self.next_conn += 1;
+                self.nodes[n].members.insert(conn, Member::default());
+                if self.nodes[n].core.is_none() {
+                    let mut core = RoomCore::new(Self::settings(n));
+                    let out = core.start(self.t(base));
+                    self.nodes[n].core = Some(core);
+                    self.apply(n, out);
+                }
+                let user = UserId::parse(&format!("u{}", conn % 5)).unwrap();
+                self.feed(n, Event::Join { conn, user, info: None }, base);
+            }
+            Step::Leave(n, k) => {
+                let Some(conn) = self.nodes[n].members.keys().nth(k).copied() else { return };
+                self.nodes[n].members.remove(&conn);
+                self.feed(n, Event::Leave { conn }, base);
+            }
+            Step::Publish(n, k) => {
+                let node = &self.nodes[n];
+                let Some((&conn, _)) =
+                    node.members.iter().filter(|(_, m)| m.welcome.is_some()).nth(k)
+                else {
+                    return;
+                };
+                let body = RawValue::from_string(format!("\"{n}-{}\"", self.next_conn)).unwrap();
+                self.next_conn += 1;
+                let user = UserId::parse("x").unwrap();
+                let env = frames::message(conn, &room(), &user, 0, &body, None);
+                self.feed(n, Event::Publish { conn, env, id: Some(ClientId::Num(conn)) }, base);
+            }
+            Step::Work(n, w) => {
+                self.work(n, w, base);
+            }
+            Step::DupControl => {
+                if let Some((to, Inbound::Control { from, msg })) = &self.last_control {
+                    let ib = Inbound::Control { from: from.clone(), msg: msg.clone() };
+                    let to = *to;
+                    self.send(to, ib);
+                }
+            }
+            Step::Tick(ms) => self.tick(ms, base),
+            Step::PubsubKill => {
+                for n in 0..NODES {
+                    self.nodes[n].inbox.retain(|i| matches!(i, Inbound::Control { .. }));
+                }
+                self.bus_blip(base);
+            }
+            Step::RedisRestart => {
+                self.quiesce(base);
+                self.set.clear();
+                self.seq = 0;
+                self.log.clear();
+                self.lossy = true;
+                self.bus_blip(base);
+            }
+            Step::Kill(n) if !self.killed => {
+                self.killed = true;
+                let node = &mut self.nodes[n];
+                node.dead = true;
+                node.core = None;
+                node.members.clear();
+                node.lane.clear();
+                node.inbox.clear();
+                node.results.clear();
+                self.set.remove(&n);
+                self.subs.remove(&n);
+            }
+            _ => {}
+        }
+    }
+
+    /// Every node sees its bus connection drop and come back (resubscribing).
+    fn bus_blip(&mut self, base: Instant) {
+        for n in 0..NODES {
+            if !self.nodes[n].dead {
+                self.feed(n, Event::BusLost, base);
+            }
+        }
+        self.subs =
+            (0..NODES).filter(|n| !self.nodes[*n].dead && self.nodes[*n].wants_sub).collect();
+        for n in 0..NODES {
+            if !self.nodes[n].dead {
+                self.feed(n, Event::BusRestored, base);
+            }
+        }
+    }
+
+    /// The guarantees of docs/protocol.md for members that stayed connected.
+    fn check(&mut self, base: Instant) {
+        // Two repair rounds (and an unspan grace) after the last event heal any split.
+        for _ in 0..4 {
+            self.tick(2_000, base);
+        }
+        let holding: Vec<usize> = (0..NODES)
+            .filter(|n| self.nodes[*n].members.values().any(|m| m.welcome.is_some()))
+            .collect();
+        if holding.len() > 1 {
+            for n in &holding {
+                let mode = self.nodes[*n].core.as_ref().map(|c| c.mode());
+                assert_eq!(mode, Some(Mode::Spanning), "node {n}: split room after repair");
+            }
+        }
+        for (n, node) in self.nodes.iter().enumerate() {
+            for (c, m) in &node.members {
+                let Some(w) = m.welcome else { continue };
+                let mut prev = w;
+                for &s in &m.seqs {
+                    assert!(
+                        s > prev,
+                        "node {n} conn {c}: seq {s} after {prev}: duplicate or reorder"
+                    );
+                    if !self.lossy {
+                        assert_eq!(s, prev + 1, "node {n} conn {c}: gap after {prev}");
+                    }
+                    prev = s;
+                }
+            }
+        }
+        // No loss: every acknowledged message stamped after a member's welcome reaches it:
+        // those stamped on its own node, and those the bus stamped.
+        if !self.lossy && !self.killed {
+            for (n, node) in self.nodes.iter().enumerate() {
+                for (c, m) in &node.members {
+                    let Some(w) = m.welcome else { continue };
+                    for (from, s) in &self.acked {
+                        if *s > w && (*from == n || self.bodies.contains_key(s)) {
+                            assert!(m.seqs.contains(s), "node {n} conn {c}: lost acked seq {s}");
+                        }
+                    }
+                }
+            }
+        }
+        self.spanned = self.bodies.len();
+    }
+}
+
+fn room() -> RoomId {
+    RoomId::parse("r").unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_fleets_keep_the_delivery_guarantees(steps in prop::collection::vec(step(), 1..200)) {
+        let base = Instant::now();
+        let mut w = World::new();
+        for s in steps {
+            w.run(s, base);
+        }
+        w.check(base);
+        SPANNED.fetch_add(w.spanned, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn frames_a_pubsub_kill_drops_are_caught_up_from_the_log() {
+    let base = Instant::now();
+    let mut w = World::new();
+    for s in [Step::Join(0), Step::Join(1)] {
+        w.run(s, base);
+        w.quiesce(base);
+    }
+    w.run(Step::Publish(0, 0), base);
+    w.run_op(0);
+    w.run(Step::PubsubKill, base);
+    w.check(base);
+    assert_eq!(w.spanned, 1);
+    for n in 0..2 {
+        assert_eq!(w.nodes[n].members.values().next().unwrap().seqs, [1]);
+    }
+}
+
+static SPANNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[test]
+fn the_simulated_fleet_spans_rooms_and_checks_something() {
+    // A world that never spans would pass the property test vacuously.
+    let base = Instant::now();
+    let mut w = World::new();
+    for s in [Step::Join(0), Step::Join(1)] {
+        w.run(s, base);
+        w.quiesce(base);
+    }
+    w.run(Step::Publish(0, 0), base);
+    w.run(Step::Publish(1, 0), base);
+    w.check(base);
+    assert_eq!(w.spanned, 2);
+    for n in 0..2 {
+        let m = w.nodes[n].members.values().next().unwrap();
+        assert_eq!(m.seqs, [1, 2]);
+    }
+}
