@@ -78,6 +78,14 @@ struct Args {
     /// has stopped placing here.
     #[arg(long, env = "WSNODE_DEREGISTER_WAIT", default_value = "2", value_parser = parse_secs)]
     deregister_wait: Duration,
+    /// Seconds a node opening a room waits for another holder's sync before it takes the
+    /// holder for dead (prunes it and welcomes its joiners without it).
+    #[arg(long, env = "WSNODE_SPAN_TIMEOUT", default_value = "0.5", value_parser = parse_secs)]
+    span_timeout: Duration,
+    /// Seconds between repairs: each room compares its holders with its mode and mends
+    /// a split; no split room outlives one interval.
+    #[arg(long, env = "WSNODE_REPAIR_INTERVAL", default_value = "2", value_parser = parse_secs)]
+    repair_interval: Duration,
     /// Seconds after which a silent node is pruned from room sets.
     #[arg(long, env = "WSNODE_HEARTBEAT_TTL", default_value = "10", value_parser = parse_secs)]
     heartbeat_ttl: Duration,
@@ -115,6 +123,16 @@ impl Args {
         })?;
         anyhow::ensure!(self.publish_rate > 0.0, "--publish-rate must be positive");
         anyhow::ensure!(self.outbound_queue >= 2, "--outbound-queue must be at least 2");
+        for (flag, d) in [
+            ("--ping-interval", self.ping_interval),
+            ("--idle-timeout", self.idle_timeout),
+            ("--span-timeout", self.span_timeout),
+            ("--repair-interval", self.repair_interval),
+            ("--heartbeat-ttl", self.heartbeat_ttl),
+        ] {
+            anyhow::ensure!(!d.is_zero(), "{flag} must be more than 0");
+        }
+        anyhow::ensure!(self.max_room_members >= 1, "--max-room-members must be at least 1");
         let d = Config::default();
         Ok(Config {
             node_id: self.node_id,
@@ -130,6 +148,10 @@ impl Args {
             drain_window: self.drain_window,
             shutdown_grace: self.shutdown_grace,
             admin_token: self.admin_token,
+            span_timeout: self.span_timeout,
+            repair_interval: self.repair_interval,
+            unspan_grace: self.repair_interval,
+            suspect_ttl: self.heartbeat_ttl,
             ..d
         })
     }

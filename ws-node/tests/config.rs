@@ -42,6 +42,10 @@ fn bad_config_exits_non_zero_with_one_line() {
         vec!["--config".into(), "/nonexistent/ws-node.toml".into()],
         vec!["--node-id".into(), "bad id".into()],
         vec!["--advertise".into(), "127.0.0.1:1".into()],
+        // A zero interval used to panic the timer wheel (--ping-interval 0).
+        vec!["--ping-interval".into(), "0".into()],
+        vec!["--repair-interval".into(), "0".into()],
+        vec!["--span-timeout".into(), "0".into()],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_ws-node")).args(&args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
