@@ -117,7 +117,8 @@ fn node_info<'a>(view: &'a View, m: &'a Member) -> NodeInfo<'a> {
         addr: m.spec.addr.as_str(),
         weight: m.spec.weight,
         healthy: m.healthy,
-        draining: m.draining,
+        // Drained here, or draining itself (its `/readyz` says 503): either way not placed.
+        draining: m.draining || !m.ready,
         share: view.ring.share(&m.spec.id),
         connections: m.stats.connections.get(),
         source: m.source,

@@ -149,14 +149,17 @@ pub struct Member {
     pub spec: NodeSpec,
     pub source: Source,
     pub healthy: bool,
+    /// Drained through the router's admin API.
     pub draining: bool,
+    /// The node's own `/readyz` as the probes last saw it; false while it drains itself.
+    pub ready: bool,
     pub stats: Arc<NodeStats>,
 }
 
 impl Member {
     /// Whether placement may use this member.
     pub fn eligible(&self) -> bool {
-        self.healthy && !self.draining
+        self.healthy && self.ready && !self.draining
     }
 }
 
@@ -242,10 +245,11 @@ impl Membership {
         let mut t = self.lock();
         let outcome = match t.members.get_mut(&spec.id) {
             Some(m) => {
-                let healthy = m.healthy || m.spec.addr != spec.addr;
+                let moved = m.spec.addr != spec.addr;
                 m.spec = spec;
                 m.source = source;
-                m.healthy = healthy;
+                m.healthy |= moved;
+                m.ready |= moved;
                 m.draining = false;
                 Upsert::Replaced
             }
@@ -283,6 +287,7 @@ impl Membership {
                 Some(m) => {
                     if m.spec.addr != spec.addr {
                         m.healthy = true;
+                        m.ready = true;
                     }
                     m.spec = spec;
                 }
@@ -306,12 +311,17 @@ impl Membership {
         self.update(id, |m| m.healthy = healthy)
     }
 
+    /// Records what the probes decided: health (after a streak) and the node's readiness.
+    pub fn set_probed(&self, id: &NodeId, healthy: bool, ready: bool) -> Result<(), Error> {
+        self.update(id, |m| (m.healthy, m.ready) = (healthy, ready))
+    }
+
     fn update(&self, id: &NodeId, f: impl FnOnce(&mut Member)) -> Result<(), Error> {
         let mut t = self.lock();
         let m = t.members.get_mut(id).ok_or_else(|| Error::UnknownNode(id.to_string()))?;
-        let before = (m.healthy, m.draining);
+        let before = (m.healthy, m.ready, m.draining);
         f(m);
-        if before != (m.healthy, m.draining) {
+        if before != (m.healthy, m.ready, m.draining) {
             self.publish(&mut t);
         }
         Ok(())
@@ -333,7 +343,7 @@ impl Membership {
 }
 
 fn fresh(spec: NodeSpec, source: Source) -> Member {
-    Member { spec, source, healthy: true, draining: false, stats: Arc::default() }
+    Member { spec, source, healthy: true, draining: false, ready: true, stats: Arc::default() }
 }
 
 fn same(a: &BTreeMap<NodeId, Member>, b: &BTreeMap<NodeId, Member>) -> bool {
@@ -342,7 +352,7 @@ fn same(a: &BTreeMap<NodeId, Member>, b: &BTreeMap<NodeId, Member>) -> bool {
             ia == ib
                 && ma.spec == mb.spec
                 && ma.source == mb.source
-                && (ma.healthy, ma.draining) == (mb.healthy, mb.draining)
+                && (ma.healthy, ma.ready, ma.draining) == (mb.healthy, mb.ready, mb.draining)
         })
 }
 

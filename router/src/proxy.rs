@@ -452,6 +452,7 @@ mod tests {
             source: crate::membership::Source::Static,
             healthy: true,
             draining: false,
+            ready: true,
             stats: Arc::default(),
         };
         let mut h = HeaderMap::new();

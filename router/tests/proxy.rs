@@ -97,7 +97,7 @@ async fn a_node_at_its_limit_answers_503_and_the_next_node_takes_the_client() {
 
 /// A stand-in for a node that turns upgrades away itself (another version, or an auth layer
 /// in front of it): no ws-node answers 4xx to a request the router has already validated.
-/// Healthy on `/healthz`; 403 with a reason on anything else, counted.
+/// Healthy and ready to the probes; 403 with a reason on anything else, counted.
 async fn refusing_node() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -109,7 +109,7 @@ async fn refusing_node() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
             let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
                 let count = count.clone();
                 async move {
-                    let mut r = if req.uri().path() == "/healthz" {
+                    let mut r = if matches!(req.uri().path(), "/healthz" | "/readyz") {
                         shared::http::text(http::StatusCode::OK, "ok")
                     } else {
                         count.fetch_add(1, Ordering::SeqCst);
