@@ -1,7 +1,8 @@
 //! The deployment shape end to end, with real binaries and a real Redis on a free port:
 //! two routers and a pool of ws-nodes that register themselves (`--discovery redis`).
 //! A node added later joins both rings; both routers place rooms alike; a node stopped
-//! with SIGTERM while rooms chat hands every client over without losing a message.
+//! with SIGTERM while rooms chat hands every client over without losing a message, and
+//! once it has left a router's ring it never comes back as placeable while it drains.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -50,6 +51,11 @@ fn spawn(name: &str, args: &[String]) -> Proc {
 }
 
 fn node(redis: &str, id: &str) -> (Proc, u16) {
+    node_waiting(redis, id, "1.5")
+}
+
+/// A node that waits `deregister_wait` seconds after SIGTERM before it drains.
+fn node_waiting(redis: &str, id: &str, deregister_wait: &str) -> (Proc, u16) {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let args = [
@@ -64,7 +70,7 @@ fn node(redis: &str, id: &str) -> (Proc, u16) {
         "--heartbeat-ttl",
         "3",
         "--deregister-wait",
-        "1.5",
+        deregister_wait,
         "--drain-window",
         "1",
     ];
@@ -271,4 +277,79 @@ async fn two_routers_a_registered_pool_and_a_rolling_stop() {
         }
     }
     assert!(moved > 0, "the stopped node held some rooms");
+}
+
+/// Samples `r`'s ring until `exited` and returns what went wrong: `victim` still placed
+/// after `leave` (first sample that lacked it), or placed again once it had left.
+async fn watch_ring(
+    r: &RouterProc,
+    victim: &str,
+    exited: CancellationToken,
+) -> Result<Duration, String> {
+    let sent = tokio::time::Instant::now();
+    let mut left: Option<Duration> = None;
+    // Bounded: the node exits within its deregister wait and drain window; STEP * 2 is ample.
+    while sent.elapsed() < STEP * 2 {
+        let done = exited.is_cancelled();
+        let placed = ring_ids(r).await.iter().any(|id| id == victim);
+        match (placed, left) {
+            (false, None) => left = Some(sent.elapsed()),
+            (true, Some(at)) => {
+                return Err(format!(
+                    "{victim} left at {at:?} and was placeable again at {:?} after SIGTERM",
+                    sent.elapsed()
+                ));
+            }
+            _ => {}
+        }
+        if done {
+            return left.ok_or_else(|| format!("{victim} still placed after it exited"));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Err(format!("{victim} did not exit within {:?}", STEP * 2))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigterm_a_node_is_never_placeable_again_in_any_router() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    // The victim holds a client, so it stays alive through its deregister wait and drain
+    // window: about 4 s during which its heartbeat keeps running.
+    let (mut victim, victim_port) = node_waiting(&url, "victim", "3");
+    let _other = node(&url, "other").0;
+    let routers = [router(&url), router(&url)];
+    for r in &routers {
+        wait_until(STEP, "both nodes in each ring", || async { ring_ids(r).await.len() == 2 })
+            .await;
+    }
+    let _client =
+        WsClient::join(&format!("ws://127.0.0.1:{victim_port}/ws?room=held&user=u")).await;
+
+    let exited = CancellationToken::new();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &victim.0.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let watchers: Vec<_> =
+        routers.iter().map(|r| watch_ring(r, "victim", exited.clone())).collect();
+    let waiter = async {
+        let status = tokio::task::spawn_blocking(move || {
+            let s = victim.0.wait();
+            (victim, s)
+        });
+        let (v, s) = tokio::time::timeout(STEP * 2, status).await.expect("the node exits").unwrap();
+        exited.cancel();
+        (v, s)
+    };
+    let (results, (_victim, status)) =
+        tokio::join!(futures_util::future::join_all(watchers), waiter);
+    assert!(status.unwrap().success(), "the stopped node exits cleanly");
+    for (i, r) in results.into_iter().enumerate() {
+        let left = r.unwrap_or_else(|e| panic!("router {i}: {e}"));
+        eprintln!("router {i}: victim off the ring {left:?} after SIGTERM");
+    }
 }
