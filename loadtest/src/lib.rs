@@ -5,6 +5,7 @@
 
 pub mod checker;
 pub mod cli;
+pub mod counters;
 pub mod cpu;
 pub mod dialect;
 pub mod plot;

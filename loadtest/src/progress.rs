@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::watch;
 
-use crate::run::Counters;
+use crate::counters::Counters;
 
 /// How the run shows progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::checker::{Checker, Event, Verdict};
+pub use crate::counters::Counters;
 use crate::cpu;
 use crate::dialect::{self, Dialect, Incoming};
 use crate::progress::{Progress, ProgressMode};
@@ -92,19 +93,6 @@ enum Phase {
     Publishing,
     Draining,
     Closing,
-}
-
-/// Live counts for the progress display and the drain decision.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub attempted: AtomicU64,
-    pub connected: AtomicU64,
-    pub failed: AtomicU64,
-    /// Connections open right now.
-    pub alive: AtomicU64,
-    pub published: AtomicU64,
-    pub acked: AtomicU64,
-    pub delivered: AtomicU64,
 }
 
 /// What connections tell the collector.

@@ -72,7 +72,10 @@ async fn route(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
     match (&method, segments.as_slice()) {
         (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok"),
         (&Method::GET, ["readyz"]) => readyz(proxy),
-        (&Method::GET, ["metrics"]) => metrics_text(proxy.metrics.render(&proxy.membership.view())),
+        (&Method::GET, ["metrics"]) => {
+            let view = proxy.membership.view();
+            metrics_text(proxy.metrics.render(view.ring.len(), &view.samples()))
+        }
         (&Method::GET, ["admin", "ring"]) => ring(proxy),
         (&Method::GET, ["admin", "placement"]) => placement(proxy, req.uri().query()),
         (&Method::GET, ["admin", "nodes"]) => nodes(&proxy.membership.view()),

@@ -1,33 +1,9 @@
 //! The router library's one error type: configuration, binding, placement, and what went
-//! wrong talking to a node (with the cause label the metrics count).
+//! wrong talking to a node (with the cause label the metrics count, defined there).
 
 use std::net::SocketAddr;
 
-/// Why a talk with a node failed before its `101`; the label of `router_proxy_errors_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cause {
-    /// TCP connect refused, reset or unresolvable.
-    Connect,
-    /// No connection or no answer within the configured timeout.
-    Timeout,
-    /// The node answered 5xx (at its connection limit, draining, broken).
-    Refused,
-    /// The node spoke broken HTTP or answered an upgrade with something else than 101.
-    Protocol,
-}
-
-impl Cause {
-    pub const ALL: [Cause; 4] = [Cause::Connect, Cause::Timeout, Cause::Refused, Cause::Protocol];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Cause::Connect => "connect",
-            Cause::Timeout => "timeout",
-            Cause::Refused => "node_5xx",
-            Cause::Protocol => "protocol",
-        }
-    }
-}
+pub use crate::metrics::Cause;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

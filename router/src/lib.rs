@@ -53,7 +53,7 @@ impl Router {
     /// current Tokio runtime.
     pub fn start(config: Config) -> Result<Self, Error> {
         config.validate()?;
-        let policy = Policy::from_config(&config)?;
+        let policy = Policy::new(config.policy, config.geoip.as_deref(), &config.pools)?;
         let listener = shared::listen::bind(config.listen, config.reuse_port)
             .map_err(|source| Error::Bind { addr: config.listen, source })?;
         let admin_listener = shared::listen::bind(config.admin, false)

@@ -15,6 +15,7 @@ use shared::ids::NodeId;
 use shared::metrics::{Counter, Gauge};
 
 use crate::Error;
+use crate::metrics::NodeSample;
 use crate::ring::Ring;
 
 /// Heaviest weight a node may have: keeps a ring rebuild bounded.
@@ -173,6 +174,19 @@ pub struct View {
 impl View {
     pub fn member(&self, id: &NodeId) -> Option<&Member> {
         self.members.get(id)
+    }
+
+    /// Every member's numbers for `/metrics`.
+    pub fn samples(&self) -> Vec<NodeSample<'_>> {
+        self.members
+            .iter()
+            .map(|(id, m)| NodeSample {
+                id: id.as_str(),
+                connections: m.stats.connections.get(),
+                upgrades: m.stats.upgrades.get(),
+                up: m.eligible(),
+            })
+            .collect()
     }
 }
 

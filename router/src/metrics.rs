@@ -1,12 +1,51 @@
 //! The router's Prometheus metrics: plain atomics the proxy, health checker and membership
-//! update, rendered with the per-node numbers of the current view on `GET /metrics`.
+//! update, and their label sets, rendered with per-node samples on `GET /metrics`. A leaf:
+//! it imports no other router module; the others hand it plain numbers.
 
 use std::sync::Arc;
 
 use shared::metrics::{Counter, Exposition, Gauge, Histogram};
 
-use crate::error::Cause;
-use crate::membership::View;
+/// Why a talk with a node failed before its `101`; the label of `router_proxy_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// TCP connect refused, reset or unresolvable.
+    Connect,
+    /// No connection or no answer within the configured timeout.
+    Timeout,
+    /// The node answered 5xx (at its connection limit, draining, broken).
+    Refused,
+    /// The node spoke broken HTTP or answered an upgrade with something else than 101.
+    Protocol,
+}
+
+impl Cause {
+    pub const ALL: [Cause; 4] = [Cause::Connect, Cause::Timeout, Cause::Refused, Cause::Protocol];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Connect => "connect",
+            Cause::Timeout => "timeout",
+            Cause::Refused => "node_5xx",
+            Cause::Protocol => "protocol",
+        }
+    }
+}
+
+/// Why `geo` did not place by country; the label of `router_geo_fallbacks_total`.
+pub const GEO_FALLBACKS: [&str; 2] = ["unknown_country", "pool_unavailable"];
+
+/// One member's numbers for `/metrics`, read off the current view.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeSample<'a> {
+    pub id: &'a str,
+    /// Tunnels open to it now.
+    pub connections: i64,
+    /// Upgrades it answered with 101.
+    pub upgrades: u64,
+    /// Healthy, ready and not drained: placed on the ring.
+    pub up: bool,
+}
 
 /// How an upgrade request on `/ws` ended; the `outcome` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,21 +119,19 @@ pub struct Metrics {
     pub registry_errors: Counter,
     /// `geo` placements by country (at most the ~250 ISO codes).
     geo_countries: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
-    /// `geo` placements that fell back, by [`crate::placement::FALLBACKS`] reason.
+    /// `geo` placements that fell back, by [`GEO_FALLBACKS`] reason.
     geo_fallbacks: [Counter; 2],
 }
 
 impl Metrics {
     /// Counts one `geo` placement of a client by country, or its fallback reason.
-    pub fn geo(&self, p: &crate::placement::Placement) {
-        if let Some(i) =
-            p.fallback.and_then(|f| crate::placement::FALLBACKS.iter().position(|x| *x == f))
-        {
+    pub fn geo(&self, country: Option<&str>, fallback: Option<&str>) {
+        if let Some(i) = fallback.and_then(|f| GEO_FALLBACKS.iter().position(|x| *x == f)) {
             self.geo_fallbacks[i].inc();
         }
-        if let Some(c) = &p.country {
+        if let Some(c) = country {
             let mut m = self.geo_countries.lock().unwrap_or_else(|e| e.into_inner());
-            *m.entry(c.clone()).or_default() += 1;
+            *m.entry(c.to_owned()).or_default() += 1;
         }
     }
 
@@ -122,8 +159,8 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text for `/metrics`, per-node numbers from `view`.
-    pub fn render(&self, view: &View) -> String {
+    /// The Prometheus text for `/metrics`: `placed` nodes on the ring, one sample a member.
+    pub fn render(&self, placed: usize, nodes: &[NodeSample<'_>]) -> String {
         let mut e = Exposition::new();
         e.gauge("router_connections", "Client connections open now.", self.connections.get());
         e.gauge("router_tunnels", "Upgraded tunnels open now.", self.tunnels.get());
@@ -198,7 +235,7 @@ impl Metrics {
             "counter",
             "Geo placements that fell back to the room hash or the whole ring, by reason.",
             "reason",
-            crate::placement::FALLBACKS.iter().zip(&self.geo_fallbacks).map(|(r, n)| (*r, n.get())),
+            GEO_FALLBACKS.iter().zip(&self.geo_fallbacks).map(|(r, n)| (*r, n.get())),
         );
         e.counter(
             "router_registry_errors_total",
@@ -210,30 +247,30 @@ impl Metrics {
             "Generation of the ring in use.",
             self.ring_generation.get(),
         );
-        e.gauge("router_ring_nodes", "Nodes placement uses now.", view.ring.len() as i64);
-        let per_node = |f: &dyn Fn(&crate::membership::Member) -> u64| {
-            view.members.iter().map(|(id, m)| (id.as_str(), f(m))).collect::<Vec<_>>()
+        e.gauge("router_ring_nodes", "Nodes placement uses now.", placed as i64);
+        let per_node = |f: &dyn Fn(&NodeSample<'_>) -> u64| {
+            nodes.iter().map(|n| (n.id, f(n))).collect::<Vec<_>>()
         };
         e.labeled(
             "router_node_connections",
             "gauge",
             "Tunnels open to each node now.",
             "node",
-            per_node(&|m| m.stats.connections.get().max(0) as u64),
+            per_node(&|n| n.connections.max(0) as u64),
         );
         e.labeled(
             "router_node_upgrades_total",
             "counter",
             "Upgrades each node answered with 101.",
             "node",
-            per_node(&|m| m.stats.upgrades.get()),
+            per_node(&|n| n.upgrades),
         );
         e.labeled(
             "router_node_up",
             "gauge",
             "1 while a node is healthy and not draining (placed on the ring).",
             "node",
-            per_node(&|m| u64::from(m.eligible())),
+            per_node(&|n| u64::from(n.up)),
         );
         e.finish()
     }

@@ -1,20 +1,19 @@
 //! Placement policies: which nodes, in which order, a client's upgrade goes to. The proxy
-//! and `/admin/placement` call [`client_ip`] and [`Policy::place`] with the room and the
-//! client's address. `room` hashes the room; `geo` hashes the client's country (or, with a
+//! and `/admin/placement` call [`Policy::place`] with the room and the client's address. `room` hashes the room; `geo` hashes the client's country (or, with a
 //! pool for it, the room over the pool's nodes) and falls back to `room` when the country
 //! is unknown.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
+use std::path::Path;
 use std::sync::Arc;
 
-use http::HeaderMap;
 use serde::Serialize;
 use shared::ids::{NodeId, RoomId};
 
 use crate::Error;
-use crate::config::Config;
 use crate::membership::{Member, View};
+pub use crate::metrics::GEO_FALLBACKS as FALLBACKS;
 use crate::ring::Ring;
 
 /// The `--policy` flag.
@@ -40,14 +39,6 @@ pub struct Geo {
     pub db: Arc<geoip::GeoDb>,
     /// Country code (or `default`) -> the nodes its rooms are hashed over.
     pub pools: BTreeMap<String, Vec<NodeId>>,
-}
-
-/// Why `geo` did not place by country; the label of `router_geo_fallbacks_total`.
-pub const FALLBACKS: [&str; 2] = ["unknown_country", "pool_unavailable"];
-
-/// The client address placement uses: the TCP peer, or what a trusted proxy reports.
-pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, config: &Config) -> IpAddr {
-    crate::client_ip::client_ip(peer, headers, &config.trusted_proxies)
 }
 
 /// Where a room goes and why: what the proxy tries in order and what the admin API shows.
@@ -76,17 +67,20 @@ pub struct Placement {
 impl Policy {
     /// Builds the configured policy; a policy that cannot start (a missing database) fails
     /// here, before anything binds.
-    pub fn from_config(config: &Config) -> Result<Self, Error> {
-        match config.policy {
+    /// `pools` maps a country (or `default`) to the node IDs its rooms are hashed over.
+    pub fn new(
+        name: PolicyName,
+        geoip: Option<&Path>,
+        pools: &[(String, Vec<String>)],
+    ) -> Result<Self, Error> {
+        match name {
             PolicyName::Room => Ok(Policy::Room),
             PolicyName::Geo => {
-                let path = config
-                    .geoip
-                    .as_ref()
-                    .ok_or_else(|| Error::config("--policy geo needs --geoip FILE.mmdb"))?;
+                let path =
+                    geoip.ok_or_else(|| Error::config("--policy geo needs --geoip FILE.mmdb"))?;
                 let db = geoip::GeoDb::open(path).map_err(|e| Error::config(e.to_string()))?;
-                let mut pools = BTreeMap::new();
-                for (country, nodes) in &config.pools {
+                let mut by_country = BTreeMap::new();
+                for (country, nodes) in pools {
                     let ids = nodes
                         .iter()
                         .map(|n| {
@@ -94,9 +88,9 @@ impl Policy {
                                 .map_err(|e| Error::config(format!("--pools {country}: {e}")))
                         })
                         .collect::<Result<Vec<_>, _>>()?;
-                    pools.insert(country.clone(), ids);
+                    by_country.insert(country.clone(), ids);
                 }
-                Ok(Policy::Geo(Geo { db: Arc::new(db), pools }))
+                Ok(Policy::Geo(Geo { db: Arc::new(db), pools: by_country }))
             }
         }
     }

@@ -189,12 +189,13 @@ impl Proxy {
             m.upgrade(Outcome::BadRequest);
             return ws_upgrade_refusal(status, why);
         }
-        let client_ip = crate::placement::client_ip(peer, req.headers(), &self.config);
+        let client_ip =
+            crate::client_ip::client_ip(peer, req.headers(), &self.config.trusted_proxies);
         let view = self.membership.view();
         let placement = match self.policy.place(&view, &target.room, client_ip) {
             Ok(p) => {
                 if matches!(self.policy, crate::placement::Policy::Geo(_)) {
-                    m.geo(&p);
+                    m.geo(p.country.as_deref(), p.fallback);
                 }
                 p
             }
