@@ -19,6 +19,9 @@ pub const EVENT_QUEUE: usize = 65_536;
 pub enum BusError {
     #[error("bus unavailable: {0}")]
     Unavailable(String),
+    /// A control message reached nobody: the node it was for does not listen.
+    #[error("node {0} is not listening")]
+    NotListening(String),
 }
 
 pub type BusResult<T> = Result<T, BusError>;
@@ -381,8 +384,8 @@ impl Bus for LocalBus {
                 Some(tx) => tx
                     .send(BusEvent::Control { from, msg })
                     .await
-                    .map_err(|_| BusError::Unavailable(format!("node {to} is gone"))),
-                None => Err(BusError::Unavailable(format!("node {to} is gone"))),
+                    .map_err(|_| BusError::NotListening(to)),
+                None => Err(BusError::NotListening(to)),
             }
         })
     }

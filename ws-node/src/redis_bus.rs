@@ -527,13 +527,19 @@ impl Bus for RedisBus {
         let channel = self.control_channel(to);
         let payload = serde_json::to_string(&ControlWire { from: self.node.to_string(), msg })
             .unwrap_or_default();
+        let to = to.to_owned();
         Box::pin(async move {
-            redis::cmd("PUBLISH")
+            let listeners = redis::cmd("PUBLISH")
                 .arg(channel)
                 .arg(payload)
                 .query_async::<i64>(&mut self.conn()?)
                 .await
                 .map_err(unavailable)?;
+            // Nobody on the node's control channel: the node is dead (or between two
+            // connections, and then its restore registers and spans again).
+            if listeners == 0 {
+                return Err(BusError::NotListening(to));
+            }
             Ok(())
         })
     }

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{Bus, Control, Envelope};
+use crate::bus::{Bus, BusError, Control, Envelope};
 use crate::metrics::Metrics;
 use crate::room_core::{Action, BusOp, Event, Mode, RoomCore, Settings, To, Welcome};
 use crate::suspects::Suspects;
@@ -463,7 +463,21 @@ async fn lane(
                 }
                 None
             }
-            BusOp::Span { to } => control(&*bus, &to, Control::Span { room: room.clone() }).await,
+            BusOp::Span { to } => {
+                match bus.send_control(&to, Control::Span { room: room.clone() }).await {
+                    // Nobody hears the node: it is dead (a live one between two connections
+                    // registers again on its restore). Prune it and do not wait for it.
+                    Err(BusError::NotListening(n)) => {
+                        let _ = bus.prune(&room, &n).await;
+                        Some(Event::Absent { from: n })
+                    }
+                    Err(e) => {
+                        tracing::debug!(node = to, "span: {e}");
+                        None
+                    }
+                    Ok(()) => None,
+                }
+            }
             BusOp::Absent { to } => {
                 control(&*bus, &to, Control::Absent { room: room.clone() }).await
             }
