@@ -3,6 +3,7 @@
 //! shutdown helper.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod ids;
