@@ -5,6 +5,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use shared::auth::{HopKey, Verifier};
 use shared::config::parse_secs;
 
 use crate::Error;
@@ -61,6 +64,14 @@ pub struct Config {
     pub pools: Vec<(String, Vec<String>)>,
     /// Peers whose `Forwarded` / `X-Forwarded-For` name the client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Verifies connection tokens; `None` = auth off (anyone may connect as anyone).
+    pub jwt: Option<Arc<Verifier>>,
+    /// Signs the verified identity for the nodes; required with `jwt`.
+    pub hop_key: Option<HopKey>,
+    /// Largest request header block a client may send (431 above).
+    pub max_header_bytes: usize,
+    /// Certificate and key of the public listener; `None` = plain TCP.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 impl Default for Config {
@@ -75,7 +86,7 @@ impl Default for Config {
             reuse_port: false,
             vnodes: DEFAULT_VNODES,
             max_connections: default_max_connections(),
-            max_connections_per_ip: 0,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             header_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(1),
             upstream_timeout: Duration::from_secs(5),
@@ -87,9 +98,21 @@ impl Default for Config {
             geoip: None,
             pools: Vec::new(),
             trusted_proxies: Vec::new(),
+            jwt: None,
+            hop_key: None,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            tls: None,
         }
     }
 }
+
+/// Client connections one address may hold by default: far above one user's tabs, far
+/// below what one host can open to exhaust the router.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1000;
+/// The request header block cap by default (nginx's `large_client_header_buffers` is 4x8 KiB).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Hyper's read buffer cannot be smaller than this.
+const MIN_HEADER_BYTES: usize = 8 * 1024;
 
 /// Two descriptors per proxied client (client side and node side), less a reserve.
 pub fn default_max_connections() -> usize {
@@ -124,6 +147,16 @@ impl Config {
             (!self.upstream_timeout.is_zero(), "--upstream-timeout must be above 0"),
             (!self.header_timeout.is_zero(), "--header-timeout must be above 0"),
         ];
+        if self.jwt.is_some() && self.hop_key.is_none() {
+            return Err(Error::config(
+                "--jwt-key needs --hop-secret: nodes trust only identities the router signs",
+            ));
+        }
+        if self.max_header_bytes < MIN_HEADER_BYTES {
+            return Err(Error::config(format!(
+                "--max-header-bytes must be at least {MIN_HEADER_BYTES}"
+            )));
+        }
         if self.policy == PolicyName::Geo && self.geoip.is_none() {
             return Err(Error::config("--policy geo needs --geoip FILE.mmdb"));
         }
@@ -163,9 +196,27 @@ pub struct RouterArgs {
     /// Client connections held at most (default: half the open-file limit less 64).
     #[arg(long, env = "ROUTER_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
-    /// Client connections per client IP; 0 = no limit.
-    #[arg(long, env = "ROUTER_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    /// Client connections per client IP (429 above); 0 = no limit.
+    #[arg(long, env = "ROUTER_MAX_CONNECTIONS_PER_IP", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_IP)]
     pub max_connections_per_ip: usize,
+    /// Largest request header block in bytes a client may send (431 above; at least 8192).
+    #[arg(long, env = "ROUTER_MAX_HEADER_BYTES", default_value_t = DEFAULT_MAX_HEADER_BYTES)]
+    pub max_header_bytes: usize,
+    /// Connection tokens: `env:NAME` (HS256 secret in that variable), or a file holding an
+    /// HS256 secret, RS256/ES256 PEM public keys, or a JWKS (reloaded when it changes).
+    /// Without it the fleet is open: anyone may connect as anyone.
+    #[arg(long, env = "ROUTER_JWT_KEY")]
+    pub jwt_key: Option<String>,
+    /// Secret (`env:NAME` or a file, 16 bytes at least) the router signs verified identities
+    /// with for the nodes; the nodes' --hop-secret.
+    #[arg(long, env = "ROUTER_HOP_SECRET")]
+    pub hop_secret: Option<String>,
+    /// PEM certificate chain of the public listener (TLS; reloaded on SIGHUP).
+    #[arg(long, env = "ROUTER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "ROUTER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// Seconds a client may take to send its request headers.
     #[arg(long, env = "ROUTER_HEADER_TIMEOUT", value_parser = parse_secs, default_value = "10")]
     pub header_timeout: Duration,
@@ -222,6 +273,17 @@ pub struct RouterArgs {
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
+/// A `--hop-secret`: `env:NAME` or a file (whitespace around it trimmed).
+pub fn hop_key_from_arg(arg: &str) -> Result<HopKey, String> {
+    let secret = match arg.strip_prefix("env:") {
+        Some(name) => {
+            std::env::var(name).map_err(|_| format!("--hop-secret env:{name}: variable not set"))?
+        }
+        None => std::fs::read_to_string(arg).map_err(|e| format!("--hop-secret {arg}: {e}"))?,
+    };
+    HopKey::new(secret.trim().as_bytes())
+}
+
 /// `DE=node-a,node-b` -> ("DE", ["node-a", "node-b"]).
 fn parse_pool(s: &str) -> Result<(String, Vec<String>), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not COUNTRY=NODE,NODE"))?;
@@ -268,6 +330,19 @@ impl RouterArgs {
             vnodes: self.vnodes,
             max_connections: self.max_connections.unwrap_or_else(default_max_connections),
             max_connections_per_ip: self.max_connections_per_ip,
+            max_header_bytes: self.max_header_bytes,
+            jwt: match &self.jwt_key {
+                Some(k) => Some(Arc::new(Verifier::from_arg(k).map_err(|e| Error::config(e.to_string()))?)),
+                None => None,
+            },
+            hop_key: match &self.hop_secret {
+                Some(s) => Some(hop_key_from_arg(s).map_err(Error::config)?),
+                None => None,
+            },
+            tls: match (self.tls_cert, self.tls_key) {
+                (Some(cert), Some(key)) => Some(crate::tls::TlsFiles { cert, key }),
+                _ => None,
+            },
             header_timeout: self.header_timeout,
             connect_timeout: self.connect_timeout,
             upstream_timeout: self.upstream_timeout,

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod placement;
 mod proxy;
 pub mod ring;
+pub mod tls;
 mod tunnel;
 mod upstream;
 
@@ -76,6 +77,13 @@ impl Router {
         let grace = config.shutdown_grace;
         let health = config.health;
         let discovery = config.discovery.clone();
+        let tls = match &config.tls {
+            Some(files) => Some(Arc::new(tls::Tls::load(files.clone())?)),
+            None => None,
+        };
+        if config.jwt.is_none() {
+            tracing::warn!("auth is off (no --jwt-key): anyone may connect as any user");
+        }
         let config = Arc::new(config);
         let proxy = Arc::new(proxy::Proxy {
             limits: limits::Limits::new(
@@ -89,6 +97,7 @@ impl Router {
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
             hard_stop: hard_stop.clone(),
+            tls: tls.clone(),
         });
         let t = &shutdown.tracker;
         t.spawn(proxy::serve(proxy.clone(), Acceptor::new(listener)));
@@ -99,6 +108,12 @@ impl Router {
             t.spawn(async move {
                 let _ = reloader.await;
             });
+        }
+        if let Some(tls) = tls {
+            t.spawn(tls.reload_on_sighup(shutdown.token.clone()));
+        }
+        if let Some(jwt) = &proxy.config.jwt {
+            jwt.spawn_reloader(shutdown.token.clone());
         }
         if let Some(d) = discovery {
             t.spawn(discovery::run(membership.clone(), metrics.clone(), d, shutdown.token.clone()));

@@ -60,11 +60,19 @@ pub enum Outcome {
     NoNode,
     /// Every candidate tried failed (unreachable, 5xx, timeout).
     Failed,
+    /// Refused by the token check (401/403) before placement.
+    Unauthorized,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 5] =
-        [Outcome::Ok, Outcome::BadRequest, Outcome::NodeRejected, Outcome::NoNode, Outcome::Failed];
+    const ALL: [Outcome; 6] = [
+        Outcome::Ok,
+        Outcome::BadRequest,
+        Outcome::NodeRejected,
+        Outcome::NoNode,
+        Outcome::Failed,
+        Outcome::Unauthorized,
+    ];
 
     fn as_str(self) -> &'static str {
         match self {
@@ -73,6 +81,7 @@ impl Outcome {
             Outcome::NodeRejected => "node_rejected",
             Outcome::NoNode => "no_node",
             Outcome::Failed => "failed",
+            Outcome::Unauthorized => "unauthorized",
         }
     }
 
@@ -95,7 +104,7 @@ pub struct Metrics {
     pub connections: Gauge,
     /// Upgraded tunnels open now.
     pub tunnels: Gauge,
-    upgrades: [Counter; 5],
+    upgrades: [Counter; 6],
     /// Time from the client's request to the node's 101, retries included.
     pub upgrade_seconds: Histogram,
     /// Bytes spliced client -> node, counted as they pass.
@@ -121,6 +130,10 @@ pub struct Metrics {
     geo_countries: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     /// `geo` placements that fell back, by [`GEO_FALLBACKS`] reason.
     geo_fallbacks: [Counter; 2],
+    /// Upgrades refused by token checks, by [`shared::auth::AuthError::REASONS`] label.
+    auth_refused: [Counter; shared::auth::AuthError::REASONS.len()],
+    /// Requests whose header block was over `--max-header-bytes` (answered 431).
+    pub refused_header_too_large: Counter,
 }
 
 impl Metrics {
@@ -133,6 +146,20 @@ impl Metrics {
             let mut m = self.geo_countries.lock().unwrap_or_else(|e| e.into_inner());
             *m.entry(c.to_owned()).or_default() += 1;
         }
+    }
+
+    /// Counts one upgrade refused by the token check.
+    pub fn auth_refused(&self, e: &shared::auth::AuthError) {
+        if let Some(i) = shared::auth::AuthError::REASONS.iter().position(|r| *r == e.reason()) {
+            self.auth_refused[i].inc();
+        }
+    }
+
+    pub fn auth_refusals(&self, reason: &str) -> u64 {
+        shared::auth::AuthError::REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |i| self.auth_refused[i].get())
     }
 
     pub fn upgrade(&self, o: Outcome) {
@@ -207,7 +234,15 @@ impl Metrics {
                 ("max_connections", self.refused_max_connections.get()),
                 ("per_ip", self.refused_per_ip.get()),
                 ("fd_limit", self.refused_fd_limit.get()),
+                ("header_too_large", self.refused_header_too_large.get()),
             ],
+        );
+        e.labeled(
+            "router_auth_refused_total",
+            "counter",
+            "Upgrades refused by the token check (401/403), by reason.",
+            "reason",
+            shared::auth::AuthError::REASONS.iter().zip(&self.auth_refused).map(|(r, n)| (*r, n.get())),
         );
         e.labeled(
             "router_health_transitions_total",

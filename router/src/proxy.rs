@@ -16,10 +16,12 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use shared::auth::{AuthError, HOP_HEADER, token_from};
 use shared::http::{Body, check_ws_upgrade, text, ws_upgrade_refusal};
 use shared::ids::parse_ws_query;
 use shared::listen::Acceptor;
 use shared::shutdown::Shutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -66,6 +68,8 @@ pub(crate) struct Proxy {
     pub(crate) shutdown: Shutdown,
     /// Cuts the tunnels still open when the shutdown grace is over.
     pub(crate) hard_stop: CancellationToken,
+    /// The public listener's certificate, when it speaks TLS.
+    pub(crate) tls: Option<Arc<crate::tls::Tls>>,
 }
 
 /// What one node said to the upgrade.
@@ -92,25 +96,47 @@ pub(crate) async fn serve(proxy: Arc<Proxy>, mut acceptor: Acceptor) {
             r = acceptor.accept(&proxy.metrics.refused_fd_limit) => r,
         };
         let ip = peer.ip().to_canonical();
-        match proxy.limits.admit(ip) {
-            Ok(guard) => {
-                let span = tracing::debug_span!("client", %peer);
-                proxy
-                    .shutdown
-                    .tracker
-                    .spawn(serve_client(proxy.clone(), stream, peer, guard).instrument(span));
-            }
-            Err(why) => {
-                proxy.metrics.refused(why);
-                tracing::debug!(%peer, ?why, "client refused");
-                proxy.shutdown.tracker.spawn(refuse(stream, why));
-            }
+        let admitted = proxy.limits.admit(ip);
+        if let Err(why) = &admitted {
+            proxy.metrics.refused(*why);
+            tracing::debug!(%peer, ?why, "client refused");
         }
+        let span = tracing::debug_span!("client", %peer);
+        proxy.shutdown.tracker.spawn(connection(proxy.clone(), stream, peer, admitted).instrument(span));
+    }
+}
+
+/// The TLS handshake when the listener has a certificate (bounded by the header timeout),
+/// then the client's requests, or the refusal of a client over a connection cap.
+async fn connection(
+    proxy: Arc<Proxy>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    admitted: Result<ConnGuard, Refusal>,
+) {
+    let Some(tls) = &proxy.tls else {
+        return match admitted {
+            Ok(guard) => serve_client(proxy, stream, peer, guard).await,
+            Err(why) => refuse(stream, why).await,
+        };
+    };
+    let handshake = tls.acceptor().accept(stream);
+    let stream = match tokio::time::timeout(proxy.config.header_timeout, handshake).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return tracing::debug!("TLS handshake: {e}"),
+        Err(_) => return tracing::debug!("TLS handshake timed out"),
+    };
+    match admitted {
+        Ok(guard) => serve_client(proxy, stream, peer, guard).await,
+        Err(why) => refuse(stream, why).await,
     }
 }
 
 /// Answers the first request of a client over a connection cap with 503 or 429, then closes.
-async fn refuse(stream: TcpStream, why: Refusal) {
+async fn refuse<I>(stream: I, why: Refusal)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let svc = service_fn(move |_req: Request<Incoming>| async move {
         let mut r = match why {
             Refusal::PerIp => {
@@ -131,7 +157,10 @@ async fn refuse(stream: TcpStream, why: Refusal) {
 }
 
 /// One client connection: requests until it closes or upgrades.
-async fn serve_client(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr, guard: ConnGuard) {
+async fn serve_client<I>(proxy: Arc<Proxy>, stream: I, peer: SocketAddr, guard: ConnGuard)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let guard = Arc::new(guard);
     let svc_proxy = proxy.clone();
     let svc = service_fn(move |req| {
@@ -142,11 +171,18 @@ async fn serve_client(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr, gu
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(Some(proxy.config.header_timeout))
+        .max_buf_size(proxy.config.max_header_bytes)
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
-        r = conn.as_mut() => if let Err(e) = r { tracing::debug!("http: {e}") },
+        r = conn.as_mut() => if let Err(e) = r {
+            if e.is_parse_too_large() {
+                // hyper has answered 431 already.
+                proxy.metrics.refused_header_too_large.inc();
+            }
+            tracing::debug!("http: {e}")
+        },
         _ = proxy.shutdown.token.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(proxy.config.upstream_timeout, conn).await;
@@ -189,6 +225,15 @@ impl Proxy {
             m.upgrade(Outcome::BadRequest);
             return ws_upgrade_refusal(status, why);
         }
+        let hop = match self.identity(&req, &target) {
+            Ok(hop) => hop,
+            Err(e) => {
+                m.upgrade(Outcome::Unauthorized);
+                m.auth_refused(&e);
+                tracing::debug!(room = %target.room, reason = e.reason(), "upgrade refused: {e}");
+                return text(e.status(), e.to_string());
+            }
+        };
         let client_ip =
             crate::client_ip::client_ip(peer, req.headers(), &self.config.trusted_proxies);
         let view = self.membership.view();
@@ -210,8 +255,11 @@ impl Proxy {
             if i > 0 {
                 m.retries.inc();
             }
-            let fwd =
+            let mut fwd =
                 forward_request(req.uri(), req.headers(), member, client_ip, placement.generation);
+            if let Some(v) = &hop {
+                fwd.headers_mut().insert(HOP_HEADER, v.clone());
+            }
             match self.attempt(member, fwd).await {
                 Ok(Answer::Switching(resp, node)) => {
                     m.upgrade(Outcome::Ok);
@@ -253,6 +301,22 @@ impl Proxy {
         } else {
             text(StatusCode::BAD_GATEWAY, format!("no node could take the upgrade: {list}"))
         }
+    }
+
+    /// With auth on, the client's token verified for the room and the signed hop header
+    /// that carries the identity to the node; `None` with auth off.
+    fn identity(
+        &self,
+        req: &Request<Incoming>,
+        target: &shared::ids::WsTarget,
+    ) -> Result<Option<HeaderValue>, AuthError> {
+        let (Some(jwt), Some(hop)) = (&self.config.jwt, &self.config.hop_key) else {
+            return Ok(None);
+        };
+        let token = token_from(req.uri().query(), req.headers()).ok_or(AuthError::Missing)?;
+        let id = jwt.verify(&token, &target.room, target.user.as_ref())?;
+        let value = hop.sign(&id, &target.room);
+        Ok(HeaderValue::from_str(&value).ok())
     }
 
     /// Sends the upgrade to one node and reads its answer.
@@ -338,19 +402,27 @@ impl Proxy {
                     return;
                 }
             };
-            let (Some(client_io), Some(node_io)) =
-                (crate::tunnel::into_tcp(client_io), crate::tunnel::into_tcp(node_io))
-            else {
-                // Both sides are built on TokioIo<TcpStream> above; nothing else can arrive.
-                tracing::error!("upgraded connection is not a TCP stream; dropping the tunnel");
+            let Ok(node_io) = crate::tunnel::into_tcp(node_io) else {
+                // The node side is built on TokioIo<TcpStream> above; nothing else can arrive.
+                tracing::error!("upgraded node connection is not a TCP stream; dropping the tunnel");
                 return;
             };
             let m = &proxy.metrics;
             m.tunnels.inc();
             stats.connections.inc();
-            let r =
-                crate::tunnel::splice_tcp(client_io, node_io, m.clone(), proxy.hard_stop.clone())
-                    .await;
+            let stop = proxy.hard_stop.clone();
+            let r = match crate::tunnel::into_tcp(client_io) {
+                Ok(client_io) => crate::tunnel::splice_tcp(client_io, node_io, m.clone(), stop).await,
+                Err(client_io) => match crate::tunnel::into_tls(client_io) {
+                    Some(client_io) => {
+                        crate::tunnel::splice_tls(client_io, node_io, m.clone(), stop).await
+                    }
+                    None => {
+                        tracing::error!("upgraded client connection is neither TCP nor TLS");
+                        Ok(())
+                    }
+                },
+            };
             if let Err(e) = r {
                 tracing::debug!("tunnel: {e}");
             }
@@ -377,7 +449,8 @@ fn forward_request(
     *out.uri_mut() = path.parse().unwrap_or_else(|_| http::Uri::from_static("/ws"));
     let h = out.headers_mut();
     copy_end_to_end(headers, h);
-    for name in [header::HOST, X_FORWARDED_FOR, X_FORWARDED_PROTO, RING_GENERATION] {
+    // A client's own identity header never reaches a node: only the router signs one.
+    for name in [header::HOST, X_FORWARDED_FOR, X_FORWARDED_PROTO, RING_GENERATION, HOP_HEADER] {
         h.remove(&name);
     }
     if let Ok(v) = HeaderValue::from_str(member.spec.addr.as_str()) {

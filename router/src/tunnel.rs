@@ -18,6 +18,7 @@ use shared::metrics::Counter;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -33,8 +34,38 @@ const READ_CHUNK: usize = 16 * 1024;
 /// The TCP stream under an upgraded connection and the bytes hyper had read past the
 /// headers. Both sides of a tunnel are plain TCP here, so the splice runs on owned socket
 /// halves with readiness-driven reads and writes.
-pub(crate) fn into_tcp(up: Upgraded) -> Option<(TcpStream, Bytes)> {
-    up.downcast::<TokioIo<TcpStream>>().ok().map(|p| (p.io.into_inner(), p.read_buf))
+pub(crate) fn into_tcp(up: Upgraded) -> Result<(TcpStream, Bytes), Upgraded> {
+    up.downcast::<TokioIo<TcpStream>>().map(|p| (p.io.into_inner(), p.read_buf))
+}
+
+/// A client that came over TLS: the TLS stream and the bytes hyper had read past the headers.
+pub(crate) fn into_tls(up: Upgraded) -> Option<(TlsStream<TcpStream>, Bytes)> {
+    up.downcast::<TokioIo<TlsStream<TcpStream>>>().ok().map(|p| (p.io.into_inner(), p.read_buf))
+}
+
+/// Splices a TLS client to a plain node. TLS records must be decrypted, so this one copies
+/// through buffers (tokio's `copy_bidirectional`) and counts the bytes when the tunnel ends.
+pub(crate) async fn splice_tls(
+    (mut client, client_early): (TlsStream<TcpStream>, Bytes),
+    (mut node, node_early): (TcpStream, Bytes),
+    metrics: Arc<Metrics>,
+    hard_stop: CancellationToken,
+) -> io::Result<()> {
+    node.write_all(&client_early).await?;
+    client.write_all(&node_early).await?;
+    client.flush().await?;
+    metrics.bytes_to_node.add(client_early.len() as u64);
+    metrics.bytes_to_client.add(node_early.len() as u64);
+    drop((client_early, node_early));
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut node) => {
+            let (up, down) = r?;
+            metrics.bytes_to_node.add(up);
+            metrics.bytes_to_client.add(down);
+            Ok(())
+        }
+        _ = hard_stop.cancelled() => Err(io::Error::other("router shutdown grace over")),
+    }
 }
 
 /// Splices two upgraded TCP connections; `*_early` are bytes already read from each side.

@@ -14,6 +14,8 @@ pub const MAX_CLIENT_ID_LEN: usize = 64;
 pub mod close {
     /// The node is shutting down; reconnect (through the router) later.
     pub const GOING_AWAY: u16 = 1001;
+    /// A text frame that is not valid UTF-8 (RFC 6455 section 7.4.1).
+    pub const INVALID_DATA: u16 = 1007;
     /// Policy violation: slow consumer, or sustained publishing over the rate limit.
     pub const POLICY: u16 = 1008;
     /// A frame larger than the configured maximum.
@@ -24,6 +26,8 @@ pub mod close {
     pub const SERVICE_RESTART: u16 = 1012;
     /// The peer answered no ping within the idle timeout.
     pub const IDLE_TIMEOUT: u16 = 4000;
+    /// The connection's token expired and no `refresh` brought a later one.
+    pub const TOKEN_EXPIRED: u16 = 4001;
     /// The room already holds its maximum number of members.
     pub const ROOM_FULL: u16 = 4009;
 }
@@ -50,6 +54,10 @@ pub enum ErrorCode {
     Degraded,
     /// Something went wrong on the server; the frame was not processed.
     Internal,
+    /// The member's token grants this room read-only; the publish was refused.
+    Forbidden,
+    /// A `refresh` token that is invalid, for another `sub`, not later, or not for this room.
+    BadToken,
 }
 
 impl ErrorCode {
@@ -64,11 +72,13 @@ impl ErrorCode {
             Self::RoomFull => "room_full",
             Self::Degraded => "degraded",
             Self::Internal => "internal",
+            Self::Forbidden => "forbidden",
+            Self::BadToken => "bad_token",
         }
     }
 
     /// Every code, for metrics labels and docs.
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 11] = [
         Self::BadJson,
         Self::UnknownType,
         Self::BinaryUnsupported,
@@ -78,6 +88,8 @@ impl ErrorCode {
         Self::RoomFull,
         Self::Degraded,
         Self::Internal,
+        Self::Forbidden,
+        Self::BadToken,
     ];
 }
 
@@ -96,6 +108,8 @@ pub enum ClientFrame {
     Publish { body: Box<RawValue>, id: Option<ClientId> },
     /// Relay `body` to the other members as an ephemeral, unsequenced `signal`.
     Signal { body: Box<RawValue> },
+    /// A later token for the same `sub`, so the connection outlives the first one's `exp`.
+    Refresh { token: String },
 }
 
 /// What is wrong with a client's text frame.
@@ -112,6 +126,7 @@ struct RawClientFrame<'a> {
     kind: std::borrow::Cow<'a, str>,
     body: Option<Box<RawValue>>,
     id: Option<Box<RawValue>>,
+    token: Option<String>,
 }
 
 impl ClientFrame {
@@ -132,6 +147,13 @@ impl ClientFrame {
                 Ok(Self::Publish { body, id })
             }
             "signal" => Ok(Self::Signal { body }),
+            "refresh" => match raw.token {
+                Some(token) => Ok(Self::Refresh { token }),
+                None => Err(FrameError {
+                    code: ErrorCode::BadJson,
+                    message: "refresh needs a string token".into(),
+                }),
+            },
             other => Err(FrameError {
                 code: ErrorCode::UnknownType,
                 message: format!("unknown frame type {:?}", truncate(other, 32)),
@@ -255,6 +277,10 @@ mod tests {
         assert!(matches!(
             ClientFrame::parse(r#"{"type":"signal","body":[1,2]}"#),
             Ok(ClientFrame::Signal { .. })
+        ));
+        assert!(matches!(
+            ClientFrame::parse(r#"{"type":"refresh","token":"a.b.c"}"#),
+            Ok(ClientFrame::Refresh { token }) if token == "a.b.c"
         ));
     }
 
