@@ -56,6 +56,7 @@ pub struct Fleet {
     pub router: Router,
     pub nodes: Vec<FleetNode>,
     bus_token: CancellationToken,
+    auth_off: bool,
 }
 
 /// `node-a` ... `node-z`, then `node-27` and on.
@@ -98,13 +99,15 @@ impl Fleet {
             .map(|n| NodeSpec::new(&n.id, &n.addr.to_string(), None))
             .collect::<Result<_, _>>()
             .map_err(|e| router::Error::Config(format!("node address: {e}")))?;
+        let auth_off = config.jwt.is_none();
         let router = Router::start(config)?;
-        Ok(Self { router, nodes, bus_token })
+        Ok(Self { router, nodes, bus_token, auth_off })
     }
 
     /// Where WebSocket clients connect.
     pub fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.router.proxy_addr())
+        let scheme = if self.router.is_tls() { "wss" } else { "ws" };
+        format!("{scheme}://{}/ws", self.router.proxy_addr())
     }
 
     pub fn admin_url(&self) -> String {
@@ -152,6 +155,9 @@ impl Fleet {
                 "  {}: ws://{}/ws  (http://{}/admin/rooms)\n",
                 n.id, n.addr, n.addr
             ));
+        }
+        if self.auth_off {
+            out.push_str("  WARNING: auth is off (no --jwt-key): anyone may connect as any user\n");
         }
         out
     }

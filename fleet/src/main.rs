@@ -23,6 +23,75 @@ struct Cli {
 enum Command {
     /// Start the router and the nodes; serve until Ctrl-C.
     Up(Up),
+    /// Print an HS256 connection token (for operators and tests).
+    Token(Token),
+}
+
+#[derive(clap::Args, Debug)]
+struct Token {
+    /// The user id (`sub`).
+    #[arg(long)]
+    sub: String,
+    /// A room grant PATTERN=r|rw (`chat:*=rw`, `status:u42=r`); repeat for more.
+    #[arg(long = "room", value_parser = shared::auth::parse_room_grant, required = true)]
+    rooms: Vec<(String, shared::auth::Rights)>,
+    /// Seconds the token is valid (`3600`, or with a unit: `90s`, `30m`, `1h`, `2d`).
+    #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+    ttl: u64,
+    /// The HS256 secret: `env:NAME` or a file (the fleet's --jwt-key).
+    #[arg(long, env = "ROUTER_JWT_KEY")]
+    key: String,
+    /// JSON shown to the other members (`welcome`, `presence`).
+    #[arg(long, value_parser = parse_json)]
+    info: Option<serde_json::Value>,
+}
+
+fn parse_ttl(s: &str) -> Result<u64, String> {
+    let (n, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = n.parse().map_err(|_| format!("{s:?} is not a duration like 1h"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: unit must be s, m, h or d")),
+    };
+    Ok(n * mult)
+}
+
+fn parse_json(s: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(s).map_err(|e| format!("--info is not JSON: {e}"))
+}
+
+/// The secret of `--key`: the variable's value or the file's text, trimmed.
+fn token_secret(key: &str) -> Result<String, String> {
+    let s = match key.strip_prefix("env:") {
+        Some(name) => {
+            std::env::var(name).map_err(|_| format!("--key env:{name}: variable not set"))?
+        }
+        None => std::fs::read_to_string(key).map_err(|e| format!("--key {key}: {e}"))?,
+    };
+    Ok(s.trim().to_string())
+}
+
+fn token(t: Token) -> Result<(), String> {
+    shared::ids::UserId::parse(&t.sub).map_err(|e| format!("--sub: {e}"))?;
+    let secret = token_secret(&t.key)?;
+    if secret.len() < 16 {
+        return Err("--key: an HS256 secret needs at least 16 bytes".into());
+    }
+    let claims = shared::auth::TokenClaims {
+        sub: t.sub,
+        exp: shared::auth::unix_secs() + t.ttl,
+        nbf: None,
+        rooms: t.rooms.into_iter().collect(),
+        info: t.info,
+    };
+    println!("{}", shared::auth::sign_hs256(&claims, secret.as_bytes()));
+    Ok(())
 }
 
 #[derive(clap::Args, Debug)]
@@ -52,15 +121,37 @@ fn main() {
                 argv.insert(1, up);
             }
             let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| e.exit());
-            let Command::Up(up) = cli.command;
+            let up = match cli.command {
+                Command::Up(up) => up,
+                Command::Token(t) => {
+                    if let Err(e) = token(t) {
+                        eprintln!("fleet token: {e}");
+                        std::process::exit(2);
+                    }
+                    std::process::exit(0);
+                }
+            };
             let redis = up.router.redis.clone();
-            let router = up.router.into_config(up.listen, up.admin, Vec::new());
-            router.map_err(|e| e.to_string()).map(|router| Options {
-                nodes: up.nodes,
-                router,
-                node: ws_node::Config::default(),
-                redis,
-            })
+            let router = up.router.build(up.listen, up.admin, Vec::new());
+            router
+                .and_then(|mut router| {
+                    // Router and nodes share this process: a hop secret nobody else knows.
+                    if router.jwt.is_some() && router.hop_key.is_none() {
+                        router.hop_key = Some(shared::auth::HopKey::random());
+                    }
+                    router.validate().map(|()| router)
+                })
+                .map_err(|e| e.to_string())
+                .map(|router| Options {
+                    nodes: up.nodes,
+                    node: ws_node::Config {
+                        jwt: router.jwt.clone(),
+                        hop_key: router.hop_key.clone(),
+                        ..ws_node::Config::default()
+                    },
+                    router,
+                    redis,
+                })
         });
     let result = options.and_then(|o| run(o).map_err(|e| e.to_string()));
     if let Err(e) = result {

@@ -273,17 +273,6 @@ pub struct RouterArgs {
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
-/// A `--hop-secret`: `env:NAME` or a file (whitespace around it trimmed).
-pub fn hop_key_from_arg(arg: &str) -> Result<HopKey, String> {
-    let secret = match arg.strip_prefix("env:") {
-        Some(name) => {
-            std::env::var(name).map_err(|_| format!("--hop-secret env:{name}: variable not set"))?
-        }
-        None => std::fs::read_to_string(arg).map_err(|e| format!("--hop-secret {arg}: {e}"))?,
-    };
-    HopKey::new(secret.trim().as_bytes())
-}
-
 /// `DE=node-a,node-b` -> ("DE", ["node-a", "node-b"]).
 fn parse_pool(s: &str) -> Result<(String, Vec<String>), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not COUNTRY=NODE,NODE"))?;
@@ -319,7 +308,20 @@ impl RouterArgs {
         admin: SocketAddr,
         nodes: Vec<NodeSpec>,
     ) -> Result<Config, Error> {
-        let c = Config {
+        let c = self.build(listen, admin, nodes)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Like [`RouterArgs::into_config`] but not yet validated, for a caller that fills in
+    /// more (`fleet up` makes up the hop secret its in-process nodes share).
+    pub fn build(
+        self,
+        listen: SocketAddr,
+        admin: SocketAddr,
+        nodes: Vec<NodeSpec>,
+    ) -> Result<Config, Error> {
+        Ok(Config {
             listen,
             admin,
             nodes,
@@ -332,11 +334,13 @@ impl RouterArgs {
             max_connections_per_ip: self.max_connections_per_ip,
             max_header_bytes: self.max_header_bytes,
             jwt: match &self.jwt_key {
-                Some(k) => Some(Arc::new(Verifier::from_arg(k).map_err(|e| Error::config(e.to_string()))?)),
+                Some(k) => {
+                    Some(Arc::new(Verifier::from_arg(k).map_err(|e| Error::config(e.to_string()))?))
+                }
                 None => None,
             },
             hop_key: match &self.hop_secret {
-                Some(s) => Some(hop_key_from_arg(s).map_err(Error::config)?),
+                Some(s) => Some(HopKey::from_arg(s).map_err(Error::config)?),
                 None => None,
             },
             tls: match (self.tls_cert, self.tls_key) {
@@ -369,9 +373,7 @@ impl RouterArgs {
             geoip: self.geoip,
             pools: self.pools,
             trusted_proxies: self.trusted_proxies,
-        };
-        c.validate()?;
-        Ok(c)
+        })
     }
 }
 

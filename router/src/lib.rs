@@ -47,6 +47,7 @@ pub struct Router {
     shutdown: Shutdown,
     hard_stop: CancellationToken,
     grace: Duration,
+    tls: bool,
 }
 
 impl Router {
@@ -125,12 +126,26 @@ impl Router {
             generation = membership.generation(),
             "router serving"
         );
-        Ok(Self { proxy_addr, admin_addr, membership, metrics, shutdown, hard_stop, grace })
+        Ok(Self {
+            proxy_addr,
+            admin_addr,
+            membership,
+            metrics,
+            shutdown,
+            hard_stop,
+            grace,
+            tls: proxy.tls.is_some(),
+        })
     }
 
     /// Where clients connect.
     pub fn proxy_addr(&self) -> SocketAddr {
         self.proxy_addr
+    }
+
+    /// Whether the public listener speaks TLS (`wss://`).
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     /// Where the admin API and metrics are.

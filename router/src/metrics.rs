@@ -242,7 +242,10 @@ impl Metrics {
             "counter",
             "Upgrades refused by the token check (401/403), by reason.",
             "reason",
-            shared::auth::AuthError::REASONS.iter().zip(&self.auth_refused).map(|(r, n)| (*r, n.get())),
+            shared::auth::AuthError::REASONS
+                .iter()
+                .zip(&self.auth_refused)
+                .map(|(r, n)| (*r, n.get())),
         );
         e.labeled(
             "router_health_transitions_total",

@@ -102,7 +102,10 @@ pub(crate) async fn serve(proxy: Arc<Proxy>, mut acceptor: Acceptor) {
             tracing::debug!(%peer, ?why, "client refused");
         }
         let span = tracing::debug_span!("client", %peer);
-        proxy.shutdown.tracker.spawn(connection(proxy.clone(), stream, peer, admitted).instrument(span));
+        proxy
+            .shutdown
+            .tracker
+            .spawn(connection(proxy.clone(), stream, peer, admitted).instrument(span));
     }
 }
 
@@ -404,7 +407,9 @@ impl Proxy {
             };
             let Ok(node_io) = crate::tunnel::into_tcp(node_io) else {
                 // The node side is built on TokioIo<TcpStream> above; nothing else can arrive.
-                tracing::error!("upgraded node connection is not a TCP stream; dropping the tunnel");
+                tracing::error!(
+                    "upgraded node connection is not a TCP stream; dropping the tunnel"
+                );
                 return;
             };
             let m = &proxy.metrics;
@@ -412,7 +417,9 @@ impl Proxy {
             stats.connections.inc();
             let stop = proxy.hard_stop.clone();
             let r = match crate::tunnel::into_tcp(client_io) {
-                Ok(client_io) => crate::tunnel::splice_tcp(client_io, node_io, m.clone(), stop).await,
+                Ok(client_io) => {
+                    crate::tunnel::splice_tcp(client_io, node_io, m.clone(), stop).await
+                }
                 Err(client_io) => match crate::tunnel::into_tls(client_io) {
                     Some(client_io) => {
                         crate::tunnel::splice_tls(client_io, node_io, m.clone(), stop).await

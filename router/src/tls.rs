@@ -67,8 +67,12 @@ impl Tls {
                     got = hup.recv() => if got.is_none() { return },
                 }
                 match self.reload() {
-                    Ok(()) => tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded"),
-                    Err(e) => tracing::warn!("TLS certificate not reloaded, keeping the old one: {e}"),
+                    Ok(()) => {
+                        tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded")
+                    }
+                    Err(e) => {
+                        tracing::warn!("TLS certificate not reloaded, keeping the old one: {e}")
+                    }
                 }
             }
         }

@@ -424,6 +424,16 @@ impl HopKey {
         Ok(Self(hmac::Key::new(hmac::HMAC_SHA256, secret)))
     }
 
+    /// From a `--hop-secret` argument: `env:NAME` or a file (whitespace around it trimmed).
+    pub fn from_arg(arg: &str) -> Result<Self, String> {
+        let secret = match arg.strip_prefix("env:") {
+            Some(name) => std::env::var(name)
+                .map_err(|_| format!("--hop-secret env:{name}: variable not set"))?,
+            None => std::fs::read_to_string(arg).map_err(|e| format!("--hop-secret {arg}: {e}"))?,
+        };
+        Self::new(secret.trim().as_bytes())
+    }
+
     /// A random key, for one process that is router and nodes at once (`fleet up`).
     pub fn random() -> Self {
         let mut b = [0u8; 32];

@@ -1,6 +1,9 @@
 //! The node's settings with their documented defaults (docs/operations.md lists each one).
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use shared::auth::{HopKey, Verifier};
 
 /// Everything a node can be tuned with. `Default` gives the production defaults.
 #[derive(Debug, Clone)]
@@ -44,6 +47,20 @@ pub struct Config {
     pub unspan_grace: Duration,
     /// How long a peer that missed a span is not waited for by this node's other rooms.
     pub suspect_ttl: Duration,
+    /// Verifies tokens of clients that connect directly and of `refresh` frames.
+    pub jwt: Option<Arc<Verifier>>,
+    /// Checks the identity header routers sign. With `jwt` or this set, auth is on: every
+    /// upgrade needs a valid token or hop header.
+    pub hop_key: Option<HopKey>,
+    /// Largest request header block in bytes (431 above).
+    pub max_header_bytes: usize,
+}
+
+impl Config {
+    /// Whether upgrades need an identity (a token or a router's hop header).
+    pub fn auth_on(&self) -> bool {
+        self.jwt.is_some() || self.hop_key.is_some()
+    }
 }
 
 impl Default for Config {
@@ -68,6 +85,9 @@ impl Default for Config {
             repair_interval: Duration::from_secs(2),
             unspan_grace: Duration::from_secs(2),
             suspect_ttl: Duration::from_secs(10),
+            jwt: None,
+            hop_key: None,
+            max_header_bytes: 16 * 1024,
         }
     }
 }

@@ -86,6 +86,14 @@ struct Args {
     /// a split; no split room outlives one interval.
     #[arg(long, env = "WSNODE_REPAIR_INTERVAL", default_value = "2", value_parser = parse_secs)]
     repair_interval: Duration,
+    /// Connection tokens (same forms as the router's --jwt-key): for clients that connect
+    /// here directly and for `refresh` frames.
+    #[arg(long, env = "WSNODE_JWT_KEY")]
+    jwt_key: Option<String>,
+    /// Secret (`env:NAME` or a file) routers sign verified identities with. With it or
+    /// --jwt-key set, every upgrade needs a valid token or a router's identity header.
+    #[arg(long, env = "WSNODE_HOP_SECRET")]
+    hop_secret: Option<String>,
     /// Seconds after which a silent node is pruned from room sets.
     #[arg(long, env = "WSNODE_HEARTBEAT_TTL", default_value = "10", value_parser = parse_secs)]
     heartbeat_ttl: Duration,
@@ -152,6 +160,14 @@ impl Args {
             repair_interval: self.repair_interval,
             unspan_grace: self.repair_interval,
             suspect_ttl: self.heartbeat_ttl,
+            jwt: match &self.jwt_key {
+                Some(k) => Some(Arc::new(shared::auth::Verifier::from_arg(k)?)),
+                None => None,
+            },
+            hop_key: match &self.hop_secret {
+                Some(s) => Some(shared::auth::HopKey::from_arg(s).map_err(anyhow::Error::msg)?),
+                None => None,
+            },
             ..d
         })
     }
@@ -193,6 +209,9 @@ async fn run(
         }
         None => (Arc::new(LocalBus::standalone(&config.node_id)), None),
     };
+    if !config.auth_on() {
+        tracing::warn!("auth is off (no --jwt-key or --hop-secret): any client may name any user");
+    }
     let node = Node::new(config, bus);
     tracing::info!(node = %node.config.node_id, %listen, "ws-node serving");
     let serving = tokio::spawn(ws_node::serve(node.clone(), listener));

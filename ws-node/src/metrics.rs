@@ -14,6 +14,10 @@ pub struct Metrics {
     pub refused_draining: Counter,
     pub refused_bad_request: Counter,
     pub refused_fd_limit: Counter,
+    /// Upgrades without a valid token or hop header while auth is on (401/403).
+    pub refused_auth: Counter,
+    /// Connections closed with 4001 at their token's `exp`.
+    pub token_expired_closes: Counter,
     pub messages_in: Counter,
     pub deliveries: Counter,
     pub signals: Counter,
@@ -60,6 +64,7 @@ impl Metrics {
                 ("draining", self.refused_draining.get()),
                 ("bad_request", self.refused_bad_request.get()),
                 ("fd_limit", self.refused_fd_limit.get()),
+                ("auth", self.refused_auth.get()),
             ],
         );
         e.counter(

@@ -9,11 +9,12 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use shared::auth::{AuthError, HOP_HEADER, Identity, token_from};
 use shared::http::{
     Body, bearer_ok, check_ws_upgrade, json, json_error, metrics_text, query_param, text,
     ws_upgrade_refusal,
 };
-use shared::ids::{UserId, parse_ws_query};
+use shared::ids::{UserId, WsTarget, parse_ws_query};
 use shared::listen::Acceptor;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::WebSocketStream;
@@ -27,6 +28,9 @@ use crate::room::RoomInfo;
 /// to close (they get 1001), at most `shutdown_grace`.
 pub async fn serve(node: Arc<Node>, listener: TcpListener) {
     let bus_task = tokio::spawn(node.rooms.clone().run_bus(node.token.clone()));
+    if let Some(jwt) = &node.config.jwt {
+        jwt.spawn_reloader(node.token.clone());
+    }
     let mut acceptor = Acceptor::new(listener);
     loop {
         let stream = tokio::select! {
@@ -60,6 +64,7 @@ async fn serve_http(node: Arc<Node>, stream: TcpStream) {
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(Some(node.config.header_timeout))
+        .max_buf_size(node.config.max_header_bytes)
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
     tokio::pin!(conn);
@@ -119,6 +124,14 @@ fn upgrade(node: &Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
             return ws_upgrade_refusal(status, why);
         }
     };
+    let access = match authenticate(node, &req, &target) {
+        Ok(a) => a,
+        Err(e) => {
+            node.metrics.refused_auth.inc();
+            tracing::debug!(room = %target.room, reason = e.reason(), "upgrade refused: {e}");
+            return text(e.status(), e.to_string());
+        }
+    };
     if node.is_draining() || node.token.is_cancelled() {
         node.metrics.refused_draining.inc();
         return retry_later("node draining; reconnect through the router");
@@ -128,7 +141,11 @@ fn upgrade(node: &Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
         return retry_later("node at its connection limit");
     };
     node.metrics.upgrades.inc();
-    let user = target.user.unwrap_or_else(anonymous_user);
+    let user = match &access {
+        Some(id) => id.user.clone(),
+        None => target.user.unwrap_or_else(anonymous_user),
+    };
+    let subprotocol = shared::auth::offers_subprotocol(req.headers());
     let cfg = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(8192)
@@ -145,7 +162,7 @@ fn upgrade(node: &Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
                     Some(cfg),
                 )
                 .await;
-                crate::session::run(session_node, ws, target.room, user, conn).await;
+                crate::session::run(session_node, ws, target.room, user, access, conn).await;
             }
             Err(e) => {
                 session_node.release_slot();
@@ -161,7 +178,37 @@ fn upgrade(node: &Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
     if let Ok(v) = http::HeaderValue::from_str(&accept) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
+    if subprotocol {
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            http::HeaderValue::from_static(shared::auth::SUBPROTOCOL),
+        );
+    }
     r
+}
+
+/// With auth on, the identity from a router's hop header (checked first: a present but bad
+/// one is refused, never passed over) or from the client's own token; `None` with auth off.
+fn authenticate(
+    node: &Node,
+    req: &Request<Incoming>,
+    target: &WsTarget,
+) -> Result<Option<Identity>, AuthError> {
+    if !node.config.auth_on() {
+        return Ok(None);
+    }
+    if let Some(v) = req.headers().get(HOP_HEADER) {
+        let hop = node.config.hop_key.as_ref().ok_or(AuthError::BadHop("no --hop-secret here"))?;
+        let v = v.to_str().map_err(|_| AuthError::BadHop("malformed"))?;
+        let id = hop.verify(v, &target.room)?;
+        if target.user.as_ref().is_some_and(|u| *u != id.user) {
+            return Err(AuthError::UserMismatch);
+        }
+        return Ok(Some(id));
+    }
+    let token = token_from(req.uri().query(), req.headers()).ok_or(AuthError::Missing)?;
+    let jwt = node.config.jwt.as_ref().ok_or(AuthError::Missing)?;
+    jwt.verify(&token, &target.room, target.user.as_ref()).map(Some)
 }
 
 /// 503 with `Retry-After`: the router takes it as "try the next node".

@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use shared::auth::{Identity, Rights, unix_secs};
 use shared::ids::{RoomId, UserId};
 use shared::protocol::{ClientFrame, ErrorCode, ServerFrame, close, unix_ms};
 use tokio::sync::mpsc;
@@ -34,6 +35,12 @@ const IDLE: CloseReason = CloseReason { code: close::IDLE_TIMEOUT, reason: "idle
 const RATE_ABUSE: CloseReason = CloseReason { code: close::POLICY, reason: "rate limit exceeded" };
 const TOO_BIG: CloseReason = CloseReason { code: close::TOO_BIG, reason: "frame too large" };
 const ROOM_FULL: CloseReason = CloseReason { code: close::ROOM_FULL, reason: "room full" };
+const EXPIRED: CloseReason = CloseReason { code: close::TOKEN_EXPIRED, reason: "token expired" };
+const BAD_UTF8: CloseReason =
+    CloseReason { code: close::INVALID_DATA, reason: "text frame is not valid UTF-8" };
+
+/// Far enough to never fire: the expiry of a connection without a token.
+const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Decrements the connection gauge however the session ends.
 struct ConnGuard(Arc<Node>);
@@ -45,12 +52,22 @@ impl Drop for ConnGuard {
 }
 
 /// Serves one upgraded connection until it closes. The caller reserved its slot.
-pub(crate) async fn run(node: Arc<Node>, mut ws: Ws, room_id: RoomId, user: UserId, conn: u64) {
+/// `access` is the verified identity when auth is on: its `info` goes to the member list,
+/// its rights and `exp` are enforced here.
+pub(crate) async fn run(
+    node: Arc<Node>,
+    mut ws: Ws,
+    room_id: RoomId,
+    user: UserId,
+    access: Option<Identity>,
+    conn: u64,
+) {
     let _guard = ConnGuard(node.clone());
     let cfg = &node.config;
     let (tx, mut rx) = mpsc::channel(cfg.outbound_queue.max(2));
     let kill = Arc::new(Kill::child_of(&node.token));
-    let member = Member { conn, user, info: None, tx, kill: kill.clone() };
+    let info = access.as_ref().and_then(|a| a.info.as_deref()).map(|i| Arc::from(i.get()));
+    let member = Member { conn, user, info, tx, kill: kill.clone() };
     node.kills.insert(conn, kill.clone());
     let joined = tokio::select! {
         j = node.rooms.join(&room_id, member.clone()) => j,
@@ -73,7 +90,7 @@ pub(crate) async fn run(node: Arc<Node>, mut ws: Ws, room_id: RoomId, user: User
             return;
         }
     };
-    let reason = serve(&node, &mut ws, &membership, &member, &mut rx).await;
+    let reason = serve(&node, &mut ws, &membership, &member, access, &mut rx).await;
     node.kills.remove(conn);
     drop(membership);
     match reason {
@@ -81,6 +98,7 @@ pub(crate) async fn run(node: Arc<Node>, mut ws: Ws, room_id: RoomId, user: User
         Some(r) if r == RATE_ABUSE => node.metrics.rate_limit_closes.inc(),
         Some(r) if r == IDLE => node.metrics.idle_closes.inc(),
         Some(r) if r == CloseReason::DRAIN => node.metrics.drain_closes.inc(),
+        Some(r) if r == EXPIRED => node.metrics.token_expired_closes.inc(),
         _ => {}
     }
     finish(&mut ws, reason, cfg.close_timeout).await;
@@ -92,9 +110,12 @@ async fn serve(
     ws: &mut Ws,
     room: &Membership,
     member: &Member,
+    mut access: Option<Identity>,
     rx: &mut mpsc::Receiver<Outbound>,
 ) -> Option<CloseReason> {
     let cfg = &node.config;
+    let expiry = tokio::time::sleep_until(deadline(access.as_ref()));
+    tokio::pin!(expiry);
     let mut bucket = TokenBucket::new(cfg.publish_rate, cfg.publish_burst);
     let mut refused_in_a_row = 0u32;
     let mut last_seen = Instant::now();
@@ -110,6 +131,7 @@ async fn serve(
     loop {
         tokio::select! {
             _ = &mut stopped => return why(),
+            _ = &mut expiry => return Some(EXPIRED),
             out = rx.recv() => {
                 let first = out?;
                 tokio::select! {
@@ -127,6 +149,10 @@ async fn serve(
                         reply(node, member, ErrorCode::FrameTooLarge, format!("frame larger than {} bytes", cfg.max_frame_bytes));
                         let _ = tokio::time::timeout(cfg.close_timeout, drain_queue(ws, rx)).await;
                         return Some(TOO_BIG);
+                    }
+                    Some(Err(WsError::Utf8(e))) => {
+                        tracing::debug!(conn = member.conn, "invalid UTF-8: {e}");
+                        return Some(BAD_UTF8);
                     }
                     Some(Err(e)) => {
                         tracing::debug!(conn = member.conn, "read: {e}");
@@ -151,7 +177,18 @@ async fn serve(
                             continue;
                         }
                         refused_in_a_row = 0;
-                        handle(node, room, member, frame).await;
+                        match frame {
+                            ClientFrame::Refresh { token } => {
+                                if let Some(id) = refresh(node, &room.room().id, member, access.as_ref(), &token) {
+                                    expiry.as_mut().reset(deadline(Some(&id)));
+                                    access = Some(id);
+                                }
+                            }
+                            ClientFrame::Publish { .. } if access.as_ref().is_some_and(|a| a.rights == Rights::Read) => {
+                                reply(node, member, ErrorCode::Forbidden, "your token grants this room read-only; publish refused");
+                            }
+                            frame => handle(node, room, member, frame).await,
+                        }
                     }
                     Message::Binary(_) => reply(node, member, ErrorCode::BinaryUnsupported, "binary frames are not part of the protocol; send JSON text"),
                     Message::Close(_) => return None,
@@ -170,6 +207,39 @@ async fn serve(
                 }
             }
         }
+    }
+}
+
+/// When the connection's token expires (now + the time left, on Tokio's clock).
+fn deadline(access: Option<&Identity>) -> Instant {
+    match access {
+        Some(a) => Instant::now() + Duration::from_secs(a.exp.saturating_sub(unix_secs())),
+        None => Instant::now() + NEVER,
+    }
+}
+
+/// Checks a `refresh` token: valid on this node's keys, same `sub`, a later `exp`, and
+/// still granting the room. The new identity, or `None` after a `bad_token` reply.
+fn refresh(
+    node: &Node,
+    room: &RoomId,
+    member: &Member,
+    current: Option<&Identity>,
+    token: &str,
+) -> Option<Identity> {
+    let (Some(jwt), Some(current)) = (&node.config.jwt, current) else {
+        let why = "this node verifies no tokens (no --jwt-key); refresh is not possible";
+        reply(node, member, ErrorCode::BadToken, why);
+        return None;
+    };
+    let refused = |why: String| {
+        reply(node, member, ErrorCode::BadToken, why);
+        None
+    };
+    match jwt.verify(token, room, Some(&member.user)) {
+        Ok(id) if id.exp <= current.exp => refused("refresh token expires no later".into()),
+        Ok(id) => Some(id),
+        Err(e) => refused(format!("refresh refused: {e}")),
     }
 }
 
@@ -192,6 +262,8 @@ async fn handle(node: &Arc<Node>, room: &Membership, member: &Member, frame: Cli
             node.metrics.signals.inc();
             room.signal(body).await;
         }
+        // Answered in the loop, which owns the connection's identity and expiry.
+        ClientFrame::Refresh { .. } => {}
     }
 }
 
