@@ -54,6 +54,25 @@ impl WsClient {
         }
     }
 
+    /// Connects with extra request headers (`authorization`, `sec-websocket-protocol`);
+    /// the client and the 101's headers, or the refusal as text.
+    pub async fn connect_with(
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(Self, http::HeaderMap), String> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = url.into_client_request().map_err(|e| format!("{url}: {e}"))?;
+        for (k, v) in headers {
+            let name = http::HeaderName::from_bytes(k.as_bytes()).map_err(|e| e.to_string())?;
+            req.headers_mut().insert(name, v.parse().map_err(|_| format!("header {k}"))?);
+        }
+        match tokio::time::timeout(STEP, connect_async(req)).await {
+            Ok(Ok((ws, resp))) => Ok((Self { ws }, resp.headers().clone())),
+            Ok(Err(e)) => Err(format!("connect {url}: {e}")),
+            Err(_) => Err(format!("connect {url}: timed out")),
+        }
+    }
+
     /// Connects from source address `src` (any 127.x.y.z: the server sees it as the peer)
     /// with extra request headers, such as a forwarded-for a proxy would add.
     pub async fn connect_from(
