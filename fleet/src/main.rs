@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Start the router and the nodes; serve until Ctrl-C.
-    Up(Up),
+    Up(Box<Up>),
     /// Print an HS256 connection token (for operators and tests).
     Token(Token),
 }
@@ -122,7 +122,7 @@ fn main() {
             }
             let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| e.exit());
             let up = match cli.command {
-                Command::Up(up) => up,
+                Command::Up(up) => *up,
                 Command::Token(t) => {
                     if let Err(e) = token(t) {
                         eprintln!("fleet token: {e}");

@@ -53,27 +53,22 @@ impl Tls {
     }
 
     /// Reloads on every SIGHUP until `stop`.
-    pub fn reload_on_sighup(self: Arc<Self>, stop: CancellationToken) -> impl Future<Output = ()> {
-        async move {
-            let Ok(mut hup) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            else {
-                tracing::warn!("cannot listen for SIGHUP: TLS certificates will not reload");
-                return;
-            };
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    got = hup.recv() => if got.is_none() { return },
+    pub async fn reload_on_sighup(self: Arc<Self>, stop: CancellationToken) {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot listen for SIGHUP: TLS certificates will not reload");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                got = hup.recv() => if got.is_none() { return },
+            }
+            match self.reload() {
+                Ok(()) => {
+                    tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded")
                 }
-                match self.reload() {
-                    Ok(()) => {
-                        tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded")
-                    }
-                    Err(e) => {
-                        tracing::warn!("TLS certificate not reloaded, keeping the old one: {e}")
-                    }
-                }
+                Err(e) => tracing::warn!("TLS certificate not reloaded, keeping the old one: {e}"),
             }
         }
     }
