@@ -110,6 +110,12 @@ impl Fleet {
         format!("{scheme}://{}/ws", self.router.proxy_addr())
     }
 
+    /// The demo chat page (and `/roomfleet.js`).
+    pub fn chat_url(&self) -> String {
+        format!("http://{}", self.router.proxy_addr())
+    }
+
+    /// The admin UI and API.
     pub fn admin_url(&self) -> String {
         format!("http://{}", self.router.admin_addr())
     }
@@ -145,9 +151,11 @@ impl Fleet {
     /// The start-up banner: every URL a user needs.
     pub fn banner(&self) -> String {
         let mut out = format!(
-            "roomfleet up: {} nodes behind one router\n  ws:     {}?room=ROOM&user=USER\n  admin:  {}/admin/ring  (also /admin/placement?room=ROOM, /metrics)\n",
+            "roomfleet up: {} nodes behind one router\n  chat:   {}/  (demo chat: open it in a browser)\n  ws:     {}?room=ROOM&user=USER\n  admin:  {}/  (admin UI; API {}/admin/ring, /admin/placement?room=ROOM, /metrics)\n",
             self.nodes.len(),
+            self.chat_url(),
             self.ws_url(),
+            self.admin_url(),
             self.admin_url(),
         );
         for n in &self.nodes {

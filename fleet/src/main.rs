@@ -105,6 +105,9 @@ struct Up {
     /// The router's admin API.
     #[arg(long, env = "FLEET_ADMIN", default_value = "127.0.0.1:9090")]
     admin: SocketAddr,
+    /// Members one room may hold on each node; the next joiner is closed with 4009.
+    #[arg(long, env = "FLEET_MAX_ROOM_MEMBERS", default_value_t = 10_000)]
+    max_room_members: usize,
     /// The router's flags. Their `--redis URL` also makes the nodes span rooms through that
     /// Redis instead of the in-process hub.
     #[command(flatten)]
@@ -132,6 +135,9 @@ fn main() {
                 }
             };
             let redis = up.router.redis.clone();
+            if up.max_room_members == 0 {
+                return Err("--max-room-members must be at least 1".to_owned());
+            }
             let router = up.router.build(up.listen, up.admin, Vec::new());
             router
                 .and_then(|mut router| {
@@ -147,6 +153,7 @@ fn main() {
                     node: ws_node::Config {
                         jwt: router.jwt.clone(),
                         hop_key: router.hop_key.clone(),
+                        max_room_members: up.max_room_members,
                         ..ws_node::Config::default()
                     },
                     router,

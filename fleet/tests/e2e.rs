@@ -240,6 +240,8 @@ async fn the_banner_names_every_url() {
     let b = f.banner();
     assert!(b.contains(&format!("ws://{}/ws?room=ROOM&user=USER", f.router.proxy_addr())), "{b}");
     assert!(b.contains(&format!("http://{}/admin/ring", f.router.admin_addr())), "{b}");
+    assert!(b.contains(&format!("chat:   http://{}/ ", f.router.proxy_addr())), "{b}");
+    assert!(b.contains(&format!("admin:  http://{}/ ", f.router.admin_addr())), "{b}");
     for n in &f.nodes {
         assert!(b.contains(&format!("{}: ws://{}/ws", n.id, n.addr)), "{b}");
     }

@@ -1,6 +1,7 @@
 //! The admin listener: the ring, placements, run-time membership and drain, metrics, health
 //! and readiness, as a plain `match` on method and path. `/admin/*` takes the bearer token
 //! when one is configured. Bad input gets 400 with `{"error": ...}`, an unknown node 404.
+//! Other GETs serve the admin UI's embedded files ([`crate::ui`]), which need no token.
 
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -23,7 +24,8 @@ use tokio::net::TcpStream;
 use crate::Error;
 use crate::membership::{Member, NodeSpec, Source, Upsert, View};
 use crate::proxy::Proxy;
-use crate::upstream;
+use crate::ui::{self, Site};
+use crate::{node_stats, upstream};
 
 /// Largest admin request body.
 const MAX_ADMIN_BODY: usize = 16 * 1024;
@@ -76,9 +78,9 @@ async fn route(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
             let view = proxy.membership.view();
             metrics_text(proxy.metrics.render(view.ring.len(), &view.samples()))
         }
-        (&Method::GET, ["admin", "ring"]) => ring(proxy),
+        (&Method::GET, ["admin", "ring"]) => ring(proxy, req.uri().query()),
         (&Method::GET, ["admin", "placement"]) => placement(proxy, req.uri().query()),
-        (&Method::GET, ["admin", "nodes"]) => nodes(&proxy.membership.view()),
+        (&Method::GET, ["admin", "nodes"]) => nodes(proxy, req.uri().query()).await,
         (&Method::POST, ["admin", "nodes"]) => add_node(proxy, req).await,
         (&Method::DELETE, ["admin", "nodes", id]) => remove_node(proxy, id),
         (&Method::POST, ["admin", "nodes", id, "drain"]) => drain(proxy, id).await,
@@ -86,8 +88,15 @@ async fn route(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
         | (_, ["admin", "nodes", _] | ["admin", "nodes", _, "drain"]) => {
             json_error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path}"))
         }
-        _ => json_error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+        _ => ui::serve(Site::Admin, &method, &path).unwrap_or_else(|| {
+            json_error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"))
+        }),
     }
+}
+
+/// Whether the query asks for an optional part of an answer (`?points=1`, `?stats=true`).
+fn flag(query: Option<&str>, name: &str) -> bool {
+    query_param(query, name).is_some_and(|v| v == "1" || v == "true")
 }
 
 fn readyz(proxy: &Proxy) -> Response<Body> {
@@ -128,23 +137,50 @@ fn node_info<'a>(view: &'a View, m: &'a Member) -> NodeInfo<'a> {
     }
 }
 
-fn ring(proxy: &Proxy) -> Response<Body> {
+/// The ring; with `points=1` also its arcs, clockwise, hashes as 16 hex digits like
+/// `/admin/placement`'s `hash` (the first arc wraps past the top when `from` > `to`).
+fn ring(proxy: &Proxy, query: Option<&str>) -> Response<Body> {
     let view = proxy.membership.view();
     let nodes: Vec<NodeInfo<'_>> = view.members.values().map(|m| node_info(&view, m)).collect();
-    json(
-        StatusCode::OK,
-        &json!({
-            "generation": view.ring.generation(),
-            "policy": proxy.policy.name(),
-            "vnodes_per_weight": proxy.config.vnodes,
-            "placed": view.ring.len(),
-            "nodes": nodes,
-        }),
-    )
+    let mut answer = json!({
+        "generation": view.ring.generation(),
+        "policy": proxy.policy.name(),
+        "vnodes_per_weight": proxy.config.vnodes,
+        "placed": view.ring.len(),
+        "nodes": nodes,
+    });
+    if flag(query, "points") {
+        let arcs: Vec<serde_json::Value> = view
+            .ring
+            .arcs()
+            .into_iter()
+            .map(|(from, to, node)| {
+                json!({ "node": node, "from": format!("{from:016x}"), "to": format!("{to:016x}") })
+            })
+            .collect();
+        answer["arcs"] = arcs.into();
+    }
+    json(StatusCode::OK, &answer)
 }
 
-fn nodes(view: &View) -> Response<Body> {
-    let nodes: Vec<NodeInfo<'_>> = view.members.values().map(|m| node_info(view, m)).collect();
+/// The members; with `stats=1` also each node's own figures ([`node_stats`]), or
+/// `stats_error` saying why not.
+async fn nodes(proxy: &Proxy, query: Option<&str>) -> Response<Body> {
+    let view = proxy.membership.view();
+    let members: Vec<&Member> = view.members.values().collect();
+    let mut nodes: Vec<serde_json::Value> = members
+        .iter()
+        .map(|m| serde_json::to_value(node_info(&view, m)).unwrap_or_default())
+        .collect();
+    if flag(query, "stats") {
+        let stats = node_stats::fetch(&members, proxy.config.node_admin_token.as_deref()).await;
+        for (node, stats) in nodes.iter_mut().zip(stats) {
+            match stats {
+                Ok(s) => node["stats"] = serde_json::to_value(s).unwrap_or_default(),
+                Err(e) => node["stats_error"] = e.into(),
+            }
+        }
+    }
     json(StatusCode::OK, &json!({ "generation": view.ring.generation(), "nodes": nodes }))
 }
 

@@ -12,11 +12,13 @@ pub mod health;
 mod limits;
 pub mod membership;
 pub mod metrics;
+mod node_stats;
 pub mod placement;
 mod proxy;
 pub mod ring;
 pub mod tls;
 mod tunnel;
+mod ui;
 mod upstream;
 
 use std::net::SocketAddr;

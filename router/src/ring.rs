@@ -146,6 +146,31 @@ impl Ring {
         StableHasher.hash_one(key)
     }
 
+    /// The ring drawn as arcs, clockwise from hash 0: (first hash, last hash, owner), with
+    /// neighbouring arcs of one member merged. The first arc's start is above its end when it
+    /// wraps past 2^64 - 1 to 0. Empty for an empty ring.
+    pub fn arcs(&self) -> Vec<(u64, u64, &NodeId)> {
+        let mut out: Vec<(u64, u64, &NodeId)> = Vec::new();
+        let Some(&(last_end, _)) = self.arcs.last() else { return out };
+        let mut start = last_end.wrapping_add(1);
+        for &(end, i) in &self.arcs {
+            let node = &self.nodes[i as usize];
+            match out.last_mut() {
+                Some(prev) if prev.2 == node => prev.1 = end,
+                _ => out.push((start, end, node)),
+            }
+            start = end.wrapping_add(1);
+        }
+        // The last arc and the wrapping first one are one arc when a member holds both.
+        if out.len() > 1
+            && out[0].2 == out[out.len() - 1].2
+            && let Some((s, _, _)) = out.pop()
+        {
+            out[0].0 = s;
+        }
+        out
+    }
+
     /// The member that owns `key`.
     pub fn try_get(&self, key: &str) -> Result<&NodeId, Error> {
         self.hashes.try_get(key).ok_or(Error::EmptyRing)
@@ -251,6 +276,28 @@ mod tests {
         let (a, b) = (r.share(&id("a")), r.share(&id("b")));
         assert!((a + b - 1.0).abs() < 1e-9, "{a} + {b}");
         assert!(b > 2.0 * a, "weight 3 gets clearly more than weight 1: {a} vs {b}");
+    }
+
+    #[test]
+    fn arcs_cover_the_circle_once_and_match_the_owner_of_every_key() {
+        let r = ring(&["node-a", "node-b", "node-c"]);
+        let arcs = r.arcs();
+        assert!(arcs.len() > 3);
+        let span = |a: &(u64, u64, &NodeId)| a.1.wrapping_sub(a.0) as u128 + 1;
+        assert_eq!(arcs.iter().map(span).sum::<u128>(), 1u128 << 64);
+        for w in arcs.windows(2) {
+            assert_eq!(w[0].1.wrapping_add(1), w[1].0, "arcs are contiguous");
+            assert_ne!(w[0].2, w[1].2, "neighbours of one member are merged");
+        }
+        for i in 0..500 {
+            let key = format!("room-{i}");
+            let h = Ring::hash_key(&key);
+            let inside = |a: &&(u64, u64, &NodeId)| h.wrapping_sub(a.0) <= a.1.wrapping_sub(a.0);
+            let arc = arcs.iter().find(inside).unwrap();
+            assert_eq!(arc.2, r.try_get(&key).unwrap(), "{key}");
+        }
+        assert!(Ring::empty(1).arcs().is_empty());
+        assert_eq!(ring(&["solo"]).arcs().len(), 1);
     }
 
     #[test]
