@@ -114,7 +114,11 @@ async fn up() -> Fleet {
     let router = router::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin: "127.0.0.1:0".parse().unwrap(),
-        health: HealthConfig { timeout: Duration::from_secs(2), fall: 5, ..HealthConfig::default() },
+        health: HealthConfig {
+            timeout: Duration::from_secs(2),
+            fall: 5,
+            ..HealthConfig::default()
+        },
         drain_window: Some(Duration::from_millis(200)),
         shutdown_grace: Duration::from_secs(2),
         ..router::Config::default()
@@ -141,8 +145,10 @@ async fn the_chat_and_the_admin_ui_work_in_chromium() {
 
     // Admin UI: three nodes, and the explorer agrees with the API for 20 rooms.
     ann.goto(&format!("{}/", f.admin_url())).await.unwrap();
-    wait_js(&ann, "return document.querySelectorAll('#nodes tr').length === 3", "3 node rows").await;
-    wait_js(&ann, "return document.querySelectorAll('#ring path.arc').length >= 3", "ring arcs").await;
+    wait_js(&ann, "return document.querySelectorAll('#nodes tr').length === 3", "3 node rows")
+        .await;
+    wait_js(&ann, "return document.querySelectorAll('#ring path.arc').length >= 3", "ring arcs")
+        .await;
     for i in 0..20 {
         let room = format!("room-{i}");
         let want = api(&f, "GET", &format!("/admin/placement?room={room}")).await;
@@ -150,9 +156,15 @@ async fn the_chat_and_the_admin_ui_work_in_chromium() {
             "document.getElementById('place-room').value = '{room}'; document.getElementById('place-form').requestSubmit(); return true"
         ))
         .await;
-        wait_js(&ann, &format!("return document.getElementById('place-result').dataset.room === '{room}'"), &room).await;
+        wait_js(
+            &ann,
+            &format!("return document.getElementById('place-result').dataset.room === '{room}'"),
+            &room,
+        )
+        .await;
         let shown = js(&ann, "return [document.getElementById('place-node').textContent, document.getElementById('place-hash').textContent, document.getElementById('place-fallbacks').textContent]").await;
-        let fallbacks: Vec<&str> = want["fallbacks"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let fallbacks: Vec<&str> =
+            want["fallbacks"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
         assert_eq!(shown[0], want["node"], "{room}: node");
         assert_eq!(shown[1], want["hash"], "{room}: hash");
         assert_eq!(shown[2], json!(fallbacks.join(" → ")), "{room}: fallbacks");
@@ -166,14 +178,31 @@ async fn the_chat_and_the_admin_ui_work_in_chromium() {
         c.goto(&format!("{}/?room={room}&user={user}&join=1", f.chat_url())).await.unwrap();
         wait_js(c, "return document.body.dataset.state === 'open'", &format!("{user} open")).await;
     }
-    wait_js(&ann, "return !!document.querySelector('#members li[data-user=bob]')", "ann sees bob").await;
-    wait_js(&bob, "return !!document.querySelector('#members li[data-user=ann]')", "bob sees ann").await;
-    bob.find(fantoccini::Locator::Id("text")).await.unwrap().send_keys("hello from b").await.unwrap();
-    wait_js(&ann, "return document.getElementById('typing').textContent.includes('bob is typing')", "typing").await;
+    wait_js(&ann, "return !!document.querySelector('#members li[data-user=bob]')", "ann sees bob")
+        .await;
+    wait_js(&bob, "return !!document.querySelector('#members li[data-user=ann]')", "bob sees ann")
+        .await;
+    bob.find(fantoccini::Locator::Id("text"))
+        .await
+        .unwrap()
+        .send_keys("hello from b")
+        .await
+        .unwrap();
+    wait_js(
+        &ann,
+        "return document.getElementById('typing').textContent.includes('bob is typing')",
+        "typing",
+    )
+    .await;
     bob.find(fantoccini::Locator::Id("text")).await.unwrap().send_keys("ob\u{e007}").await.unwrap();
-    let has = |text: &str| format!("return [...document.querySelectorAll('#messages li .text')].some(e => e.textContent === '{text}')");
+    let has = |text: &str| {
+        format!(
+            "return [...document.querySelectorAll('#messages li .text')].some(e => e.textContent === '{text}')"
+        )
+    };
     wait_js(&ann, &has("hello from bob"), "bob's message at ann").await;
-    wait_js(&ann, "return document.getElementById('typing').textContent === ''", "typing cleared").await;
+    wait_js(&ann, "return document.getElementById('typing').textContent === ''", "typing cleared")
+        .await;
     js(&ann, "document.getElementById('text').value = 'hi bob'; document.getElementById('send-form').requestSubmit(); return true").await;
     wait_js(&bob, &has("hi bob"), "ann's message at bob").await;
     screenshot(&ann, "chat.png").await;
@@ -184,7 +213,12 @@ async fn the_chat_and_the_admin_ui_work_in_chromium() {
     let drained = placed["node"].as_str().unwrap().to_owned();
     js(&ann, "window.banners = []; const b = document.getElementById('banner'); new MutationObserver(() => { if (!b.hidden) window.banners.push(b.textContent) }).observe(b, { attributes: true, childList: true, subtree: true, characterData: true }); return true").await;
     api(&f, "POST", &format!("/admin/nodes/{drained}/drain")).await;
-    wait_js(&ann, "return window.banners.some(t => t.startsWith('Reconnecting (closed 1012'))", "the reconnect banner").await;
+    wait_js(
+        &ann,
+        "return window.banners.some(t => t.startsWith('Reconnecting (closed 1012'))",
+        "the reconnect banner",
+    )
+    .await;
     wait_js(&ann, &format!("return document.body.dataset.state === 'open' && document.getElementById('banner').hidden && !document.getElementById('status').textContent.endsWith('{drained}')"), "ann open on another node").await;
     wait_js(&bob, "return document.body.dataset.state === 'open' && !!document.querySelector('#members li[data-user=ann]')", "bob back with ann").await;
     js(&bob, "document.getElementById('text').value = 'after the drain'; document.getElementById('send-form').requestSubmit(); return true").await;

@@ -37,9 +37,7 @@ pub(crate) async fn fetch(
             return Err(format!("not asked: the table asks {MAX_NODES} nodes at most"));
         }
         match upstream::request(m, Method::GET, "/metrics", token, TIMEOUT).await {
-            Ok((status, body)) if status.is_success() => {
-                Ok(parse(&String::from_utf8_lossy(&body)))
-            }
+            Ok((status, body)) if status.is_success() => Ok(parse(&String::from_utf8_lossy(&body))),
             Ok((status, _)) => Err(format!("/metrics answered {status}")),
             Err(e) => Err(e.to_string()),
         }

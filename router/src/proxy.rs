@@ -204,10 +204,11 @@ impl Proxy {
             (&Method::GET, "/ws") => self.upgrade(req, peer, guard).await,
             (_, "/ws") => text(StatusCode::METHOD_NOT_ALLOWED, "/ws takes only GET upgrades"),
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
-            (method, path) => crate::ui::serve(crate::ui::Site::Chat, method, path)
-                .unwrap_or_else(|| {
+            (method, path) => {
+                crate::ui::serve(crate::ui::Site::Chat, method, path).unwrap_or_else(|| {
                     text(StatusCode::NOT_FOUND, "not found; connect to /ws?room=ROOM&user=USER")
-                }),
+                })
+            }
         }
     }
 

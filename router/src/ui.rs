@@ -21,7 +21,8 @@ const CSS: &str = "text/css; charset=utf-8";
 
 /// Only the page's own origin, so a page can load nothing from a CDN by mistake and an
 /// injected script cannot run; `connect-src 'self'` covers the chat's same-origin `ws:`.
-const CSP_CHAT: &str = "default-src 'self'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'";
+const CSP_CHAT: &str =
+    "default-src 'self'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'";
 /// The admin page may not be framed: a framed drain button could be clicked by deceit.
 const CSP_ADMIN: &str = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'";
 
@@ -45,7 +46,8 @@ pub(crate) fn serve(site: Site, method: &Method, path: &str) -> Option<Response<
         return None;
     }
     let (kind, text) = asset(site, path)?;
-    let body = if method == Method::HEAD { Bytes::new() } else { Bytes::from_static(text.as_bytes()) };
+    let body =
+        if method == Method::HEAD { Bytes::new() } else { Bytes::from_static(text.as_bytes()) };
     let mut r = Response::new(Full::new(body));
     *r.status_mut() = StatusCode::OK;
     let h = r.headers_mut();
@@ -64,7 +66,9 @@ mod tests {
 
     #[test]
     fn each_site_serves_its_own_pages_only() {
-        let get = |site, path| serve(site, &Method::GET, path).map(|r| r.headers()[header::CONTENT_TYPE].clone());
+        let get = |site, path| {
+            serve(site, &Method::GET, path).map(|r| r.headers()[header::CONTENT_TYPE].clone())
+        };
         assert_eq!(get(Site::Chat, "/").unwrap(), HTML);
         assert_eq!(get(Site::Chat, "/roomfleet.js").unwrap(), JS);
         assert_eq!(get(Site::Admin, "/").unwrap(), HTML);
