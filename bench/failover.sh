@@ -24,9 +24,9 @@ for i in 0 1 2; do
   wait_http "http://127.0.0.1:$port/healthz"
 done
 ROUTER=$(start failover-router "$BIN/router" --listen "127.0.0.1:$RT" --admin "127.0.0.1:$((RT + 1))" \
-  --discovery redis --redis "$REDIS")
+  --discovery redis --redis "$REDIS" --max-connections-per-ip 0)
 for i in $(seq 100); do
-  n=$(curl -fsS "http://127.0.0.1:$((RT + 1))/admin/ring" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["nodes"]))' 2>/dev/null || echo 0)
+  n=$(curl -fsS "http://127.0.0.1:$((RT + 1))/admin/ring" | python3 -c 'import json,sys; print(sum(1 for n in json.load(sys.stdin)["nodes"] if n["healthy"] and not n["draining"] and n["share"] > 0))' 2>/dev/null || echo 0)
   [ "$n" = 3 ] && break; sleep 0.1
 done
 
@@ -40,6 +40,7 @@ echo "$line"
 victim=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1])["nodes"]; print(max(d, key=d.get))' "$line")
 kill -KILL "${PID[$victim]}"
 read -r -t 60 result <&3 || { echo "no result" >&2; exit 1; }
+echo "cpu s: clients $(cpu_secs "$CLIENTS") router $(cpu_secs "$ROUTER") n0 $(cpu_secs "${PID[n0]}") n2 $(cpu_secs "${PID[n2]}")" | tee "$OUT/failover-cpu.txt"
 wait "$CLIENTS" || true
 rm -f "$FIFO"
 echo "$result"

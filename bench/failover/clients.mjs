@@ -40,7 +40,8 @@ function open(m) {
 function ready() {
   const by = {};
   for (const m of members) by[m.node] = (by[m.node] || 0) + 1;
-  console.log(JSON.stringify({ ready: true, nodes: by }));
+  const connect_ms = performance.now() - started;
+  console.log(JSON.stringify({ ready: true, nodes: by, connect_ms, connect_per_s: conns / (connect_ms / 1000) }));
   armed = true;
   setTimeout(report, timeoutS * 1000).unref();
 }
@@ -65,6 +66,7 @@ function report() {
   process.exit(0);
 }
 
+const started = performance.now();
 for (let i = 0; i < conns; i++) {
   const m = { i, room: i % rooms };
   members.push(m);
