@@ -89,14 +89,7 @@ impl Registry {
         conn: &mut MultiplexedConnection,
         id: &str,
     ) -> redis::RedisResult<()> {
-        redis::pipe()
-            .atomic()
-            .hdel(self.hash_key(), id)
-            .ignore()
-            .publish(self.events_channel(), format!("down {id}"))
-            .ignore()
-            .query_async(conn)
-            .await
+        self.leave(id, false).query_async(conn).await
     }
 
     /// Withdraws the node and drops its heartbeat: the last step of a shutdown, after which
@@ -106,16 +99,17 @@ impl Registry {
         conn: &mut MultiplexedConnection,
         id: &str,
     ) -> redis::RedisResult<()> {
-        redis::pipe()
-            .atomic()
-            .hdel(self.hash_key(), id)
-            .ignore()
-            .del(self.heartbeat_key(id))
-            .ignore()
-            .publish(self.events_channel(), format!("down {id}"))
-            .ignore()
-            .query_async(conn)
-            .await
+        self.leave(id, true).query_async(conn).await
+    }
+
+    fn leave(&self, id: &str, heartbeat_too: bool) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        pipe.atomic().hdel(self.hash_key(), id).ignore();
+        if heartbeat_too {
+            pipe.del(self.heartbeat_key(id)).ignore();
+        }
+        pipe.publish(self.events_channel(), format!("down {id}")).ignore();
+        pipe
     }
 
     /// Every live node, sorted by ID; unreadable entries are skipped.

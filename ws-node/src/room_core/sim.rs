@@ -494,18 +494,23 @@ proptest! {
             w.run(s, base);
         }
         w.check(base);
-        SPANNED.fetch_add(w.spanned, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
-#[test]
-fn frames_a_pubsub_kill_drops_are_caught_up_from_the_log() {
-    let base = Instant::now();
+/// A world where one member on node 0 and one on node 1 share the room, all settled.
+fn two_members(base: Instant) -> World {
     let mut w = World::new();
     for s in [Step::Join(0), Step::Join(1)] {
         w.run(s, base);
         w.quiesce(base);
     }
+    w
+}
+
+#[test]
+fn frames_a_pubsub_kill_drops_are_caught_up_from_the_log() {
+    let base = Instant::now();
+    let mut w = two_members(base);
     w.run(Step::Publish(0, 0), base);
     w.run_op(0);
     w.run(Step::PubsubKill, base);
@@ -516,17 +521,11 @@ fn frames_a_pubsub_kill_drops_are_caught_up_from_the_log() {
     }
 }
 
-static SPANNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
 #[test]
 fn the_simulated_fleet_spans_rooms_and_checks_something() {
     // A world that never spans would pass the property test vacuously.
     let base = Instant::now();
-    let mut w = World::new();
-    for s in [Step::Join(0), Step::Join(1)] {
-        w.run(s, base);
-        w.quiesce(base);
-    }
+    let mut w = two_members(base);
     w.run(Step::Publish(0, 0), base);
     w.run(Step::Publish(1, 0), base);
     w.check(base);

@@ -55,7 +55,17 @@ fn admitted(actions: &[Action]) -> Vec<Conn> {
         .collect()
 }
 
-/// A room opened alone on node `a` with member 1.
+/// A room on node `a` whose member 1 (ann) waits while it opens; the bus said `holder`
+/// holds the room too.
+fn opening(t: Instant, holder: &str) -> RoomCore {
+    let mut r = RoomCore::new(settings("a"));
+    r.start(t);
+    r.on(join(1, "ann"), t);
+    r.on(Event::Registered(Some(vec![holder.into()])), t);
+    r
+}
+
+/// A room on node `a` whose member 1 (ann) joined alone.
 fn local_room(t: Instant) -> RoomCore {
     let mut r = RoomCore::new(settings("a"));
     r.start(t);
@@ -87,10 +97,7 @@ fn no_sync_is_sent_when_switching_to_spanning_fails() {
 #[test]
 fn a_failed_subscribe_while_opening_is_repaired_by_the_next_tick() {
     let t = Instant::now();
-    let mut r = RoomCore::new(settings("a"));
-    r.start(t);
-    r.on(join(1, "ann"), t);
-    r.on(Event::Registered(Some(vec!["b".into()])), t);
+    let mut r = opening(t, "b");
     let out = r.on(Event::Subscribed(false), t);
     assert_eq!(admitted(&out), vec![1], "the joiner is not left waiting");
     assert_eq!(r.mode(), Mode::Local);
@@ -140,10 +147,7 @@ fn a_member_joining_a_closing_room_is_welcomed_by_the_reopened_room() {
 #[test]
 fn seq_never_moves_backwards_when_a_sync_reports_a_lower_one() {
     let t = Instant::now();
-    let mut r = RoomCore::new(settings("a"));
-    r.start(t);
-    r.on(join(1, "ann"), t);
-    r.on(Event::Registered(Some(vec!["b".into()])), t);
+    let mut r = opening(t, "b");
     r.on(Event::Subscribed(true), t);
     let frame = Utf8Bytes::from_static(r#"{"type":"message","seq":9}"#);
     r.on(Event::BusFrame { seq: 9, origin: Arc::from("c"), conn: 5, frame }, t);
@@ -160,10 +164,7 @@ fn seq_never_moves_backwards_when_a_sync_reports_a_lower_one() {
 #[test]
 fn after_a_redis_restart_the_bus_seq_is_raised_before_anyone_publishes() {
     let t = Instant::now();
-    let mut r = RoomCore::new(settings("a"));
-    r.start(t);
-    r.on(join(1, "ann"), t);
-    r.on(Event::Registered(Some(vec!["b".into()])), t);
+    let mut r = opening(t, "b");
     r.on(Event::Subscribed(true), t);
     let sync = Note::Sync { seq: 41, users: vec![(user("bob"), None)] }.envelope().head;
     r.on(Event::BusFrame { seq: 0, origin: Arc::from("b"), conn: 0, frame: sync.into() }, t);
@@ -180,10 +181,7 @@ fn after_a_redis_restart_the_bus_seq_is_raised_before_anyone_publishes() {
 #[test]
 fn a_joiner_waits_on_a_dead_holder_only_for_the_span_timeout() {
     let t = Instant::now();
-    let mut r = RoomCore::new(settings("a"));
-    r.start(t);
-    r.on(join(1, "ann"), t);
-    r.on(Event::Registered(Some(vec!["dead".into()])), t);
+    let mut r = opening(t, "dead");
     r.on(Event::Subscribed(true), t);
     assert_eq!(r.poll_timeout(), Some(t + Duration::from_millis(500)));
     let out = r.on(Event::Tick, t + Duration::from_millis(500));
@@ -196,10 +194,7 @@ fn a_joiner_waits_on_a_dead_holder_only_for_the_span_timeout() {
 #[test]
 fn a_holder_another_room_found_dead_is_not_waited_for() {
     let t = Instant::now();
-    let mut r = RoomCore::new(settings("a"));
-    r.start(t);
-    r.on(join(1, "ann"), t);
-    r.on(Event::Registered(Some(vec!["dead".into()])), t);
+    let mut r = opening(t, "dead");
     r.on(Event::Forget { node: "dead".into() }, t);
     let out = r.on(Event::Subscribed(true), t);
     assert_eq!(admitted(&out), vec![1]);
@@ -208,10 +203,7 @@ fn a_holder_another_room_found_dead_is_not_waited_for() {
 #[test]
 fn two_nodes_opening_at_once_do_not_wait_for_each_other() {
     let t = Instant::now();
-    let mut a = RoomCore::new(settings("a"));
-    a.start(t);
-    a.on(join(1, "ann"), t);
-    a.on(Event::Registered(Some(vec!["b".into()])), t);
+    let mut a = opening(t, "b");
     let out = a.on(Event::SpanRequest { from: "b".into() }, t);
     assert!(!has_sync(&out), "not before it listens");
     let out = a.on(Event::Subscribed(true), t);
@@ -222,10 +214,7 @@ fn two_nodes_opening_at_once_do_not_wait_for_each_other() {
 #[test]
 fn a_member_of_two_nodes_is_one_presence() {
     let t = Instant::now();
-    let mut r = RoomCore::new(settings("a"));
-    r.start(t);
-    r.on(join(1, "ann"), t);
-    r.on(Event::Registered(Some(vec!["b".into()])), t);
+    let mut r = opening(t, "b");
     r.on(Event::Subscribed(true), t);
     let note = |n: Note| Event::BusFrame {
         seq: 0,
@@ -250,10 +239,7 @@ fn a_member_of_two_nodes_is_one_presence() {
 #[test]
 fn a_gap_on_the_bus_is_caught_up_from_the_log_in_order() {
     let t = Instant::now();
-    let mut r = RoomCore::new(settings("a"));
-    r.start(t);
-    r.on(join(1, "ann"), t);
-    r.on(Event::Registered(Some(vec!["b".into()])), t);
+    let mut r = opening(t, "b");
     r.on(Event::Subscribed(true), t);
     let sync = Note::Sync { seq: 0, users: vec![] }.envelope().head;
     r.on(Event::BusFrame { seq: 0, origin: Arc::from("b"), conn: 0, frame: sync.into() }, t);
