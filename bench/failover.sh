@@ -30,19 +30,44 @@ for i in $(seq 100); do
   [ "$n" = 3 ] && break; sleep 0.1
 done
 
-FIFO="$OUT/failover.fifo"; rm -f "$FIFO"; mkfifo "$FIFO"
-URL="ws://127.0.0.1:$RT/ws" CONNS=$CONNS ROOMS=$ROOMS \
-  node --experimental-websocket "$ROOT/bench/failover/clients.mjs" >"$FIFO" 2>"$OUT/failover-clients.log" &
-CLIENTS=$!
-exec 3<"$FIFO"
-read -r -t 60 line <&3 || { echo "clients never got ready" >&2; exit 1; }
+# The load client is Node.js, one core each: PROCS processes share the members.
+PROCS=${PROCS:-2}
+CLIENT_PIDS=()
+for p in $(seq 0 $((PROCS - 1))); do
+  fifo="$OUT/failover-$p.fifo"; rm -f "$fifo"; mkfifo "$fifo"
+  URL="ws://127.0.0.1:$RT/ws" CONNS=$((CONNS / PROCS)) FIRST=$((p * CONNS / PROCS)) ROOMS=$ROOMS \
+    node --experimental-websocket "$ROOT/bench/failover/clients.mjs" >"$fifo" 2>"$OUT/failover-clients-$p.log" &
+  CLIENT_PIDS+=($!)
+  exec {fd}<"$fifo"; FDS[$p]=$fd
+done
+READY=()
+for p in $(seq 0 $((PROCS - 1))); do
+  read -r -t 60 l <&"${FDS[$p]}" || { echo "clients never got ready" >&2; exit 1; }
+  READY+=("$l")
+done
+line=$(python3 -c 'import json,sys
+by={}
+for l in sys.argv[1:]:
+    for k,v in json.loads(l)["nodes"].items(): by[k]=by.get(k,0)+v
+print(json.dumps({"nodes": by}))' "${READY[@]}")
 echo "$line"
 victim=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1])["nodes"]; print(max(d, key=d.get))' "$line")
 kill -KILL "${PID[$victim]}"
-read -r -t 60 result <&3 || { echo "no result" >&2; exit 1; }
-echo "cpu s: clients $(cpu_secs "$CLIENTS") router $(cpu_secs "$ROUTER") n0 $(cpu_secs "${PID[n0]}") n2 $(cpu_secs "${PID[n2]}")" | tee "$OUT/failover-cpu.txt"
-wait "$CLIENTS" || true
-rm -f "$FIFO"
+RESULTS=()
+for p in $(seq 0 $((PROCS - 1))); do
+  read -r -t 60 r <&"${FDS[$p]}" || { echo "no result" >&2; exit 1; }
+  RESULTS+=("$r")
+done
+client_cpu=$(python3 -c 'import json,sys; print(round(sum(json.loads(l)["cpu_s"] for l in sys.argv[1:]), 2))' "${RESULTS[@]}")
+echo "cpu s: clients $client_cpu router $(cpu_secs "$ROUTER") n0/n1/n2 survivors: $(for n in n0 n1 n2; do [ "$n" = "$victim" ] || echo -n "$(cpu_secs "${PID[$n]}") "; done)" | tee "$OUT/failover-cpu.txt"
+wait "${CLIENT_PIDS[@]}" || true
+rm -f "$OUT"/failover-*.fifo
+result=$(python3 -c 'import json,sys
+back=[];dropped=0;attempts=0
+for l in sys.argv[1:]:
+    r=json.loads(l); back+=r["back_ms"]; dropped+=r["dropped"]; attempts+=r["attempts"]
+back.sort(); q=lambda p: back[min(len(back)-1,int(p*len(back)))]
+print(json.dumps({"dropped":dropped,"back":len(back),"attempts":attempts,"p50_ms":q(0.5),"p99_ms":q(0.99),"max_ms":back[-1]}))' "${RESULTS[@]}")
 echo "$result"
 python3 - "$line" "$result" "$victim" "$CONNS" "$ROOMS" <<'PY' | tee "$OUT/failover.md"
 import json, sys

@@ -7,6 +7,8 @@ const url = process.env.URL;
 const conns = Number(process.env.CONNS || 2000);
 const rooms = Number(process.env.ROOMS || 200);
 const timeoutS = Number(process.env.TIMEOUT_S || 20);
+// This process's share when several run: members FIRST .. FIRST+CONNS-1.
+const first = Number(process.env.FIRST || 0);
 
 const members = [];
 let welcomed = 0;
@@ -62,12 +64,14 @@ function report() {
   console.log(JSON.stringify({
     dropped: dropped.length, back: back.length, attempts,
     p50_ms: q(0.5), p99_ms: q(0.99), max_ms: back.length ? back[back.length - 1] : null,
+    back_ms: back,
+    cpu_s: (process.cpuUsage().user + process.cpuUsage().system) / 1e6,
   }));
   process.exit(0);
 }
 
 const started = performance.now();
-for (let i = 0; i < conns; i++) {
+for (let i = first; i < first + conns; i++) {
   const m = { i, room: i % rooms };
   members.push(m);
   open(m);
