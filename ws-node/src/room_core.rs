@@ -390,7 +390,7 @@ impl RoomCore {
                 }
             }
             Event::BusFrame { seq, origin, conn, frame } => {
-                self.on_bus_frame(seq, &origin, conn, frame, now, out)
+                self.on_bus_frame(seq, &origin, conn, frame, out)
             }
             Event::BusLost => self.on_bus_lost(out),
             Event::BusRestored => self.on_bus_restored(out),
@@ -767,7 +767,6 @@ impl RoomCore {
         origin: &str,
         conn: Conn,
         frame: Utf8Bytes,
-        now: Instant,
         out: &mut Vec<Action>,
     ) {
         match self.mode {
@@ -814,7 +813,6 @@ impl RoomCore {
                 }
             }
         }
-        let _ = now;
     }
 
     fn on_bus_message(&mut self, seq: u64, frame: Utf8Bytes, out: &mut Vec<Action>) {

@@ -4,18 +4,22 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(Debug)]
 pub struct Suspects {
     ttl: Duration,
     map: Mutex<HashMap<String, Instant>>,
+    /// Whether the map may hold anyone: `clear` runs for every bus frame, and almost
+    /// always there is nobody to clear, so it skips the lock then.
+    any: AtomicBool,
 }
 
 impl Suspects {
     /// Suspicion lasts `ttl` (the heartbeat TTL: by then the registry knows for sure).
     pub fn new(ttl: Duration) -> Self {
-        Self { ttl, map: Mutex::new(HashMap::new()) }
+        Self { ttl, map: Mutex::new(HashMap::new()), any: AtomicBool::new(false) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
@@ -24,13 +28,18 @@ impl Suspects {
 
     pub fn mark(&self, node: &str, now: Instant) {
         self.lock().insert(node.to_owned(), now);
+        self.any.store(true, Ordering::Release);
     }
 
     /// `node` spoke: it is alive.
     pub fn clear(&self, node: &str) {
+        if !self.any.load(Ordering::Acquire) {
+            return;
+        }
         let mut m = self.lock();
-        if !m.is_empty() {
-            m.remove(node);
+        m.remove(node);
+        if m.is_empty() {
+            self.any.store(false, Ordering::Release);
         }
     }
 
