@@ -311,14 +311,7 @@ fn identity(c: Claims, room: &RoomId, user: Option<&UserId>) -> Result<Identity,
 /// The widest rights any pattern grants in `room`: a pattern is a room id, or a prefix
 /// followed by `*` (`chat:*`; `*` alone is every room).
 pub fn rights_in(rooms: &HashMap<String, Rights>, room: &str) -> Option<Rights> {
-    rooms
-        .iter()
-        .filter(|(p, _)| match p.strip_suffix('*') {
-            Some(prefix) => room.starts_with(prefix),
-            None => p.as_str() == room,
-        })
-        .map(|(_, r)| *r)
-        .max()
+    rooms.iter().filter(|(p, _)| crate::ids::pattern_matches(p, room)).map(|(_, r)| *r).max()
 }
 
 fn parse_jwks(text: &str) -> Result<Vec<Key>, String> {

@@ -74,10 +74,17 @@ pub fn file_flags(
             toml::Value::Boolean(false) => {}
             toml::Value::Array(items) => {
                 for item in items {
-                    flags.push(format!(
-                        "--{flag}={}",
-                        scalar(item).ok_or_else(|| bad("arrays hold scalars"))?
-                    ));
+                    let v = match item {
+                        // `[[rooms]]` tables: one `--rooms k=v,k=v` flag per table.
+                        toml::Value::Table(map) => map
+                            .iter()
+                            .map(|(k, v)| scalar(v).map(|v| format!("{k}={v}")))
+                            .collect::<Option<Vec<_>>>()
+                            .ok_or_else(|| bad("tables in an array hold scalars"))?
+                            .join(","),
+                        v => scalar(v).ok_or_else(|| bad("arrays hold scalars or tables"))?,
+                    };
+                    flags.push(format!("--{flag}={v}"));
                 }
             }
             toml::Value::Table(map) => {
@@ -150,6 +157,23 @@ DE = ["a", "b"]
                 "--pools=DE=a,b",
                 "--reuse-port",
             ]
+        );
+    }
+
+    #[test]
+    fn arrays_of_tables_become_one_flag_each() {
+        let text = r#"
+[[rooms]]
+pattern = "chat:*"
+history_size = 50
+[[rooms]]
+pattern = "*"
+history_ttl = 1.5
+"#;
+        let flags = file_flags("n.toml", text, |_| false).unwrap();
+        assert_eq!(
+            flags,
+            vec!["--rooms=history_size=50,pattern=chat:*", "--rooms=history_ttl=1.5,pattern=*"]
         );
     }
 

@@ -17,6 +17,12 @@ pub enum IdError {
     TooLong { kind: &'static str, max: usize },
     #[error("{kind} has a character outside [A-Za-z0-9._:-]")]
     BadChar { kind: &'static str },
+    #[error("since must be a decimal seq number")]
+    BadSince,
+    #[error("epoch must be 1 to 64 of [A-Za-z0-9_-]")]
+    BadEpoch,
+    #[error("since and epoch go together: a resume needs both")]
+    HalfResume,
 }
 
 fn allowed(b: u8) -> bool {
@@ -95,12 +101,39 @@ id_type!(
     NodeId, "node id", MAX_USER_LEN
 );
 
-/// The `room` and `user` query parameters of `GET /ws`, validated.
+/// Whether a room pattern (a room id, or a prefix followed by `*`; `*` alone is every
+/// room) covers `room`. Token grants and the node's `[[rooms]]` tables use it.
+pub fn pattern_matches(pattern: &str, room: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => room.starts_with(prefix),
+        None => pattern == room,
+    }
+}
+
+/// Longest history epoch.
+pub const MAX_EPOCH_LEN: usize = 64;
+
+/// Whether `s` is a well-formed history epoch: 1 to 64 of `[A-Za-z0-9_-]`.
+pub fn valid_epoch(s: &str) -> bool {
+    (1..=MAX_EPOCH_LEN).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Where a reconnecting client left off: the last `seq` it got and its welcome's epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    pub since: u64,
+    pub epoch: String,
+}
+
+/// The query parameters of `GET /ws`, validated.
 #[derive(Debug, Clone)]
 pub struct WsTarget {
     pub room: RoomId,
     /// `None` when the client left it out: the node then makes one up.
     pub user: Option<UserId>,
+    /// `since` and `epoch`, when the client resumes.
+    pub resume: Option<Resume>,
 }
 
 /// Parses the query string of `GET /ws?room=R&user=U`. IDs use only unreserved characters,
@@ -108,11 +141,15 @@ pub struct WsTarget {
 pub fn parse_ws_query(query: Option<&str>) -> Result<WsTarget, IdError> {
     let mut room = None;
     let mut user = None;
+    let mut since = None;
+    let mut epoch = None;
     for pair in query.unwrap_or("").split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k {
             "room" => room = Some(v),
             "user" => user = Some(v),
+            "since" => since = Some(v),
+            "epoch" => epoch = Some(v),
             _ => {}
         }
     }
@@ -121,7 +158,21 @@ pub fn parse_ws_query(query: Option<&str>) -> Result<WsTarget, IdError> {
         None => None,
         Some(u) => Some(UserId::parse(u)?),
     };
-    Ok(WsTarget { room, user })
+    let resume = match (since, epoch) {
+        (None, None) => None,
+        (Some(s), Some(e)) => {
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(IdError::BadSince);
+            }
+            let since = s.parse().map_err(|_| IdError::BadSince)?;
+            if !valid_epoch(e) {
+                return Err(IdError::BadEpoch);
+            }
+            Some(Resume { since, epoch: e.to_owned() })
+        }
+        _ => return Err(IdError::HalfResume),
+    };
+    Ok(WsTarget { room, user, resume })
 }
 
 #[cfg(test)]
@@ -154,5 +205,21 @@ mod tests {
         assert!(parse_ws_query(Some("user=ann")).is_err());
         assert!(parse_ws_query(None).is_err());
         assert!(parse_ws_query(Some("room=lobby&user=")).is_err());
+        assert!(parse_ws_query(Some("room=lobby")).unwrap().resume.is_none());
+    }
+
+    #[test]
+    fn parses_a_resume() {
+        let t = parse_ws_query(Some("room=lobby&since=42&epoch=ab-C_9")).unwrap();
+        assert_eq!(t.resume, Some(Resume { since: 42, epoch: "ab-C_9".into() }));
+        let bad = |q: &str| parse_ws_query(Some(q)).unwrap_err();
+        assert_eq!(bad("room=r&since=42"), IdError::HalfResume);
+        assert_eq!(bad("room=r&epoch=e"), IdError::HalfResume);
+        assert_eq!(bad("room=r&since=-1&epoch=e"), IdError::BadSince);
+        assert_eq!(bad("room=r&since=1x&epoch=e"), IdError::BadSince);
+        assert_eq!(bad("room=r&since=&epoch=e"), IdError::BadSince);
+        assert_eq!(bad("room=r&since=99999999999999999999999&epoch=e"), IdError::BadSince);
+        assert_eq!(bad("room=r&since=1&epoch="), IdError::BadEpoch);
+        assert_eq!(bad("room=r&since=1&epoch=a%20b"), IdError::BadEpoch);
     }
 }

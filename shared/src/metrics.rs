@@ -34,6 +34,10 @@ impl Gauge {
     pub fn set(&self, v: i64) {
         self.0.store(v, Relaxed);
     }
+    /// Moves the value by `d` (negative goes down).
+    pub fn add(&self, d: i64) {
+        self.0.fetch_add(d, Relaxed);
+    }
     pub fn get(&self) -> i64 {
         self.0.load(Relaxed)
     }

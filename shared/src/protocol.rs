@@ -202,13 +202,16 @@ pub enum PresenceEvent {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
     /// First frame: who is in the room (every node) and the last `seq` before this member.
-    /// `info` holds the members that carry one (from their token), by user.
+    /// `info` holds the members that carry one (from their token), by user. `epoch` names
+    /// the room's history; `recovered` says a resume's missed messages follow, in order.
     Welcome {
         room: RoomId,
         user: UserId,
         node: String,
         members: Vec<UserId>,
         seq: u64,
+        epoch: String,
+        recovered: bool,
         #[serde(skip_serializing_if = "Option::is_none", default)]
         info: Option<std::collections::BTreeMap<UserId, Box<RawValue>>>,
     },

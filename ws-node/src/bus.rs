@@ -1,15 +1,19 @@
 //! The `Bus` between a node's rooms and the other nodes: a room's node set, its channel,
-//! its shared `seq`, and node-to-node control messages. `LocalBus` is the in-process hub
-//! (one process, any number of nodes); `RedisBus` (redis_bus.rs) is the same over Redis.
+//! its shared `seq`, its stored history, and node-to-node control messages. `LocalBus` is
+//! the in-process hub (one process, any number of nodes); `RedisBus` (redis_bus.rs) is the
+//! same over Redis.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use shared::ids::{RoomId, UserId};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::history::Policy;
 
 /// Events a node's bus delivers, in channel order.
 pub const EVENT_QUEUE: usize = 65_536;
@@ -84,6 +88,40 @@ pub enum BusEvent {
     Restored,
 }
 
+/// A room's history as the store holds it.
+#[derive(Debug, Clone, Default)]
+pub struct Stored {
+    /// The epoch the room continues: the stored one, or the proposed one when the history
+    /// was lost (never stored, expired, flushed, or its last writer died with messages
+    /// not yet stored).
+    pub epoch: String,
+    /// The last `seq` stamped in the room (0 when nothing is known).
+    pub seq: u64,
+    /// The held messages, oldest first, each with its age.
+    pub entries: Vec<(u64, Duration, Utf8Bytes)>,
+}
+
+/// What one flush appends to one room's stored history.
+#[derive(Debug, Clone)]
+pub struct Append {
+    pub room: RoomId,
+    pub epoch: Arc<str>,
+    pub policy: Policy,
+    /// Stamped messages, in `seq` order.
+    pub entries: Vec<(u64, Utf8Bytes)>,
+}
+
+/// How a room asks for its stored history.
+#[derive(Debug, Clone)]
+pub struct LoadRequest {
+    pub policy: Policy,
+    /// The epoch to start when the history was lost.
+    pub proposal: String,
+    /// Whether every message of the room went out only once stored (`--durable-ack`): then
+    /// a dead last writer lost nothing anyone saw, and the epoch goes on.
+    pub durable: bool,
+}
+
 /// A bus as a node sees it. Every method is one atomic step on the shared state.
 pub trait Bus: Send + Sync + 'static {
     /// Adds this node to the room's node set; returns the other live holders.
@@ -110,6 +148,11 @@ pub trait Bus: Send + Sync + 'static {
     /// Publishes to the room's channel; returns the stamped `seq` (0 when unsequenced).
     fn publish(&self, room: &RoomId, env: Envelope) -> BoxFuture<'_, BusResult<u64>>;
     fn send_control(&self, to: &str, msg: Control) -> BoxFuture<'_, BusResult<()>>;
+    /// Reads the room's stored history, epoch and last `seq`; marks this node as the
+    /// room's writer.
+    fn load_history(&self, room: &RoomId, req: LoadRequest) -> BoxFuture<'_, BusResult<Stored>>;
+    /// Appends new history for many rooms in one round trip; says per room whether it took.
+    fn append_history(&self, batch: Vec<Append>) -> BoxFuture<'_, BusResult<Vec<bool>>>;
     /// The event stream; the node takes it once at start.
     fn take_events(&self) -> Option<mpsc::Receiver<BusEvent>>;
     /// Whether this bus reaches other processes (a Redis bus does; a local hub does not).
@@ -129,10 +172,58 @@ pub fn stamp(env: &Envelope, seq: u64) -> Utf8Bytes {
 /// Stamped messages the bus keeps per spanning room for [`Bus::catch_up`].
 pub const LOG_SIZE: usize = 1000;
 
+/// How long the bus keeps a spanning room's log after its last message when the room's
+/// own history policy does not say (the bus stamps without knowing it).
+pub const LOG_TTL: Duration = Duration::from_secs(300);
+
+/// One room's stored history on the hub: the in-process twin of the Redis keys.
+#[derive(Debug)]
+struct HubHistory {
+    epoch: Option<String>,
+    /// The node that last stamped messages of this room itself.
+    writer: Option<Arc<str>>,
+    entries: VecDeque<(u64, Instant, Utf8Bytes)>,
+    cap: usize,
+    ttl: Duration,
+    touched: Instant,
+}
+
+impl HubHistory {
+    fn new(now: Instant) -> Self {
+        Self {
+            epoch: None,
+            writer: None,
+            entries: VecDeque::new(),
+            cap: LOG_SIZE,
+            ttl: LOG_TTL,
+            touched: now,
+        }
+    }
+
+    fn expired(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.touched) > self.ttl
+    }
+
+    fn add(&mut self, seq: u64, now: Instant, frame: Utf8Bytes) {
+        if self.entries.back().is_some_and(|(s, _, _)| *s >= seq) {
+            return;
+        }
+        self.entries.push_back((seq, now, frame));
+        while self.entries.len() > self.cap {
+            self.entries.pop_front();
+        }
+        self.touched = now;
+    }
+}
+
+/// How often the hub forgets expired histories.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
 #[derive(Default)]
 struct HubState {
     sets: HashMap<RoomId, HashSet<Arc<str>>>,
-    logs: HashMap<RoomId, std::collections::VecDeque<(u64, Utf8Bytes)>>,
+    logs: HashMap<RoomId, HubHistory>,
+    last_sweep: Option<Instant>,
     seqs: HashMap<RoomId, u64>,
     subs: HashMap<RoomId, HashSet<Arc<str>>>,
     nodes: HashMap<Arc<str>, mpsc::Sender<BusEvent>>,
@@ -244,9 +335,13 @@ impl Bus for LocalBus {
                 set.remove(&*self.id);
                 let left = sorted(set.iter().cloned());
                 if set.is_empty() {
+                    // The seq and the history stay for the next owner, until they expire.
                     st.sets.remove(room);
-                    st.seqs.remove(room);
-                    st.logs.remove(room);
+                    if let Some(h) = st.logs.get_mut(room)
+                        && h.writer.as_deref() == Some(&*self.id)
+                    {
+                        h.writer = None;
+                    }
                 }
                 left
             }
@@ -285,8 +380,12 @@ impl Bus for LocalBus {
         let v = st
             .logs
             .get(room)
-            .map(|l| l.iter().filter(|(s, _)| *s > after).cloned().collect())
-            .unwrap_or_default();
+            .map(|l| {
+                l.entries.iter().filter(|(s, _, _)| *s > after).map(|(s, _, f)| (*s, f.clone()))
+            })
+            .into_iter()
+            .flatten()
+            .collect();
         Self::now(v)
     }
 
@@ -344,11 +443,12 @@ impl Bus for LocalBus {
         };
         let frame = stamp(&env, seq);
         if seq > 0 {
-            let log = st.logs.entry(room.clone()).or_default();
-            log.push_back((seq, frame.clone()));
-            if log.len() > LOG_SIZE {
-                log.pop_front();
-            }
+            let now = Instant::now();
+            st.logs.entry(room.clone()).or_insert_with(|| HubHistory::new(now)).add(
+                seq,
+                now,
+                frame.clone(),
+            );
         }
         let subs: Vec<Arc<str>> =
             st.subs.get(room).map(|s| s.iter().cloned().collect()).unwrap_or_default();
@@ -388,6 +488,84 @@ impl Bus for LocalBus {
                 None => Err(BusError::NotListening(to)),
             }
         })
+    }
+
+    fn load_history(&self, room: &RoomId, req: LoadRequest) -> BoxFuture<'_, BusResult<Stored>> {
+        if self.cut_off() {
+            return Self::gone();
+        }
+        let now = Instant::now();
+        let mut st = self.hub.lock();
+        let bus_seq = st.seqs.get(room).copied().unwrap_or(0);
+        let writer_dead =
+            |w: &Arc<str>, st: &HubState| st.dead.contains(w) || !st.nodes.contains_key(w);
+        let lost = match st.logs.get(room) {
+            None => true,
+            Some(h) if h.expired(now) || h.epoch.is_none() => true,
+            Some(h) => {
+                !req.durable
+                    && h.writer.as_ref().is_some_and(|w| *w != self.id && writer_dead(w, &st))
+            }
+        };
+        let h = st.logs.entry(room.clone()).or_insert_with(|| HubHistory::new(now));
+        if lost {
+            h.entries.clear();
+            h.epoch = Some(req.proposal);
+        }
+        h.writer = Some(self.id.clone());
+        h.cap = h.cap.max(req.policy.size);
+        h.ttl = h.ttl.max(req.policy.ttl);
+        h.touched = now;
+        let ttl = req.policy.ttl;
+        let entries: Vec<(u64, Duration, Utf8Bytes)> = h
+            .entries
+            .iter()
+            .map(|(s, at, f)| (*s, now.saturating_duration_since(*at), f.clone()))
+            .filter(|(_, age, _)| *age <= ttl)
+            .collect();
+        let skip = entries.len().saturating_sub(req.policy.size);
+        let seq = bus_seq.max(h.entries.back().map_or(0, |e| e.0));
+        let stored = Stored {
+            epoch: h.epoch.clone().unwrap_or_default(),
+            seq,
+            entries: entries.into_iter().skip(skip).collect(),
+        };
+        Self::now(stored)
+    }
+
+    fn append_history(&self, batch: Vec<Append>) -> BoxFuture<'_, BusResult<Vec<bool>>> {
+        if self.cut_off() {
+            return Self::gone();
+        }
+        let now = Instant::now();
+        let mut st = self.hub.lock();
+        if st.last_sweep.is_none_or(|t| now.duration_since(t) > SWEEP_EVERY) {
+            st.last_sweep = Some(now);
+            st.logs.retain(|_, h| !h.expired(now));
+        }
+        let mut done = Vec::with_capacity(batch.len());
+        for a in batch {
+            let Some(last) = a.entries.last().map(|e| e.0) else {
+                done.push(true);
+                continue;
+            };
+            let h = st.logs.entry(a.room.clone()).or_insert_with(|| HubHistory::new(now));
+            if h.epoch.as_deref() != Some(&*a.epoch) {
+                // Another epoch was stored meanwhile: this room's order replaces it.
+                h.entries.clear();
+                h.epoch = Some(a.epoch.to_string());
+            }
+            h.writer = Some(self.id.clone());
+            h.cap = h.cap.max(a.policy.size);
+            h.ttl = h.ttl.max(a.policy.ttl);
+            for (seq, frame) in a.entries {
+                h.add(seq, now, frame);
+            }
+            let s = st.seqs.entry(a.room).or_default();
+            *s = (*s).max(last);
+            done.push(true);
+        }
+        Self::now(done)
     }
 
     fn take_events(&self) -> Option<mpsc::Receiver<BusEvent>> {

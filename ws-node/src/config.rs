@@ -5,6 +5,50 @@ use std::time::Duration;
 
 use shared::auth::{HopKey, Verifier};
 
+use crate::history::Policy;
+
+/// A `[[rooms]]` table: the history policy of rooms whose name matches `pattern`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomPolicy {
+    /// A room id, or a prefix followed by `*`.
+    pub pattern: String,
+    pub history: Policy,
+}
+
+impl RoomPolicy {
+    /// Parses `pattern=chat:*,history_size=50,history_ttl=60` (what a `[[rooms]]` table
+    /// becomes on the command line); sizes and TTLs left out take `defaults`.
+    pub fn parse(s: &str, defaults: Policy) -> Result<Self, String> {
+        let mut pattern = None;
+        let mut history = defaults;
+        for part in s.split(',') {
+            let (k, v) =
+                part.split_once('=').ok_or_else(|| format!("{part:?} is not KEY=VALUE"))?;
+            match k.trim() {
+                "pattern" => pattern = Some(v.trim().to_string()),
+                "history_size" => {
+                    history.size = v
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("history_size {v:?} is not a count"))?
+                }
+                "history_ttl" => history.ttl = shared::config::parse_secs(v)?,
+                other => {
+                    return Err(format!(
+                        "unknown [[rooms]] key {other:?} (pattern, history_size, history_ttl)"
+                    ));
+                }
+            }
+        }
+        let pattern = pattern.ok_or("a [[rooms]] table needs a pattern")?;
+        let id = pattern.strip_suffix('*').unwrap_or(&pattern);
+        if !id.is_empty() {
+            shared::ids::RoomId::parse(id).map_err(|e| format!("pattern {pattern:?}: {e}"))?;
+        }
+        Ok(Self { pattern, history })
+    }
+}
+
 /// Everything a node can be tuned with. `Default` gives the production defaults.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -54,12 +98,35 @@ pub struct Config {
     pub hop_key: Option<HopKey>,
     /// Largest request header block in bytes (431 above).
     pub max_header_bytes: usize,
+    /// The history of rooms no `rooms` entry matches.
+    pub history: Policy,
+    /// History per room-name pattern; the first match wins.
+    pub rooms: Vec<RoomPolicy>,
+    /// A resume that missed more than this many messages gets `recovered:false`.
+    pub max_recovery: usize,
+    /// Messages a room stamps go out and are acked only once the store holds them.
+    pub durable_ack: bool,
+    /// How often the node appends new history to the store (one round trip per flush).
+    pub history_flush: Duration,
 }
 
 impl Config {
     /// Whether upgrades need an identity (a token or a router's hop header).
     pub fn auth_on(&self) -> bool {
         self.jwt.is_some() || self.hop_key.is_some()
+    }
+
+    /// The history policy of `room`: the first matching `rooms` entry, else the default.
+    pub fn history_of(&self, room: &str) -> Policy {
+        self.rooms
+            .iter()
+            .find(|r| shared::ids::pattern_matches(&r.pattern, room))
+            .map_or(self.history, |r| r.history)
+    }
+
+    /// The longest history TTL of any room (how long the store keeps spanning rooms' logs).
+    pub fn longest_history_ttl(&self) -> Duration {
+        self.rooms.iter().map(|r| r.history.ttl).fold(self.history.ttl, Duration::max)
     }
 }
 
@@ -88,6 +155,11 @@ impl Default for Config {
             jwt: None,
             hop_key: None,
             max_header_bytes: 16 * 1024,
+            history: Policy::default(),
+            rooms: Vec::new(),
+            max_recovery: 500,
+            durable_ack: false,
+            history_flush: Duration::from_millis(10),
         }
     }
 }
@@ -100,4 +172,27 @@ pub fn default_max_connections() -> usize {
     shared::listen::open_file_limit()
         .map(|n| n.saturating_sub(FD_RESERVE).max(16) as usize)
         .unwrap_or(10_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_tables_parse_and_the_first_match_wins() {
+        let d = Policy::default();
+        let chat = RoomPolicy::parse("pattern=chat:*,history_size=5,history_ttl=1.5", d).unwrap();
+        assert_eq!(chat.history, Policy { size: 5, ttl: Duration::from_millis(1500) });
+        let off = RoomPolicy::parse("pattern=*,history_size=0", d).unwrap();
+        assert_eq!(off.history.ttl, d.ttl);
+        let cfg = Config { rooms: vec![chat.clone(), off.clone()], ..Config::default() };
+        assert_eq!(cfg.history_of("chat:1"), chat.history);
+        assert_eq!(cfg.history_of("game"), off.history);
+        assert_eq!(Config::default().history_of("x"), d);
+        for bad in
+            ["history_size=5", "pattern=a b", "pattern=x,archive=true", "pattern=x,history_size=-1"]
+        {
+            assert!(RoomPolicy::parse(bad, d).is_err(), "{bad}");
+        }
+    }
 }

@@ -3,9 +3,11 @@
 //! and [`serve`]; tests run it on port 0.
 #![forbid(unsafe_code)]
 
+mod appender;
 pub mod bus;
 pub mod config;
 mod frames;
+pub mod history;
 pub mod metrics;
 mod node;
 mod presence;

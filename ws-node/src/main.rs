@@ -9,6 +9,8 @@ use clap::Parser;
 use shared::config::parse_secs;
 use shared::registry::NodeRecord;
 use shared::shutdown::Signal;
+use ws_node::config::RoomPolicy;
+use ws_node::history::Policy;
 use ws_node::{Bus, Config, LocalBus, Node, RedisBus, RedisConfig};
 
 /// One roomfleet ws-node. Every flag is also an environment variable (shown) and a key of
@@ -97,6 +99,27 @@ struct Args {
     /// Seconds after which a silent node is pruned from room sets.
     #[arg(long, env = "WSNODE_HEARTBEAT_TTL", default_value = "10", value_parser = parse_secs)]
     heartbeat_ttl: Duration,
+    /// Messages of history a room keeps (rooms no `--rooms` entry matches); 0 turns it off.
+    #[arg(long, env = "WSNODE_HISTORY_SIZE", default_value_t = 100)]
+    history_size: usize,
+    /// Seconds a message stays in a room's history (rooms no `--rooms` entry matches).
+    #[arg(long, env = "WSNODE_HISTORY_TTL", default_value = "300", value_parser = parse_secs)]
+    history_ttl: Duration,
+    /// History per room-name pattern, `pattern=chat:*,history_size=50,history_ttl=60`;
+    /// repeatable, first match wins. In the config file: `[[rooms]]` tables.
+    #[arg(long = "rooms", env = "WSNODE_ROOMS", value_delimiter = ';')]
+    rooms: Vec<String>,
+    /// A resume that missed more than this many messages gets `recovered:false`.
+    #[arg(long, env = "WSNODE_MAX_RECOVERY", default_value_t = 500)]
+    max_recovery: usize,
+    /// Deliver and ack a message only once Redis holds it (needs --redis): a SIGKILL then
+    /// loses no message anyone saw. Adds up to one --history-flush of latency.
+    #[arg(long, env = "WSNODE_DURABLE_ACK")]
+    durable_ack: bool,
+    /// Seconds between history appends to Redis (one pipelined round trip per flush for
+    /// every room of the node).
+    #[arg(long, env = "WSNODE_HISTORY_FLUSH", default_value = "0.01", value_parser = parse_secs)]
+    history_flush: Duration,
 }
 
 impl Args {
@@ -141,6 +164,23 @@ impl Args {
             anyhow::ensure!(!d.is_zero(), "{flag} must be more than 0");
         }
         anyhow::ensure!(self.max_room_members >= 1, "--max-room-members must be at least 1");
+        anyhow::ensure!(
+            !self.durable_ack || self.redis.is_some(),
+            "--durable-ack waits for Redis to hold each message: it needs --redis"
+        );
+        anyhow::ensure!(!self.history_flush.is_zero(), "--history-flush must be more than 0");
+        anyhow::ensure!(
+            self.max_recovery < self.outbound_queue,
+            "--max-recovery ({}) must be below --outbound-queue ({}): a replay is queued whole",
+            self.max_recovery,
+            self.outbound_queue
+        );
+        let history = Policy { size: self.history_size, ttl: self.history_ttl };
+        let rooms = self
+            .rooms
+            .iter()
+            .map(|r| RoomPolicy::parse(r, history).map_err(|e| anyhow::anyhow!("--rooms: {e}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let d = Config::default();
         Ok(Config {
             node_id: self.node_id,
@@ -160,6 +200,11 @@ impl Args {
             repair_interval: self.repair_interval,
             unspan_grace: self.repair_interval,
             suspect_ttl: self.heartbeat_ttl,
+            history,
+            rooms,
+            max_recovery: self.max_recovery,
+            durable_ack: self.durable_ack,
+            history_flush: self.history_flush,
             jwt: match &self.jwt_key {
                 Some(k) => Some(Arc::new(shared::auth::Verifier::from_arg(k)?)),
                 None => None,
@@ -182,7 +227,9 @@ fn main() {
             let listen = args.listen;
             let redis = args.redis_config()?;
             let wait = args.deregister_wait;
-            Ok((listen, redis, wait, args.into_config()?))
+            let config = args.into_config()?;
+            let redis = redis.map(|r| RedisConfig { log_ttl: config.longest_history_ttl(), ..r });
+            Ok((listen, redis, wait, config))
         })
         .and_then(|(listen, redis, wait, config)| run(listen, redis, wait, config));
     if let Err(e) = result {
@@ -220,6 +267,13 @@ async fn run(
     }
     node.shutdown();
     let _ = serving.await;
+    // Rooms close as their last members go, storing their history first; the next owner
+    // continues the same epoch only if it is all stored.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while !node.rooms.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    node.rooms.flush_history().await;
     if let Some(bus) = &redis_bus
         && let Err(e) = bus.deregister().await
     {

@@ -34,6 +34,17 @@ pub struct Metrics {
     pub bus_gaps: Counter,
     pub bus_notes: Counter,
     pub bus_duplicates: Counter,
+    /// Bytes of messages held in rooms' histories on this node.
+    pub history_bytes: Gauge,
+    /// Rooms on this node holding at least one message of history.
+    pub history_rooms: Gauge,
+    /// Batches the history writer offered the store.
+    pub history_flushes: Counter,
+    /// Messages the store took from the history writer.
+    pub history_appends: Counter,
+    /// Resumes answered with `recovered:true` / `recovered:false`.
+    pub resumes_recovered: Counter,
+    pub resumes_lost: Counter,
     errors: [Counter; ErrorCode::ALL.len()],
 }
 
@@ -124,6 +135,33 @@ impl Metrics {
             "wsnode_bus_duplicates_total",
             "Bus messages dropped because this node had delivered them already.",
             &self.bus_duplicates,
+        );
+        e.gauge(
+            "wsnode_history_bytes",
+            "Bytes of messages held in rooms' histories on this node.",
+            self.history_bytes.get(),
+        );
+        e.gauge(
+            "wsnode_history_rooms",
+            "Rooms on this node holding history.",
+            self.history_rooms.get(),
+        );
+        e.counter(
+            "wsnode_history_flushes_total",
+            "Batches of history appends offered to the store (one round trip each).",
+            &self.history_flushes,
+        );
+        e.counter(
+            "wsnode_history_appends_total",
+            "Messages appended to the stored history.",
+            &self.history_appends,
+        );
+        e.labeled(
+            "wsnode_resumes_total",
+            "counter",
+            "Reconnects that asked to resume, by outcome.",
+            "recovered",
+            [("true", self.resumes_recovered.get()), ("false", self.resumes_lost.get())],
         );
         e.histogram(
             "wsnode_span_handshake_seconds",

@@ -12,7 +12,7 @@ use crate::bus::Bus;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::room::{CloseReason, Kill};
-use crate::rooms::{RoomTimers, Rooms};
+use crate::rooms::Rooms;
 
 /// The close switches of every open connection, for drain.
 #[derive(Debug, Default)]
@@ -51,20 +51,14 @@ pub struct Node {
 impl Node {
     pub fn new(config: Config, bus: Arc<dyn Bus>) -> Arc<Self> {
         let metrics = Arc::new(Metrics::default());
-        let timers = RoomTimers {
-            span_timeout: config.span_timeout,
-            repair_interval: config.repair_interval,
-            unspan_grace: config.unspan_grace,
-            suspect_ttl: config.suspect_ttl,
-        };
-        let rooms =
-            Rooms::new(&config.node_id, bus, metrics.clone(), config.max_room_members, timers);
+        let token = CancellationToken::new();
+        let rooms = Rooms::new(&config, bus, metrics.clone());
         Arc::new(Self {
             config,
             rooms,
             metrics,
             kills: Kills::default(),
-            token: CancellationToken::new(),
+            token,
             tracker: TaskTracker::new(),
             draining: AtomicBool::new(false),
             active: AtomicUsize::new(0),

@@ -1,10 +1,13 @@
-//! `RedisBus`: the `Bus` over Redis. Room node sets, the shared `seq` and heartbeats are
-//! keys; room frames and control messages are Pub/Sub channels on a dedicated connection
-//! that a supervisor task reconnects with backoff, resubscribing and re-announcing itself.
+//! `RedisBus`: the `Bus` over Redis. Room node sets, the shared `seq`, the history stream
+//! and heartbeats are keys (a room's keys share its hash tag, so a Redis Cluster keeps them
+//! in one slot); room frames and control messages are Pub/Sub channels on a dedicated
+//! connection that a supervisor task reconnects with backoff, resubscribing and
+//! re-announcing itself.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration as Age;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,7 +21,10 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{Bus, BusError, BusEvent, BusResult, Control, EVENT_QUEUE, Envelope, LOG_SIZE};
+use crate::bus::{
+    Append, Bus, BusError, BusEvent, BusResult, Control, EVENT_QUEUE, Envelope, LOG_SIZE, LOG_TTL,
+    LoadRequest, Stored,
+};
 
 /// Settings of the Redis bus.
 #[derive(Debug, Clone)]
@@ -32,6 +38,9 @@ pub struct RedisConfig {
     pub command_timeout: Duration,
     /// When set, the node registers itself for `--discovery redis` routers.
     pub advertise: Option<NodeRecord>,
+    /// How long a spanning room's stored messages outlive its last one (the longest
+    /// history TTL of the node's room policies).
+    pub log_ttl: Duration,
 }
 
 impl RedisConfig {
@@ -42,6 +51,7 @@ impl RedisConfig {
             heartbeat_ttl: Duration::from_secs(10),
             command_timeout: Duration::from_secs(2),
             advertise: None,
+            log_ttl: LOG_TTL,
         }
     }
 }
@@ -60,8 +70,9 @@ end
 return out
 "#;
 
-/// Removes the node; returns the live holders left. Deletes the seq key and the log with
-/// the last one. KEYS[1] = set, KEYS[2] = seq, KEYS[3] = log; ARGV = node, heartbeat prefix.
+/// Removes the node; returns the live holders left. The seq, history and epoch stay for
+/// the room's next owner until they expire; a clean leave clears the writer mark (its
+/// history is all stored). KEYS[1] = set, KEYS[2] = writer; ARGV = node, heartbeat prefix.
 const LEAVE: &str = r#"
 redis.call('SREM', KEYS[1], ARGV[1])
 local out = {}
@@ -69,8 +80,75 @@ for _, n in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if redis.call('EXISTS', ARGV[2] .. n) == 1 then table.insert(out, n)
   else redis.call('SREM', KEYS[1], n) end
 end
-if #out == 0 then redis.call('DEL', KEYS[2], KEYS[3]) end
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 return out
+"#;
+
+/// Reads a room's history for its new owner and marks the owner as its writer. The epoch
+/// goes on unless the history is gone, or (without durable acks) its last writer died: it
+/// may have delivered messages it never stored, whose `seq`s would be stamped again.
+/// KEYS = epoch, seq, log, writer; ARGV = proposed epoch, TTL ms, count, node, heartbeat
+/// prefix, durable (1/0). Returns epoch, seq, then (seq, age ms, frame) per entry, newest
+/// first.
+const LOAD: &str = r#"
+local e = redis.call('GET', KEYS[1])
+local lost = not e
+if e and ARGV[6] == '0' then
+  local w = redis.call('GET', KEYS[4])
+  if w and w ~= ARGV[4] and redis.call('EXISTS', ARGV[5] .. w) == 0 then lost = true end
+end
+if lost then
+  e = ARGV[1]
+  redis.call('DEL', KEYS[3])
+end
+redis.call('SET', KEYS[1], e, 'PX', ARGV[2])
+redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[2])
+local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {e, 0}
+local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
+if #last > 0 then
+  local top = tonumber(string.match(last[1][1], '^(%d+)'))
+  if top > seq then seq = top end
+end
+out[2] = seq
+if tonumber(ARGV[3]) > 0 then
+  for _, r in ipairs(redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', ARGV[3])) do
+    local f, ts = nil, now
+    for i = 1, #r[2], 2 do
+      if r[2][i] == 'f' then f = r[2][i + 1] elseif r[2][i] == 't' then ts = tonumber(r[2][i + 1]) end
+    end
+    if f then
+      table.insert(out, tonumber(string.match(r[1], '^(%d+)')))
+      table.insert(out, math.max(0, now - ts))
+      table.insert(out, f)
+    end
+  end
+end
+return out
+"#;
+
+/// Appends one room's new history (one call per room per flush, pipelined for the whole
+/// node). An epoch other than the stored one replaces the stored history.
+/// KEYS = epoch, seq, log, writer; ARGV = epoch, TTL ms, max length, node, then seq and
+/// frame pairs in seq order.
+const APPEND: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then redis.call('DEL', KEYS[3]) end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local top = 0
+for i = 5, #ARGV, 2 do
+  redis.pcall('XADD', KEYS[3], ARGV[i] .. '-1', 'f', ARGV[i + 1], 't', now)
+  top = tonumber(ARGV[i])
+end
+redis.call('XTRIM', KEYS[3], 'MAXLEN', '~', ARGV[3])
+redis.call('PEXPIRE', KEYS[3], ARGV[2])
+if tonumber(redis.call('GET', KEYS[2]) or '0') < top then redis.call('SET', KEYS[2], top) end
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 1
 "#;
 
 /// The live holders, pruning the dead. KEYS[1] = set; ARGV[1] = heartbeat key prefix.
@@ -90,24 +168,25 @@ if cur < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
 return 0
 "#;
 
-/// Stamps the next seq, keeps the frame in the room's log (stream ID = seq, so a catch-up
-/// reads from any seq) and publishes, in one step, so channel order is seq order.
-/// KEYS[1] = seq, KEYS[2] = channel, KEYS[3] = log; ARGV = "origin conn " header, frame
-/// head, frame tail, log length, log TTL in ms.
+/// Stamps the next seq, keeps the frame in the room's history stream (entry ID = seq, so a
+/// catch-up or a new owner reads from any seq) and publishes, in one step, so channel
+/// order is seq order. KEYS[1] = seq, KEYS[2] = channel, KEYS[3] = log, KEYS[4] = epoch;
+/// ARGV = "origin conn " header, frame head, frame tail, log length, log TTL in ms.
 const PUBLISH: &str = r#"
 local s = redis.call('INCR', KEYS[1])
 local frame = ARGV[2] .. s .. ARGV[3]
-redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], s .. '-1', 'f', frame)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], s .. '-1', 'f', frame, 't', now)
 redis.call('PEXPIRE', KEYS[3], ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[4], ARGV[5])
 redis.call('PUBLISH', KEYS[2], s .. ' ' .. ARGV[1] .. frame)
 return s
 "#;
 
 /// Removes one node from a room set. KEYS[1] = set; ARGV[1] = node.
 const PRUNE: &str = "return redis.call('SREM', KEYS[1], ARGV[1])";
-
-/// How long a spanning room's log outlives its last message.
-const LOG_TTL: Duration = Duration::from_secs(300);
 
 struct Scripts {
     prune: Script,
@@ -116,6 +195,8 @@ struct Scripts {
     holders: Script,
     raise: Script,
     publish: Script,
+    load: Script,
+    append: Script,
 }
 
 /// A node's handle on Redis.
@@ -179,6 +260,8 @@ impl RedisBus {
                 holders: Script::new(HOLDERS),
                 raise: Script::new(RAISE),
                 publish: Script::new(PUBLISH),
+                load: Script::new(LOAD),
+                append: Script::new(APPEND),
             },
             placeable: AtomicBool::new(true),
         });
@@ -192,11 +275,12 @@ impl RedisBus {
         lock(&self.conn).is_some()
     }
 
+    /// `{prefix}:{ROOM}:kind`: the braces are the room's hash tag.
     fn key(&self, kind: &str, room: &RoomId) -> String {
-        format!("{}:{kind}:{room}", self.cfg.prefix)
+        format!("{}:{{{room}}}:{kind}", self.cfg.prefix)
     }
     fn room_channel(&self, room: &RoomId) -> String {
-        self.key("room", room)
+        format!("{}:room:{room}", self.cfg.prefix)
     }
     fn control_channel(&self, node: &str) -> String {
         format!("{}:ctl:{node}", self.cfg.prefix)
@@ -347,6 +431,27 @@ impl RedisBus {
     }
 }
 
+fn ttl_ms(d: Age) -> u64 {
+    (d.as_millis() as u64).max(1)
+}
+
+/// The LOAD script's reply: epoch, seq, then (seq, age ms, frame) newest first.
+fn parse_stored(reply: Vec<redis::Value>) -> Option<Stored> {
+    use redis::FromRedisValue;
+    let mut it = reply.into_iter();
+    let epoch = String::from_redis_value(it.next()?).ok()?;
+    let seq = u64::from_redis_value(it.next()?).ok()?;
+    let mut entries = Vec::new();
+    while let (Some(s), Some(age), Some(f)) = (it.next(), it.next(), it.next()) {
+        let s = u64::from_redis_value(s).ok()?;
+        let age = u64::from_redis_value(age).ok()?;
+        let f = String::from_redis_value(f).ok()?;
+        entries.push((s, Age::from_millis(age), Utf8Bytes::from(f)));
+    }
+    entries.reverse();
+    Some(Stored { epoch, seq, entries })
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ControlWire {
     from: String,
@@ -385,8 +490,7 @@ impl Bus for RedisBus {
         let inv = {
             let mut i = self.scripts.leave.prepare_invoke();
             i.key(self.key("nodes", room))
-                .key(self.key("seq", room))
-                .key(self.key("log", room))
+                .key(self.key("writer", room))
                 .arg(&*self.node)
                 .arg(self.hb_prefix());
             i
@@ -494,6 +598,7 @@ impl Bus for RedisBus {
         let channel = self.room_channel(room);
         let seq_key = self.key("seq", room);
         let log_key = self.key("log", room);
+        let epoch_key = self.key("epoch", room);
         Box::pin(async move {
             let mut conn = self.conn()?;
             match env.tail {
@@ -502,11 +607,12 @@ impl Bus for RedisBus {
                     i.key(seq_key)
                         .key(channel)
                         .key(log_key)
+                        .key(epoch_key)
                         .arg(header)
                         .arg(env.head)
                         .arg(tail)
                         .arg(LOG_SIZE)
-                        .arg(LOG_TTL.as_millis() as u64);
+                        .arg(self.cfg.log_ttl.as_millis() as u64);
                     i.invoke_async(&mut conn).await.map_err(unavailable)
                 }
                 None => {
@@ -541,6 +647,66 @@ impl Bus for RedisBus {
                 return Err(BusError::NotListening(to));
             }
             Ok(())
+        })
+    }
+
+    fn load_history(&self, room: &RoomId, req: LoadRequest) -> BoxFuture<'_, BusResult<Stored>> {
+        let inv = {
+            let mut i = self.scripts.load.prepare_invoke();
+            i.key(self.key("epoch", room))
+                .key(self.key("seq", room))
+                .key(self.key("log", room))
+                .key(self.key("writer", room))
+                .arg(&req.proposal)
+                .arg(ttl_ms(req.policy.ttl))
+                .arg(req.policy.size)
+                .arg(&*self.node)
+                .arg(self.hb_prefix())
+                .arg(if req.durable { 1 } else { 0 });
+            i
+        };
+        Box::pin(async move {
+            let reply: Vec<redis::Value> =
+                inv.invoke_async(&mut self.conn()?).await.map_err(unavailable)?;
+            parse_stored(reply).ok_or_else(|| unavailable("unreadable history reply"))
+        })
+    }
+
+    fn append_history(&self, batch: Vec<Append>) -> BoxFuture<'_, BusResult<Vec<bool>>> {
+        let mut pipe = redis::pipe();
+        let n = batch.len();
+        for a in &batch {
+            let ttl = ttl_ms(a.policy.ttl.max(self.cfg.log_ttl));
+            let cmd = pipe
+                .cmd("EVALSHA")
+                .arg(self.scripts.append.get_hash())
+                .arg(4)
+                .arg(self.key("epoch", &a.room))
+                .arg(self.key("seq", &a.room))
+                .arg(self.key("log", &a.room))
+                .arg(self.key("writer", &a.room))
+                .arg(&*a.epoch)
+                .arg(ttl)
+                .arg(a.policy.size.max(LOG_SIZE))
+                .arg(&*self.node);
+            for (seq, frame) in &a.entries {
+                cmd.arg(*seq).arg(frame.as_str());
+            }
+        }
+        Box::pin(async move {
+            let mut conn = self.conn()?;
+            let r: redis::RedisResult<Vec<redis::Value>> = pipe.query_async(&mut conn).await;
+            match r {
+                Ok(v) => Ok(v.iter().map(|x| !matches!(x, redis::Value::ServerError(_))).collect()),
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    // Redis restarted and forgot the script: load it; the caller retries.
+                    let _ = self.scripts.append.prepare_invoke().load_async(&mut conn).await;
+                    Ok(vec![false; n])
+                }
+                Err(e) => Err(unavailable(e)),
+            }
         })
     }
 

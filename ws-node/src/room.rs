@@ -9,13 +9,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use serde_json::value::RawValue;
-use shared::ids::{RoomId, UserId};
+use shared::ids::{Resume, RoomId, UserId};
 use shared::protocol::{ClientId, close};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{Bus, BusError, Control, Envelope};
+use crate::appender::{self, Appender};
+use crate::bus::{Bus, BusError, Control, Envelope, LoadRequest};
+use crate::history::{Loaded, new_epoch};
 use crate::metrics::Metrics;
 use crate::room_core::{Action, BusOp, Event, Mode, RoomCore, Settings, To, Welcome};
 use crate::suspects::Suspects;
@@ -91,6 +93,8 @@ pub struct Member {
     pub info: Option<Arc<str>>,
     pub tx: mpsc::Sender<Outbound>,
     pub kill: Arc<Kill>,
+    /// Where the connection asks to resume from (`since`/`epoch`).
+    pub resume: Option<Resume>,
 }
 
 /// Why a join was refused after the upgrade.
@@ -106,6 +110,10 @@ pub struct RoomInfo {
     pub members: usize,
     pub users: usize,
     pub seq: u64,
+    pub epoch: String,
+    /// Messages in the room's history here, and the oldest `seq` among them.
+    pub history: usize,
+    pub history_from: Option<u64>,
     pub mode: &'static str,
     pub remote_nodes: Vec<String>,
 }
@@ -147,6 +155,8 @@ pub(crate) struct Shared {
     pub bus: Arc<dyn Bus>,
     pub metrics: Arc<Metrics>,
     pub suspects: Arc<Suspects>,
+    /// The node's history writer.
+    pub appender: Appender,
     /// Called once the room has closed, to take it out of the node's rooms.
     pub on_close: Arc<dyn Fn(&RoomHandle) + Send + Sync>,
 }
@@ -163,7 +173,12 @@ pub(crate) fn spawn(settings: Settings, shared: Shared) -> RoomHandle {
     // Room results never outnumber the lane's queue plus the one in flight, so the lane
     // never waits on a room that waits on the lane.
     let (res_tx, res_rx) = mpsc::channel(LANE_QUEUE + 2);
-    tokio::spawn(lane(settings.room.clone(), shared.clone(), lane_rx, res_tx));
+    let load = LoadRequest {
+        policy: settings.history,
+        proposal: String::new(),
+        durable: settings.durable,
+    };
+    tokio::spawn(lane(settings.room.clone(), load, shared.clone(), lane_rx, res_tx));
     let owner = Owner {
         core: RoomCore::new(settings),
         handle: handle.clone(),
@@ -172,6 +187,7 @@ pub(crate) fn spawn(settings: Settings, shared: Shared) -> RoomHandle {
         pending: HashMap::new(),
         lane: lane_tx,
         opened_at: Instant::now(),
+        history_bytes: 0,
     };
     tokio::spawn(owner.run(rx, res_rx));
     handle
@@ -186,6 +202,8 @@ struct Owner {
     pending: HashMap<u64, (Member, oneshot::Sender<Result<(), JoinError>>)>,
     lane: mpsc::Sender<BusOp>,
     opened_at: Instant,
+    /// The history bytes last counted into the node's gauge.
+    history_bytes: usize,
 }
 
 fn now() -> Instant {
@@ -234,6 +252,7 @@ impl Owner {
                     conn: member.conn,
                     user: member.user.clone(),
                     info: member.info.clone(),
+                    resume: member.resume.clone(),
                 };
                 self.pending.insert(member.conn, (member, reply));
                 Some(ev)
@@ -251,7 +270,10 @@ impl Owner {
                     room: self.handle.id.to_string(),
                     members: self.core.members(),
                     users: self.core.users(),
-                    seq: self.core.seq(),
+                    seq: self.core.delivered(),
+                    epoch: self.core.epoch().to_string(),
+                    history: self.core.history().len(),
+                    history_from: self.core.history().first(),
                     mode: self.core.mode().name(),
                     remote_nodes: self.core.remote_nodes(),
                 });
@@ -282,14 +304,34 @@ impl Owner {
         for a in actions {
             match a {
                 Action::Deliver { to, frame } => self.deliver(to, frame),
-                Action::Admit { conn, welcome } => {
+                Action::Admit { conn, welcome, replay } => {
                     if let Some((m, reply)) = self.pending.remove(&conn) {
-                        // The queue is empty: the welcome is the member's first frame.
+                        if m.resume.is_some() {
+                            let c = &self.shared.metrics;
+                            if welcome.recovered {
+                                c.resumes_recovered.inc()
+                            } else {
+                                c.resumes_lost.inc()
+                            }
+                        }
+                        // The queue is empty: the welcome is the member's first frame, and
+                        // what it missed comes before anything live.
                         let _ = m.tx.try_send(Outbound::Welcome(welcome));
-                        let _ = reply.send(Ok(()));
                         self.members.insert(conn, m);
+                        for frame in replay {
+                            self.deliver(To::One(conn), frame);
+                        }
+                        let _ = reply.send(Ok(()));
                     }
                 }
+                Action::Store { seq, frame } => self.shared.appender.append(appender::Entry {
+                    room: self.handle.id.clone(),
+                    epoch: self.core.epoch().clone(),
+                    policy: self.core.history().policy(),
+                    seq,
+                    frame,
+                    owner: self.handle.tx.clone(),
+                }),
                 Action::Refuse { conn } => {
                     if let Some((_, reply)) = self.pending.remove(&conn) {
                         let _ = reply.send(Err(JoinError::RoomFull));
@@ -316,7 +358,24 @@ impl Owner {
                 Action::Close => closed = true,
             }
         }
+        self.count_history();
         closed
+    }
+
+    /// Keeps the node's history gauges in step with this room's history.
+    fn count_history(&mut self) {
+        let now = self.core.history().bytes();
+        if now == self.history_bytes {
+            return;
+        }
+        let m = &self.shared.metrics;
+        m.history_bytes.add(now as i64 - self.history_bytes as i64);
+        match (self.history_bytes, now) {
+            (0, _) => m.history_rooms.inc(),
+            (_, 0) => m.history_rooms.dec(),
+            _ => {}
+        }
+        self.history_bytes = now;
     }
 
     fn mode_changed(&mut self, from: Mode, to: Mode) {
@@ -365,7 +424,12 @@ impl Owner {
     }
 
     /// Takes the room out of the node; whoever still queued a join starts a new room.
-    fn close(self, mut rx: mpsc::Receiver<Input>) {
+    fn close(mut self, mut rx: mpsc::Receiver<Input>) {
+        if self.history_bytes > 0 {
+            self.shared.metrics.history_bytes.add(-(self.history_bytes as i64));
+            self.shared.metrics.history_rooms.dec();
+            self.history_bytes = 0;
+        }
         (self.shared.on_close)(&self.handle);
         rx.close();
         while let Ok(input) = rx.try_recv() {
@@ -377,6 +441,7 @@ impl Owner {
 /// Runs a room's bus operations in order and reports their results.
 async fn lane(
     room: RoomId,
+    load: LoadRequest,
     shared: Shared,
     mut ops: mpsc::Receiver<BusOp>,
     results: mpsc::Sender<Event>,
@@ -429,6 +494,32 @@ async fn lane(
                 if let Err(e) = bus.prune(&room, &node).await {
                     tracing::debug!(room = %room, node, "prune: {e}");
                 }
+                None
+            }
+            BusOp::LoadHistory => {
+                let req = LoadRequest { proposal: new_epoch(), ..load.clone() };
+                let fresh = req.proposal.clone();
+                let at = now();
+                Some(Event::HistoryLoaded(match bus.load_history(&room, req).await {
+                    Ok(s) => Loaded {
+                        epoch: s.epoch,
+                        seq: s.seq,
+                        entries: s
+                            .entries
+                            .into_iter()
+                            .map(|(seq, age, f)| (seq, at.checked_sub(age).unwrap_or(at), f))
+                            .collect(),
+                    },
+                    Err(e) => {
+                        // History works in memory meanwhile, under an epoch of its own, so
+                        // no resume is wrongly recovered from what this node never saw.
+                        failed("cannot read history", &e);
+                        Loaded { epoch: fresh, ..Loaded::default() }
+                    }
+                }))
+            }
+            BusOp::FlushHistory => {
+                shared.appender.flush().await;
                 None
             }
             BusOp::CatchUp { after } => {

@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
-use shared::ids::{RoomId, UserId};
+use shared::ids::{Resume, RoomId, UserId};
 use shared::protocol::{ClientId, ErrorCode, ServerFrame};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::bus::{Envelope, Note, stamp};
 use crate::frames;
+use crate::history::{History, Loaded, Policy};
 use crate::presence::{Change, Everyone, Presence};
 
 pub type Conn = u64;
@@ -35,6 +36,12 @@ pub struct Settings {
     pub unspan_grace: Duration,
     /// Publishes held while the room changes mode; past this they fail with `degraded`.
     pub max_queued: usize,
+    /// How much history the room keeps.
+    pub history: Policy,
+    /// A resume that missed more than this many messages is not recovered.
+    pub max_recovery: usize,
+    /// A message this room stamps goes out (and is acked) only once the store holds it.
+    pub durable: bool,
 }
 
 /// Where the room's events are ordered.
@@ -85,6 +92,7 @@ pub enum Event {
         conn: Conn,
         user: UserId,
         info: Option<Arc<str>>,
+        resume: Option<Resume>,
     },
     Leave {
         conn: Conn,
@@ -116,6 +124,13 @@ pub enum Event {
         seq: Option<u64>,
     },
     CaughtUp(Option<Vec<(u64, Utf8Bytes)>>),
+    /// `LoadHistory`: what the store held (a fresh epoch when it could not be read).
+    HistoryLoaded(Loaded),
+    /// The store holds this room's messages up to `upto` (`ok`), or could not take them.
+    Persisted {
+        upto: u64,
+        ok: bool,
+    },
     // From other nodes.
     SpanRequest {
         from: String,
@@ -157,6 +172,10 @@ pub enum BusOp {
     CatchUp {
         after: u64,
     },
+    /// Reads the room's stored history, epoch and `seq`.
+    LoadHistory,
+    /// Waits until the store holds every message this room stamped so far; no event.
+    FlushHistory,
     /// Sequenced: stamped and published atomically by the bus.
     Publish {
         conn: Conn,
@@ -184,6 +203,8 @@ pub struct Welcome {
     pub user: UserId,
     pub node: Arc<str>,
     pub seq: u64,
+    pub epoch: Arc<str>,
+    pub recovered: bool,
     pub members: Everyone,
 }
 
@@ -204,6 +225,8 @@ impl Welcome {
             node: self.node.to_string(),
             members,
             seq: self.seq,
+            epoch: self.epoch.to_string(),
+            recovered: self.recovered,
             info: (!info.is_empty()).then_some(info),
         }
         .to_json()
@@ -217,16 +240,23 @@ pub enum Action {
         to: To,
         frame: Utf8Bytes,
     },
-    /// Admit the joiner: its welcome is the first frame it gets.
+    /// Admit the joiner: its welcome is the first frame it gets, then the messages it
+    /// missed (a recovered resume), then live ones.
     Admit {
         conn: Conn,
         welcome: Box<Welcome>,
+        replay: Vec<Utf8Bytes>,
     },
     /// The room is full: the joiner is closed with 4009.
     Refuse {
         conn: Conn,
     },
     Bus(BusOp),
+    /// Append a message this room stamped to the store's history (batched by the node).
+    Store {
+        seq: u64,
+        frame: Utf8Bytes,
+    },
     /// `node` did not sync in time: do not wait on it in other rooms for a while.
     Suspect {
         node: String,
@@ -250,6 +280,15 @@ pub enum Action {
     Close,
 }
 
+/// A joiner waiting for the room to open.
+#[derive(Debug, Clone)]
+struct Joiner {
+    conn: Conn,
+    user: UserId,
+    info: Option<Arc<str>>,
+    resume: Option<Resume>,
+}
+
 /// A publish waiting for the room to settle.
 #[derive(Debug, Clone)]
 struct Queued {
@@ -258,15 +297,33 @@ struct Queued {
     id: Option<ClientId>,
 }
 
+/// A stamped message waiting for the store before it goes out (`durable`).
+#[derive(Debug, Clone)]
+struct Unstored {
+    seq: u64,
+    frame: Utf8Bytes,
+    conn: Conn,
+    id: Option<ClientId>,
+}
+
 #[derive(Debug, Clone)]
 pub struct RoomCore {
     cfg: Settings,
     mode: Mode,
-    /// The last `seq` delivered here; never moves backwards.
+    /// The last `seq` stamped or delivered here; never moves backwards.
     seq: u64,
+    /// The room's history and its epoch (empty until the store was read).
+    history: History,
+    epoch: Arc<str>,
+    /// An opening room reads its history last; this is the mode it goes to then.
+    loading: Option<Mode>,
+    /// Stamped but not yet stored (`durable`), oldest first.
+    unstored: VecDeque<Unstored>,
+    /// The time of the event being applied (the core has no clock of its own).
+    now: Instant,
     members: HashMap<Conn, UserId>,
     presence: Presence,
-    joins: Vec<(Conn, UserId, Option<Arc<str>>)>,
+    joins: Vec<Joiner>,
     queued: VecDeque<Queued>,
     bus_up: bool,
     subscribed: bool,
@@ -296,9 +353,14 @@ pub struct RoomCore {
 impl RoomCore {
     pub fn new(cfg: Settings) -> Self {
         Self {
+            history: History::new(cfg.history),
             cfg,
             mode: Mode::Opening,
             seq: 0,
+            epoch: Arc::from(""),
+            loading: None,
+            unstored: VecDeque::new(),
+            now: Instant::now(),
             members: HashMap::new(),
             presence: Presence::default(),
             joins: Vec::new(),
@@ -340,6 +402,16 @@ impl RoomCore {
     pub fn everyone(&self) -> &Everyone {
         self.presence.everyone()
     }
+    pub fn epoch(&self) -> &Arc<str> {
+        &self.epoch
+    }
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+    /// The last `seq` every member here was sent (stamped ones may wait for the store).
+    pub fn delivered(&self) -> u64 {
+        self.unstored.front().map_or(self.seq, |u| u.seq - 1)
+    }
 
     /// When the owner must send [`Event::Tick`] next.
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -350,6 +422,7 @@ impl RoomCore {
     pub fn on(&mut self, ev: Event, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
         let before = self.mode;
+        self.now = now;
         self.step(ev, now, &mut out);
         self.settle(now, &mut out);
         if self.mode != before {
@@ -364,7 +437,9 @@ impl RoomCore {
 
     fn step(&mut self, ev: Event, now: Instant, out: &mut Vec<Action>) {
         match ev {
-            Event::Join { conn, user, info } => self.on_join(conn, user, info, now, out),
+            Event::Join { conn, user, info, resume } => {
+                self.on_join(Joiner { conn, user, info, resume }, now, out)
+            }
             Event::Leave { conn } => self.on_leave(conn, out),
             Event::Publish { conn, env, id } => self.on_publish(Queued { conn, env, id }, out),
             Event::Signal { conn, body } => self.on_signal(conn, body, out),
@@ -376,6 +451,8 @@ impl RoomCore {
             Event::Holders(h) => self.on_holders(h, now, out),
             Event::Published { conn, id, seq } => self.on_published(conn, id, seq, out),
             Event::CaughtUp(r) => self.on_caught_up(r, out),
+            Event::HistoryLoaded(l) => self.on_history_loaded(l, out),
+            Event::Persisted { upto, ok } => self.on_persisted(upto, ok, out),
             Event::SpanRequest { from } => self.on_span_request(from, out),
             Event::Absent { from } => {
                 self.waiting.remove(&from);
@@ -401,40 +478,42 @@ impl RoomCore {
 
     // ---- members -------------------------------------------------------------------
 
-    fn on_join(
-        &mut self,
-        conn: Conn,
-        user: UserId,
-        info: Option<Arc<str>>,
-        now: Instant,
-        out: &mut Vec<Action>,
-    ) {
+    fn on_join(&mut self, j: Joiner, now: Instant, out: &mut Vec<Action>) {
         match self.mode {
-            Mode::Opening | Mode::Closing => self.joins.push((conn, user, info)),
+            Mode::Opening | Mode::Closing => self.joins.push(j),
             Mode::Closed => {
                 // A closed room takes nobody: open it again.
-                self.joins.push((conn, user, info));
+                self.joins.push(j);
                 self.open(now, out);
             }
-            _ => self.admit(conn, user, info, out),
+            _ => self.admit(j, out),
         }
     }
 
-    fn admit(&mut self, conn: Conn, user: UserId, info: Option<Arc<str>>, out: &mut Vec<Action>) {
+    fn admit(&mut self, j: Joiner, out: &mut Vec<Action>) {
+        let Joiner { conn, user, info, resume } = j;
         if self.members.len() >= self.cfg.max_members {
             out.push(Action::Refuse { conn });
             return;
         }
         let (first_here, change) = self.presence.join_local(&user, info.clone());
         self.members.insert(conn, user.clone());
+        let last = self.delivered();
+        self.history.trim(self.now);
+        let replay = resume
+            .filter(|r| *r.epoch == *self.epoch)
+            .and_then(|r| self.history.replay(r.since, last, self.cfg.max_recovery));
         let welcome = Welcome {
             room: self.cfg.room.clone(),
             user: user.clone(),
             node: self.cfg.node.clone(),
-            seq: self.seq,
+            seq: last,
+            epoch: self.epoch.clone(),
+            recovered: replay.is_some(),
             members: self.presence.everyone().clone(),
         };
-        out.push(Action::Admit { conn, welcome: Box::new(welcome) });
+        let replay = replay.unwrap_or_default();
+        out.push(Action::Admit { conn, welcome: Box::new(welcome), replay });
         if let Some(c) = change {
             out.push(presence_frame(&c, To::AllBut(conn)));
         }
@@ -447,7 +526,7 @@ impl RoomCore {
     }
 
     fn on_leave(&mut self, conn: Conn, out: &mut Vec<Action>) {
-        if let Some(i) = self.joins.iter().position(|j| j.0 == conn) {
+        if let Some(i) = self.joins.iter().position(|j| j.conn == conn) {
             self.joins.remove(i);
             return;
         }
@@ -494,9 +573,34 @@ impl RoomCore {
 
     fn stamp_here(&mut self, q: Queued, out: &mut Vec<Action>) {
         self.seq += 1;
-        out.push(Action::Deliver { to: To::All, frame: stamp(&q.env, self.seq) });
+        let frame = stamp(&q.env, self.seq);
+        if self.cfg.history.is_on() {
+            out.push(Action::Store { seq: self.seq, frame: frame.clone() });
+            if self.cfg.durable {
+                let u = Unstored { seq: self.seq, frame, conn: q.conn, id: q.id };
+                self.unstored.push_back(u);
+                return;
+            }
+        }
+        self.history.push(self.seq, self.now, frame.clone());
+        out.push(Action::Deliver { to: To::All, frame });
         if let Some(id) = q.id {
             out.push(ack(q.conn, id, self.seq));
+        }
+    }
+
+    /// The store took (or could not take) this room's messages up to `upto`: the ones that
+    /// waited for it go out; without the store they still go out, but unacknowledged.
+    fn on_persisted(&mut self, upto: u64, ok: bool, out: &mut Vec<Action>) {
+        while self.unstored.front().is_some_and(|u| u.seq <= upto) {
+            let Some(u) = self.unstored.pop_front() else { break };
+            self.history.push(u.seq, self.now, u.frame.clone());
+            out.push(Action::Deliver { to: To::All, frame: u.frame });
+            match (ok, u.id) {
+                (true, Some(id)) => out.push(ack(u.conn, id, u.seq)),
+                (false, _) => not_stored(u.conn, out),
+                _ => {}
+            }
         }
     }
 
@@ -540,6 +644,7 @@ impl RoomCore {
 
     fn open(&mut self, _now: Instant, out: &mut Vec<Action>) {
         self.set_mode(Mode::Opening);
+        self.loading = None;
         self.waiting.clear();
         self.synced.clear();
         self.deadline = None;
@@ -559,17 +664,13 @@ impl RoomCore {
             None => {
                 // The room works on this node meanwhile; a restore registers it again.
                 if self.mode == Mode::Opening {
-                    self.set_mode(Mode::Local);
-                    self.admit_waiting(out);
+                    self.finish_open(Mode::Local, out);
                 }
                 return;
             }
         };
         match self.mode {
-            Mode::Opening if others.is_empty() => {
-                self.set_mode(Mode::Local);
-                self.admit_waiting(out);
-            }
+            Mode::Opening if others.is_empty() => self.finish_open(Mode::Local, out),
             Mode::Opening => {
                 self.waiting = others.into_iter().collect();
                 self.deadline = Some(now + self.cfg.span_timeout);
@@ -593,8 +694,7 @@ impl RoomCore {
                     // Cannot span: stay on this node; the repair tries again.
                     self.waiting.clear();
                     self.deadline = None;
-                    self.set_mode(Mode::Local);
-                    self.admit_waiting(out);
+                    self.finish_open(Mode::Local, out);
                     return;
                 }
                 self.subscribed = true;
@@ -626,6 +726,9 @@ impl RoomCore {
     fn switch(&mut self, tell: Vec<String>, out: &mut Vec<Action>) {
         self.set_mode(Mode::Switching);
         self.span_after_switch = tell;
+        // What this node stamped is stored before the bus stamps: a holder that reads the
+        // history after our sync finds all of it.
+        out.push(Action::Bus(BusOp::FlushHistory));
         if self.subscribed {
             out.push(Action::Bus(BusOp::RaiseSeq(self.seq)));
         } else {
@@ -674,26 +777,59 @@ impl RoomCore {
     }
 
     fn opened_if_synced(&mut self, out: &mut Vec<Action>) {
-        if self.mode == Mode::Opening && self.subscribed && self.waiting.is_empty() {
+        if self.mode == Mode::Opening
+            && self.subscribed
+            && self.waiting.is_empty()
+            && self.loading.is_none()
+        {
             self.deadline = None;
             if self.synced.is_empty() {
                 // Every other holder was gone: the room is ours alone.
                 self.subscribed = false;
                 out.push(Action::Bus(BusOp::Unsubscribe));
-                self.set_mode(Mode::Local);
+                self.ahead.clear();
+                self.finish_open(Mode::Local, out);
             } else {
-                self.set_mode(Mode::Spanning);
-                self.sync(out);
+                self.finish_open(Mode::Spanning, out);
             }
-            self.admit_waiting(out);
         }
     }
 
     fn admit_waiting(&mut self, out: &mut Vec<Action>) {
-        for (conn, user, info) in std::mem::take(&mut self.joins) {
-            self.admit(conn, user, info, out);
+        for j in std::mem::take(&mut self.joins) {
+            self.admit(j, out);
         }
         self.flush_queued(out);
+    }
+
+    /// The last step of opening: read the history (after every holder synced, so it holds
+    /// all they stamped), then go to `target` and welcome the joiners.
+    fn finish_open(&mut self, target: Mode, out: &mut Vec<Action>) {
+        if self.loading.is_none() {
+            self.loading = Some(target);
+            out.push(Action::Bus(BusOp::LoadHistory));
+        }
+    }
+
+    fn on_history_loaded(&mut self, l: Loaded, out: &mut Vec<Action>) {
+        if self.mode != Mode::Opening {
+            return;
+        }
+        let Some(target) = self.loading.take() else { return };
+        self.epoch = Arc::from(l.epoch);
+        self.history.load(l.entries, self.now);
+        self.seq = self.seq.max(l.seq);
+        // What the channel carried while the store was read: the part it did not hold.
+        for (seq, frame) in std::mem::take(&mut self.ahead) {
+            if seq > self.seq {
+                self.deliver_bus(seq, frame, out);
+            }
+        }
+        self.set_mode(target);
+        if target == Mode::Spanning {
+            self.sync(out);
+        }
+        self.admit_waiting(out);
     }
 
     /// After every event: an empty room closes; a settled room sends what waited.
@@ -709,6 +845,8 @@ impl RoomCore {
                 self.subscribed = false;
                 out.push(Action::Bus(BusOp::Unsubscribe));
             }
+            // The next owner reads the history once we have left: it must all be stored.
+            out.push(Action::Bus(BusOp::FlushHistory));
             out.push(Action::Bus(BusOp::Unregister));
         }
         if matches!(self.mode, Mode::Local | Mode::Spanning) && self.next_repair.is_none() {
@@ -726,8 +864,6 @@ impl RoomCore {
         self.presence = Presence::default();
         self.synced.clear();
         self.next_repair = None;
-        // Nobody is connected: a reopened room starts its order afresh, like a new one.
-        self.seq = 0;
         if self.joins.is_empty() {
             self.set_mode(Mode::Closed);
             out.push(Action::Close);
@@ -817,8 +953,13 @@ impl RoomCore {
 
     fn on_bus_message(&mut self, seq: u64, frame: Utf8Bytes, out: &mut Vec<Action>) {
         if self.mode == Mode::Opening {
-            // Nobody is welcomed yet: the welcome starts after what went by.
-            self.seq = self.seq.max(seq);
+            if self.loading.is_some() {
+                // The history is being read: whatever it lacks comes from here.
+                self.ahead.insert(seq, frame);
+            } else {
+                // Nobody is welcomed yet; the history read after the syncs holds this.
+                self.seq = self.seq.max(seq);
+            }
             return;
         }
         if seq <= self.seq {
@@ -842,6 +983,7 @@ impl RoomCore {
             out.push(Action::Gap { expected: self.seq + 1, got: seq });
         }
         self.seq = seq;
+        self.history.push(seq, self.now, frame.clone());
         if !self.members.is_empty() {
             out.push(Action::Deliver { to: To::All, frame });
         }
@@ -982,6 +1124,7 @@ impl RoomCore {
     // ---- time ----------------------------------------------------------------------
 
     fn on_tick(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.history.trim(now);
         if let Some(d) = self.deadline
             && now >= d
         {
@@ -1022,6 +1165,14 @@ fn presence_frame(c: &Change, to: To) -> Action {
 
 fn ack(conn: Conn, id: ClientId, seq: u64) -> Action {
     Action::Deliver { to: To::One(conn), frame: frames::text(&ServerFrame::Ack { id, seq }) }
+}
+
+fn not_stored(conn: Conn, out: &mut Vec<Action>) {
+    let frame = frames::text(&ServerFrame::error(
+        ErrorCode::Degraded,
+        "the history store is unavailable; the message went out but is not acknowledged",
+    ));
+    out.push(Action::Deliver { to: To::One(conn), frame });
 }
 
 fn degraded(conn: Conn, out: &mut Vec<Action>) {

@@ -12,7 +12,9 @@ use shared::protocol::ClientId;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use crate::appender::Appender;
 use crate::bus::{Bus, BusEvent, Control, Envelope};
+use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::room::{self, Input, JoinError, Member, RoomHandle, Shared};
 use crate::room_core::{Event, Settings};
@@ -28,6 +30,17 @@ pub struct RoomTimers {
     pub suspect_ttl: Duration,
 }
 
+impl RoomTimers {
+    fn of(c: &Config) -> Self {
+        Self {
+            span_timeout: c.span_timeout,
+            repair_interval: c.repair_interval,
+            unspan_grace: c.unspan_grace,
+            suspect_ttl: c.suspect_ttl,
+        }
+    }
+}
+
 /// Publishes a room holds while it changes mode, per room.
 const MAX_QUEUED: usize = 4096;
 
@@ -39,6 +52,9 @@ pub struct Rooms {
     max_members: usize,
     timers: RoomTimers,
     suspects: Arc<Suspects>,
+    /// The node's config, for each new room's history policy.
+    config: Config,
+    appender: Appender,
     me: Weak<Rooms>,
 }
 
@@ -88,23 +104,28 @@ impl Drop for Membership {
 }
 
 impl Rooms {
-    pub fn new(
-        node_id: &str,
-        bus: Arc<dyn Bus>,
-        metrics: Arc<Metrics>,
-        max_members: usize,
-        timers: RoomTimers,
-    ) -> Arc<Self> {
+    /// The rooms of a node, with the history writer they share.
+    pub fn new(config: &Config, bus: Arc<dyn Bus>, metrics: Arc<Metrics>) -> Arc<Self> {
+        let timers = RoomTimers::of(config);
+        let appender = Appender::start(bus.clone(), config.history_flush, metrics.clone());
         Arc::new_cyclic(|me| Self {
             map: Mutex::new(HashMap::new()),
             bus,
             metrics,
-            node_id: Arc::from(node_id),
-            max_members,
+            node_id: Arc::from(config.node_id.as_str()),
+            max_members: config.max_room_members,
             suspects: Arc::new(Suspects::new(timers.suspect_ttl)),
             timers,
+            config: config.clone(),
+            appender,
             me: me.clone(),
         })
+    }
+
+    /// Waits until every message the rooms stamped so far was offered to the store (a
+    /// drain does this before it closes connections).
+    pub async fn flush_history(&self) {
+        self.appender.flush().await;
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<RoomId, RoomHandle>> {
@@ -141,12 +162,16 @@ impl Rooms {
             repair_interval: self.timers.repair_interval,
             unspan_grace: self.timers.unspan_grace,
             max_queued: MAX_QUEUED,
+            history: self.config.history_of(id.as_str()),
+            max_recovery: self.config.max_recovery,
+            durable: self.config.durable_ack,
         };
         let me = self.me.clone();
         let shared = Shared {
             bus: self.bus.clone(),
             metrics: self.metrics.clone(),
             suspects: self.suspects.clone(),
+            appender: self.appender.clone(),
             on_close: Arc::new(move |h: &RoomHandle| {
                 if let Some(rooms) = me.upgrade() {
                     rooms.remove(h);

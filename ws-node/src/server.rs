@@ -162,7 +162,8 @@ fn upgrade(node: &Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
                     Some(cfg),
                 )
                 .await;
-                crate::session::run(session_node, ws, target.room, user, access, conn).await;
+                let (room, resume) = (target.room, target.resume);
+                crate::session::run(session_node, ws, room, user, access, resume, conn).await;
             }
             Err(e) => {
                 session_node.release_slot();

@@ -9,7 +9,7 @@ use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use shared::auth::{Identity, Rights, unix_secs};
-use shared::ids::{RoomId, UserId};
+use shared::ids::{Resume, RoomId, UserId};
 use shared::protocol::{ClientFrame, ErrorCode, ServerFrame, close, unix_ms};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -60,6 +60,7 @@ pub(crate) async fn run(
     room_id: RoomId,
     user: UserId,
     access: Option<Identity>,
+    resume: Option<Resume>,
     conn: u64,
 ) {
     let _guard = ConnGuard(node.clone());
@@ -67,7 +68,7 @@ pub(crate) async fn run(
     let (tx, mut rx) = mpsc::channel(cfg.outbound_queue.max(2));
     let kill = Arc::new(Kill::child_of(&node.token));
     let info = access.as_ref().and_then(|a| a.info.as_deref()).map(|i| Arc::from(i.get()));
-    let member = Member { conn, user, info, tx, kill: kill.clone() };
+    let member = Member { conn, user, info, tx, kill: kill.clone(), resume };
     node.kills.insert(conn, kill.clone());
     let joined = tokio::select! {
         j = node.rooms.join(&room_id, member.clone()) => j,

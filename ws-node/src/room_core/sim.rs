@@ -76,6 +76,8 @@ struct World {
     subs: BTreeSet<usize>,
     seq: u64,
     log: VecDeque<(u64, Utf8Bytes)>,
+    /// The last `seq` a node stamped itself and stored (the history store's).
+    stored: u64,
     now_ms: u64,
     next_conn: Conn,
     /// Every stamped message's body by seq, per bus generation: one order.
@@ -119,6 +121,9 @@ impl World {
             repair_interval: Duration::from_secs(2),
             unspan_grace: Duration::from_secs(2),
             max_queued: 10_000,
+            history: crate::history::Policy { size: 50, ttl: Duration::from_secs(300) },
+            max_recovery: 100,
+            durable: false,
         }
     }
 
@@ -156,7 +161,8 @@ impl World {
                         }
                     }
                 }
-                Action::Admit { conn, welcome } => {
+                Action::Store { seq, .. } => self.stored = self.stored.max(seq),
+                Action::Admit { conn, welcome, .. } => {
                     if let Some(m) = node.members.get_mut(&conn) {
                         m.welcome = Some(welcome.seq);
                     }
@@ -199,12 +205,8 @@ impl World {
                 Some(Event::Registered(Some(others(self))))
             }
             BusOp::Unregister => {
+                // The seq and the history stay for the room's next owner.
                 self.set.remove(&n);
-                if self.set.is_empty() {
-                    self.seq = 0;
-                    self.log.clear();
-                    self.bodies.clear();
-                }
                 Some(Event::Unregistered(Some(self.set.iter().map(|x| id(*x)).collect())))
             }
             BusOp::Subscribe => {
@@ -221,6 +223,12 @@ impl World {
                 self.seq = self.seq.max(s);
                 Some(Event::SeqRaised(true))
             }
+            BusOp::LoadHistory => Some(Event::HistoryLoaded(crate::history::Loaded {
+                epoch: "e".into(),
+                seq: self.seq.max(self.stored),
+                entries: Vec::new(),
+            })),
+            BusOp::FlushHistory => None,
             BusOp::ReadSeq => Some(Event::BusSeq(Some(self.seq))),
             BusOp::Holders => Some(Event::Holders(Some(self.set.iter().map(|x| id(*x)).collect()))),
             BusOp::Prune(x) => {
@@ -353,7 +361,7 @@ impl World {
                     self.apply(n, out);
                 }
                 let user = UserId::parse(&format!("u{}", conn % 5)).unwrap();
-                self.feed(n, Event::Join { conn, user, info: None }, base);
+                self.feed(n, Event::Join { conn, user, info: None, resume: None }, base);
             }
             Step::Leave(n, k) => {
                 let Some(conn) = self.nodes[n].members.keys().nth(k).copied() else { return };
@@ -394,6 +402,7 @@ impl World {
                 self.quiesce(base);
                 self.set.clear();
                 self.seq = 0;
+                self.stored = 0;
                 self.log.clear();
                 self.lossy = true;
                 self.bus_blip(base);

@@ -12,7 +12,15 @@ fn settings(node: &str) -> Settings {
         repair_interval: Duration::from_secs(2),
         unspan_grace: Duration::from_secs(2),
         max_queued: 16,
+        history: crate::history::Policy { size: 10, ttl: Duration::from_secs(60) },
+        max_recovery: 5,
+        durable: false,
     }
+}
+
+/// What the store answers a room that opens: nothing held yet.
+fn loaded(seq: u64) -> Event {
+    Event::HistoryLoaded(crate::history::Loaded { epoch: "e".into(), seq, entries: Vec::new() })
 }
 
 fn user(u: &str) -> UserId {
@@ -20,7 +28,7 @@ fn user(u: &str) -> UserId {
 }
 
 fn join(conn: Conn, u: &str) -> Event {
-    Event::Join { conn, user: user(u), info: None }
+    Event::Join { conn, user: user(u), info: None, resume: None }
 }
 
 fn publish(conn: Conn, body: &str) -> Event {
@@ -55,6 +63,15 @@ fn admitted(actions: &[Action]) -> Vec<Conn> {
         .collect()
 }
 
+/// Answers the history read an opening room asks for last (the store held up to `seq`),
+/// returning every action.
+fn read_history(r: &mut RoomCore, mut out: Vec<Action>, seq: u64, t: Instant) -> Vec<Action> {
+    if ops(&out).contains(&BusOp::LoadHistory) {
+        out.extend(r.on(loaded(seq), t));
+    }
+    out
+}
+
 /// A room on node `a` whose member 1 (ann) waits while it opens; the bus said `holder`
 /// holds the room too.
 fn opening(t: Instant, holder: &str) -> RoomCore {
@@ -71,6 +88,8 @@ fn local_room(t: Instant) -> RoomCore {
     r.start(t);
     r.on(join(1, "ann"), t);
     let out = r.on(Event::Registered(Some(vec![])), t);
+    assert!(admitted(&out).is_empty(), "welcomed only once the history is read");
+    let out = read_history(&mut r, out, 0, t);
     assert_eq!(admitted(&out), vec![1]);
     assert_eq!(r.mode(), Mode::Local);
     r
@@ -81,7 +100,7 @@ fn no_sync_is_sent_when_switching_to_spanning_fails() {
     let t = Instant::now();
     let mut r = local_room(t);
     let out = r.on(Event::SpanRequest { from: "b".into() }, t);
-    assert_eq!(ops(&out), vec![BusOp::Subscribe]);
+    assert_eq!(ops(&out), vec![BusOp::FlushHistory, BusOp::Subscribe]);
     let out = r.on(Event::Subscribed(false), t);
     assert!(!has_sync(&out), "the old code confirmed a span it did not make: {out:?}");
     assert_eq!(r.mode(), Mode::Local);
@@ -99,6 +118,7 @@ fn a_failed_subscribe_while_opening_is_repaired_by_the_next_tick() {
     let t = Instant::now();
     let mut r = opening(t, "b");
     let out = r.on(Event::Subscribed(false), t);
+    let out = read_history(&mut r, out, 0, t);
     assert_eq!(admitted(&out), vec![1], "the joiner is not left waiting");
     assert_eq!(r.mode(), Mode::Local);
     let t2 = t + Duration::from_secs(2);
@@ -140,6 +160,7 @@ fn a_member_joining_a_closing_room_is_welcomed_by_the_reopened_room() {
     assert_eq!(ops(&out), vec![BusOp::Register]);
     assert_eq!(r.mode(), Mode::Opening);
     let out = r.on(Event::Registered(Some(vec![])), t);
+    let out = read_history(&mut r, out, 0, t);
     assert_eq!(admitted(&out), vec![2]);
     assert_eq!(r.mode(), Mode::Local);
 }
@@ -154,6 +175,7 @@ fn seq_never_moves_backwards_when_a_sync_reports_a_lower_one() {
     let sync = Note::Sync { seq: 4, users: vec![] }.envelope().head;
     let out =
         r.on(Event::BusFrame { seq: 0, origin: Arc::from("b"), conn: 0, frame: sync.into() }, t);
+    let out = read_history(&mut r, out, 4, t);
     assert_eq!(r.seq(), 9, "the old handshake set seq = 4");
     match out.iter().find(|a| matches!(a, Action::Admit { .. })) {
         Some(Action::Admit { welcome, .. }) => assert_eq!(welcome.seq, 9),
@@ -167,7 +189,9 @@ fn after_a_redis_restart_the_bus_seq_is_raised_before_anyone_publishes() {
     let mut r = opening(t, "b");
     r.on(Event::Subscribed(true), t);
     let sync = Note::Sync { seq: 41, users: vec![(user("bob"), None)] }.envelope().head;
-    r.on(Event::BusFrame { seq: 0, origin: Arc::from("b"), conn: 0, frame: sync.into() }, t);
+    let out =
+        r.on(Event::BusFrame { seq: 0, origin: Arc::from("b"), conn: 0, frame: sync.into() }, t);
+    read_history(&mut r, out, 41, t);
     assert_eq!(r.mode(), Mode::Spanning);
     r.on(Event::BusLost, t);
     let out = r.on(Event::BusRestored, t);
@@ -185,6 +209,7 @@ fn a_joiner_waits_on_a_dead_holder_only_for_the_span_timeout() {
     r.on(Event::Subscribed(true), t);
     assert_eq!(r.poll_timeout(), Some(t + Duration::from_millis(500)));
     let out = r.on(Event::Tick, t + Duration::from_millis(500));
+    let out = read_history(&mut r, out, 0, t);
     assert_eq!(admitted(&out), vec![1], "welcomed after 0.5 s, not 3 s");
     assert!(out.iter().any(|a| matches!(a, Action::Suspect { node } if node == "dead")));
     assert!(ops(&out).contains(&BusOp::Prune("dead".into())));
@@ -197,6 +222,7 @@ fn a_holder_another_room_found_dead_is_not_waited_for() {
     let mut r = opening(t, "dead");
     r.on(Event::Forget { node: "dead".into() }, t);
     let out = r.on(Event::Subscribed(true), t);
+    let out = read_history(&mut r, out, 0, t);
     assert_eq!(admitted(&out), vec![1]);
 }
 
@@ -224,6 +250,7 @@ fn a_member_of_two_nodes_is_one_presence() {
     };
     r.on(note(Note::Presence { user: user("bob"), present: true, info: None }), t);
     let out = r.on(note(Note::Sync { seq: 0, users: vec![(user("bob"), None)] }), t);
+    let out = read_history(&mut r, out, 0, t);
     match out.iter().find(|a| matches!(a, Action::Admit { .. })) {
         Some(Action::Admit { welcome, .. }) => {
             let users: Vec<_> = welcome.members.keys().map(|u| u.to_string()).collect();
@@ -242,7 +269,9 @@ fn a_gap_on_the_bus_is_caught_up_from_the_log_in_order() {
     let mut r = opening(t, "b");
     r.on(Event::Subscribed(true), t);
     let sync = Note::Sync { seq: 0, users: vec![] }.envelope().head;
-    r.on(Event::BusFrame { seq: 0, origin: Arc::from("b"), conn: 0, frame: sync.into() }, t);
+    let out =
+        r.on(Event::BusFrame { seq: 0, origin: Arc::from("b"), conn: 0, frame: sync.into() }, t);
+    read_history(&mut r, out, 0, t);
     let msg = |s: u64| Event::BusFrame {
         seq: s,
         origin: Arc::from("b"),
@@ -264,4 +293,166 @@ fn a_gap_on_the_bus_is_caught_up_from_the_log_in_order() {
     let log = vec![(2, Utf8Bytes::from("m2")), (3, Utf8Bytes::from("m3")), (4, "m4".into())];
     assert_eq!(delivered(&r.on(Event::CaughtUp(Some(log)), t)), ["m2", "m3", "m4", "m5"]);
     assert!(matches!(r.on(msg(5), t)[..], [Action::Duplicate { seq: 5 }]));
+}
+
+// ---- history and resume ----------------------------------------------------------------
+
+fn resume(conn: Conn, u: &str, since: u64, epoch: &str) -> Event {
+    let resume = Some(Resume { since, epoch: epoch.into() });
+    Event::Join { conn, user: user(u), info: None, resume }
+}
+
+fn welcome_of(out: &[Action]) -> (&Welcome, Vec<String>) {
+    match out.iter().find(|a| matches!(a, Action::Admit { .. })) {
+        Some(Action::Admit { welcome, replay, .. }) => {
+            (welcome, replay.iter().map(|f| f.to_string()).collect())
+        }
+        _ => panic!("not admitted: {out:?}"),
+    }
+}
+
+fn seqs_of(frames: &[String]) -> Vec<u64> {
+    frames
+        .iter()
+        .map(|f| serde_json::from_str::<serde_json::Value>(f).unwrap()["seq"].as_u64().unwrap())
+        .collect()
+}
+
+/// A local room with `n` messages published by member 1.
+fn chatted(t: Instant, n: u64) -> RoomCore {
+    let mut r = local_room(t);
+    for i in 0..n {
+        r.on(publish(1, &format!("m{i}")), t);
+    }
+    r
+}
+
+#[test]
+fn a_resume_replays_what_it_missed_then_goes_live() {
+    let t = Instant::now();
+    let mut r = chatted(t, 6);
+    let out = r.on(resume(2, "bob", 3, "e"), t);
+    let (w, replay) = welcome_of(&out);
+    assert!(w.recovered);
+    assert_eq!((w.seq, &*w.epoch), (6, "e"));
+    assert_eq!(seqs_of(&replay), [4, 5, 6]);
+    let first = r.on(join(3, "cy"), t);
+    let (w, replay) = welcome_of(&first);
+    assert!(!w.recovered && replay.is_empty(), "a first connect recovers nothing");
+}
+
+#[test]
+fn a_resume_that_cannot_be_whole_says_so_and_replays_nothing() {
+    let t = Instant::now();
+    let mut r = chatted(t, 12);
+    // Another epoch, older than the history (10 held), more than max_recovery (5), ahead.
+    for (conn, since, epoch) in [(2, 11, "other"), (3, 1, "e"), (4, 6, "e"), (5, 13, "e")] {
+        let out = r.on(resume(conn, "bob", since, epoch), t);
+        let (w, replay) = welcome_of(&out);
+        assert!(!w.recovered, "since {since} epoch {epoch}");
+        assert!(replay.is_empty());
+        assert_eq!(w.seq, 12);
+    }
+    let out = r.on(resume(6, "bob", 12, "e"), t);
+    assert!(welcome_of(&out).0.recovered, "nothing missed is recovered");
+}
+
+#[test]
+fn history_outlives_its_ttl_nowhere() {
+    let t = Instant::now();
+    let mut r = chatted(t, 3);
+    let later = t + Duration::from_secs(61);
+    let out = r.on(resume(2, "bob", 1, "e"), later);
+    assert!(!welcome_of(&out).0.recovered, "the messages are older than the 60 s TTL");
+    assert!(r.history().is_empty());
+}
+
+#[test]
+fn a_reopened_room_continues_the_stored_epoch_and_seq() {
+    let t = Instant::now();
+    let mut r = RoomCore::new(settings("a"));
+    r.start(t);
+    r.on(resume(1, "ann", 40, "e"), t);
+    r.on(Event::Registered(Some(vec![])), t);
+    let frame = |s: u64| {
+        let f = format!(r#"{{"type":"message","room":"r","from":"x","seq":{s},"ts":1,"body":1}}"#);
+        (s, t, Utf8Bytes::from(f))
+    };
+    let l =
+        crate::history::Loaded { epoch: "e".into(), seq: 42, entries: vec![frame(41), frame(42)] };
+    let out = r.on(Event::HistoryLoaded(l), t);
+    let (w, replay) = welcome_of(&out);
+    assert!(w.recovered, "the next owner replays what the last one stored");
+    assert_eq!(seqs_of(&replay), [41, 42]);
+    let out = r.on(publish(1, "next"), t);
+    let stored: Vec<u64> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Store { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stored, [43], "seq goes on from the store, and the message is stored");
+}
+
+#[test]
+fn a_durable_room_delivers_and_acks_only_once_stored() {
+    let t = Instant::now();
+    let mut r = RoomCore::new(Settings { durable: true, ..settings("a") });
+    r.start(t);
+    r.on(join(1, "ann"), t);
+    let out = r.on(Event::Registered(Some(vec![])), t);
+    read_history(&mut r, out, 0, t);
+    let out = r.on(publish(1, "a"), t);
+    assert!(out.iter().all(|a| !matches!(a, Action::Deliver { .. })), "{out:?}");
+    r.on(publish(1, "b"), t);
+    let out = r.on(join(2, "bob"), t);
+    assert_eq!(welcome_of(&out).0.seq, 0, "a joiner's welcome is before what waits");
+    let out = r.on(Event::Persisted { upto: 1, ok: true }, t);
+    let frames: Vec<String> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Deliver { frame, .. } => Some(frame.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(frames.len(), 2, "message 1 and its ack: {frames:?}");
+    assert!(frames[1].contains(r#""type":"ack""#));
+    // The store failing: the message still goes out, with an error instead of an ack.
+    let out = r.on(Event::Persisted { upto: 2, ok: false }, t);
+    let frames: Vec<String> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Deliver { frame, .. } => Some(frame.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert!(frames[0].contains(r#""seq":2"#) && frames[1].contains("degraded"), "{frames:?}");
+    assert_eq!(r.delivered(), 2);
+}
+
+#[test]
+fn what_the_channel_carries_while_the_history_is_read_is_merged_once() {
+    let t = Instant::now();
+    let mut r = opening(t, "b");
+    r.on(Event::Subscribed(true), t);
+    let sync = Note::Sync { seq: 2, users: vec![] }.envelope().head;
+    let out =
+        r.on(Event::BusFrame { seq: 0, origin: Arc::from("b"), conn: 0, frame: sync.into() }, t);
+    assert!(ops(&out).contains(&BusOp::LoadHistory));
+    let msg = |s: u64| {
+        let f = format!(r#"{{"type":"message","room":"r","from":"x","seq":{s},"ts":1,"body":1}}"#);
+        Utf8Bytes::from(f)
+    };
+    // 3 is in the store and on the channel; 4 only on the channel.
+    for s in [3, 4] {
+        r.on(Event::BusFrame { seq: s, origin: Arc::from("b"), conn: 9, frame: msg(s) }, t);
+    }
+    let entries = (1..=3).map(|s| (s, t, msg(s))).collect();
+    let l = crate::history::Loaded { epoch: "e".into(), seq: 3, entries };
+    let out = r.on(Event::HistoryLoaded(l), t);
+    assert_eq!(r.mode(), Mode::Spanning);
+    assert_eq!(welcome_of(&out).0.seq, 4);
+    assert_eq!((r.history().first(), r.history().last()), (Some(1), Some(4)));
+    assert!(!out.iter().any(|a| matches!(a, Action::Gap { .. })), "{out:?}");
 }

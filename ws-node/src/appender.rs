@@ -1,0 +1,223 @@
+//! The node's history writer: every message a room stamps itself is queued here and
+//! appended to the store in batches, one round trip for all of the node's rooms per flush
+//! interval (never one per message). A batch the store refuses is kept and retried, with
+//! back-off, so a Redis restart loses no history the rooms still hold; each room is told
+//! how far its history is stored (durable rooms deliver and ack only then).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shared::ids::RoomId;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::bus::{Append, Bus};
+use crate::history::Policy;
+use crate::metrics::Metrics;
+use crate::room::Input;
+use crate::room_core::Event;
+
+/// Entries queued over all rooms before a flush starts early.
+const FLUSH_AT: usize = 4096;
+/// Longest wait between retries of a refused batch.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// One stamped message for the store.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub room: RoomId,
+    pub epoch: Arc<str>,
+    pub policy: Policy,
+    pub seq: u64,
+    pub frame: Utf8Bytes,
+    /// The room's owner, told how far the store holds its history.
+    pub(crate) owner: mpsc::Sender<Input>,
+}
+
+enum Msg {
+    Entry(Entry),
+    Flush(oneshot::Sender<()>),
+}
+
+/// A handle on the node's writer. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Appender {
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Msg::Entry(e) => write!(f, "Entry({} {})", e.room, e.seq),
+            Msg::Flush(_) => f.write_str("Flush"),
+        }
+    }
+}
+
+impl Appender {
+    /// Starts the writer; it stops with the last handle, once its last batch is out.
+    pub fn start(bus: Arc<dyn Bus>, every: Duration, metrics: Arc<Metrics>) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(bus, every, metrics, rx));
+        Self { tx }
+    }
+
+    /// Queues a message. The queue is unbounded: each room keeps at most its history size
+    /// queued (older entries of a refused batch are dropped), so the bound is the rooms'.
+    pub fn append(&self, e: Entry) {
+        let _ = self.tx.send(Msg::Entry(e));
+    }
+
+    /// Returns once everything queued so far was offered to the store (stored, or kept for
+    /// a retry when the store refused it).
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// One room's part of the next batch.
+struct Pending {
+    epoch: Arc<str>,
+    policy: Policy,
+    entries: Vec<(u64, Utf8Bytes)>,
+    owner: mpsc::Sender<Input>,
+}
+
+async fn run(
+    bus: Arc<dyn Bus>,
+    every: Duration,
+    metrics: Arc<Metrics>,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+) {
+    let mut pending: HashMap<RoomId, Pending> = HashMap::new();
+    let mut queued = 0usize;
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut backoff = every;
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    loop {
+        let mut waiters = Vec::new();
+        tokio::select! {
+            m = rx.recv() => match m {
+                Some(Msg::Entry(e)) => {
+                    queued += 1;
+                    add(&mut pending, e);
+                    if queued < FLUSH_AT {
+                        continue;
+                    }
+                }
+                Some(Msg::Flush(done)) => waiters.push(done),
+                None => {
+                    flush(&*bus, &metrics, &mut pending).await;
+                    return;
+                }
+            },
+            _ = tick.tick() => {
+                if pending.is_empty() || retry_at.is_some_and(|t| tokio::time::Instant::now() < t) {
+                    continue;
+                }
+            }
+        }
+        // Take whatever else is queued right now into the same batch.
+        while let Ok(m) = rx.try_recv() {
+            match m {
+                Msg::Entry(e) => add(&mut pending, e),
+                Msg::Flush(done) => waiters.push(done),
+            }
+        }
+        queued = 0;
+        if flush(&*bus, &metrics, &mut pending).await {
+            backoff = every;
+            retry_at = None;
+        } else {
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            retry_at = Some(tokio::time::Instant::now() + backoff);
+        }
+        for w in waiters {
+            let _ = w.send(());
+        }
+    }
+}
+
+fn add(pending: &mut HashMap<RoomId, Pending>, e: Entry) {
+    let p = pending.entry(e.room).or_insert_with(|| Pending {
+        epoch: e.epoch.clone(),
+        policy: e.policy,
+        entries: Vec::new(),
+        owner: e.owner.clone(),
+    });
+    if *p.epoch != *e.epoch {
+        // The room started a new epoch: what was queued under the old one is moot.
+        p.epoch = e.epoch;
+        p.entries.clear();
+    }
+    p.owner = e.owner;
+    p.entries.push((e.seq, e.frame));
+    // A room never needs more stored than its history holds.
+    let over = p.entries.len().saturating_sub(p.policy.size.max(1));
+    if over > 0 {
+        p.entries.drain(..over);
+    }
+}
+
+/// Offers every room's pending entries to the store in one call and tells each room how
+/// far it got; refused rooms keep theirs for the next try. True when all were taken.
+async fn flush(bus: &dyn Bus, metrics: &Metrics, pending: &mut HashMap<RoomId, Pending>) -> bool {
+    if pending.is_empty() {
+        return true;
+    }
+    let rooms: Vec<RoomId> = pending.keys().cloned().collect();
+    let batch: Vec<Append> = rooms
+        .iter()
+        .map(|r| {
+            let p = &pending[r];
+            Append {
+                room: r.clone(),
+                epoch: p.epoch.clone(),
+                policy: p.policy,
+                entries: p.entries.clone(),
+            }
+        })
+        .collect();
+    let entries: usize = batch.iter().map(|a| a.entries.len()).sum();
+    metrics.history_flushes.inc();
+    let took = match bus.append_history(batch).await {
+        Ok(v) => v,
+        Err(e) => {
+            metrics.redis_errors.inc();
+            tracing::warn!(rooms = rooms.len(), entries, "cannot store history: {e}");
+            vec![false; rooms.len()]
+        }
+    };
+    let mut all = true;
+    for (room, ok) in rooms.into_iter().zip(took.into_iter().chain(std::iter::repeat(false))) {
+        let Some(p) = pending.get(&room) else { continue };
+        let upto = p.entries.last().map_or(0, |e| e.0);
+        tell(&p.owner, Event::Persisted { upto, ok });
+        if ok {
+            metrics.history_appends.add(p.entries.len() as u64);
+            pending.remove(&room);
+        } else {
+            all = false;
+        }
+    }
+    all
+}
+
+/// Tells a room; a full room queue gets it from a task of its own (never lost, never
+/// stalling the writer).
+fn tell(owner: &mpsc::Sender<Input>, ev: Event) {
+    match owner.try_send(Input::Bus(ev)) {
+        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+        Err(mpsc::error::TrySendError::Full(input)) => {
+            let owner = owner.clone();
+            tokio::spawn(async move {
+                let _ = owner.send(input).await;
+            });
+        }
+    }
+}
