@@ -120,6 +120,9 @@ pub struct LoadRequest {
     /// Whether every message of the room went out only once stored (`--durable-ack`): then
     /// a dead last writer lost nothing anyone saw, and the epoch goes on.
     pub durable: bool,
+    /// Whether the room will stamp its messages itself (it opens alone): it becomes the
+    /// room's writer.
+    pub writer: bool,
 }
 
 /// A bus as a node sees it. Every method is one atomic step on the shared state.
@@ -512,7 +515,9 @@ impl Bus for LocalBus {
             h.entries.clear();
             h.epoch = Some(req.proposal);
         }
-        h.writer = Some(self.id.clone());
+        if req.writer {
+            h.writer = Some(self.id.clone());
+        }
         h.cap = h.cap.max(req.policy.size);
         h.ttl = h.ttl.max(req.policy.ttl);
         h.touched = now;

@@ -72,7 +72,8 @@ return out
 
 /// Removes the node; returns the live holders left. The seq, history and epoch stay for
 /// the room's next owner until they expire; a clean leave clears the writer mark (its
-/// history is all stored). KEYS[1] = set, KEYS[2] = writer; ARGV = node, heartbeat prefix.
+/// history is all stored). KEYS[1] = set, KEYS[2] = writer; ARGV = node, heartbeat prefix,
+/// writer mark.
 const LEAVE: &str = r#"
 redis.call('SREM', KEYS[1], ARGV[1])
 local out = {}
@@ -80,29 +81,33 @@ for _, n in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if redis.call('EXISTS', ARGV[2] .. n) == 1 then table.insert(out, n)
   else redis.call('SREM', KEYS[1], n) end
 end
-if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
 return out
 "#;
 
-/// Reads a room's history for its new owner and marks the owner as its writer. The epoch
-/// goes on unless the history is gone, or (without durable acks) its last writer died: it
-/// may have delivered messages it never stored, whose `seq`s would be stamped again.
-/// KEYS = epoch, seq, log, writer; ARGV = proposed epoch, TTL ms, count, node, heartbeat
-/// prefix, durable (1/0). Returns epoch, seq, then (seq, age ms, frame) per entry, newest
-/// first.
+/// Reads a room's history for its new owner and, when the owner stamps the room itself,
+/// marks it as the room's writer (`NODE/INSTANCE`). The epoch goes on unless the history is
+/// gone, or (without durable acks) its last writer died, or was an earlier run of this very
+/// node: it may have delivered messages it never stored, whose `seq`s would be stamped
+/// again. KEYS = epoch, seq, log, writer; ARGV = proposed epoch, TTL ms, count, writer
+/// mark, heartbeat prefix, durable (1/0), this node, mark the writer (1/0). Returns epoch,
+/// seq, then (seq, age ms, frame) per entry, newest first.
 const LOAD: &str = r#"
 local e = redis.call('GET', KEYS[1])
 local lost = not e
 if e and ARGV[6] == '0' then
   local w = redis.call('GET', KEYS[4])
-  if w and w ~= ARGV[4] and redis.call('EXISTS', ARGV[5] .. w) == 0 then lost = true end
+  if w and w ~= ARGV[4] then
+    local wn = string.match(w, '^(.*)/') or w
+    if wn == ARGV[7] or redis.call('EXISTS', ARGV[5] .. wn) == 0 then lost = true end
+  end
 end
 if lost then
   e = ARGV[1]
   redis.call('DEL', KEYS[3])
 end
 redis.call('SET', KEYS[1], e, 'PX', ARGV[2])
-redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[2])
+if ARGV[8] == '1' then redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[2]) end
 local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -131,8 +136,8 @@ return out
 
 /// Appends one room's new history (one call per room per flush, pipelined for the whole
 /// node). An epoch other than the stored one replaces the stored history.
-/// KEYS = epoch, seq, log, writer; ARGV = epoch, TTL ms, max length, node, then seq and
-/// frame pairs in seq order.
+/// KEYS = epoch, seq, log, writer; ARGV = epoch, TTL ms, max length, writer mark, then seq
+/// and frame pairs in seq order.
 const APPEND: &str = r#"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then redis.call('DEL', KEYS[3]) end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -202,6 +207,8 @@ struct Scripts {
 /// A node's handle on Redis.
 pub struct RedisBus {
     node: Arc<str>,
+    /// `NODE/INSTANCE`: which run of this node stamped a room's history (history.rs).
+    writer_mark: String,
     cfg: RedisConfig,
     client: Client,
     conn: Mutex<Option<MultiplexedConnection>>,
@@ -245,6 +252,7 @@ impl RedisBus {
         let registry = Registry::new(&cfg.prefix);
         let bus = Arc::new(Self {
             registry,
+            writer_mark: format!("{node_id}/{:016x}", fastrand::u64(..)),
             node: Arc::from(node_id),
             cfg,
             client,
@@ -492,7 +500,8 @@ impl Bus for RedisBus {
             i.key(self.key("nodes", room))
                 .key(self.key("writer", room))
                 .arg(&*self.node)
-                .arg(self.hb_prefix());
+                .arg(self.hb_prefix())
+                .arg(&self.writer_mark);
             i
         };
         Box::pin(async move { inv.invoke_async(&mut self.conn()?).await.map_err(unavailable) })
@@ -660,9 +669,11 @@ impl Bus for RedisBus {
                 .arg(&req.proposal)
                 .arg(ttl_ms(req.policy.ttl))
                 .arg(req.policy.size)
-                .arg(&*self.node)
+                .arg(&self.writer_mark)
                 .arg(self.hb_prefix())
-                .arg(if req.durable { 1 } else { 0 });
+                .arg(if req.durable { 1 } else { 0 })
+                .arg(&*self.node)
+                .arg(if req.writer { 1 } else { 0 });
             i
         };
         Box::pin(async move {
@@ -688,7 +699,7 @@ impl Bus for RedisBus {
                 .arg(&*a.epoch)
                 .arg(ttl)
                 .arg(a.policy.size.max(LOG_SIZE))
-                .arg(&*self.node);
+                .arg(&self.writer_mark);
             for (seq, frame) in &a.entries {
                 cmd.arg(*seq).arg(frame.as_str());
             }

@@ -177,6 +177,7 @@ pub(crate) fn spawn(settings: Settings, shared: Shared) -> RoomHandle {
         policy: settings.history,
         proposal: String::new(),
         durable: settings.durable,
+        writer: false,
     };
     tokio::spawn(lane(settings.room.clone(), load, shared.clone(), lane_rx, res_tx));
     let owner = Owner {
@@ -496,8 +497,8 @@ async fn lane(
                 }
                 None
             }
-            BusOp::LoadHistory => {
-                let req = LoadRequest { proposal: new_epoch(), ..load.clone() };
+            BusOp::LoadHistory { local } => {
+                let req = LoadRequest { proposal: new_epoch(), writer: local, ..load.clone() };
                 let fresh = req.proposal.clone();
                 let at = now();
                 Some(Event::HistoryLoaded(match bus.load_history(&room, req).await {

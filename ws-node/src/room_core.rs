@@ -172,8 +172,11 @@ pub enum BusOp {
     CatchUp {
         after: u64,
     },
-    /// Reads the room's stored history, epoch and `seq`.
-    LoadHistory,
+    /// Reads the room's stored history, epoch and `seq`; `local` when the room will stamp
+    /// its own messages (it opens alone).
+    LoadHistory {
+        local: bool,
+    },
     /// Waits until the store holds every message this room stamped so far; no event.
     FlushHistory,
     /// Sequenced: stamped and published atomically by the bus.
@@ -807,7 +810,7 @@ impl RoomCore {
     fn finish_open(&mut self, target: Mode, out: &mut Vec<Action>) {
         if self.loading.is_none() {
             self.loading = Some(target);
-            out.push(Action::Bus(BusOp::LoadHistory));
+            out.push(Action::Bus(BusOp::LoadHistory { local: target == Mode::Local }));
         }
     }
 

@@ -168,14 +168,14 @@ async fn a_sigkilled_node_is_pruned_from_room_sets_within_its_heartbeat_ttl() {
     .await;
     let (_v, _) = Client::join(&victim_url).await;
     let (mut a, _) = Client::join(&c.nodes[0].url("shared", "a")).await;
-    let members = redis.command(&["SMEMBERS", "roomfleet:nodes:shared"]).await;
+    let members = redis.command(&["SMEMBERS", "roomfleet:{shared}:nodes"]).await;
     assert!(members.contains("victim") && members.contains("n0"), "{members}");
 
     victim.signal("KILL");
     let _ = victim.exit().await;
     // Heartbeat TTL (2 s) plus one holder check (2 s), with slack for a loaded machine.
     wait_until(Duration::from_secs(6), "the victim to leave the room set", || async {
-        !redis.command(&["SMEMBERS", "roomfleet:nodes:shared"]).await.contains("victim")
+        !redis.command(&["SMEMBERS", "roomfleet:{shared}:nodes"]).await.contains("victim")
     })
     .await;
     assert_eq!(

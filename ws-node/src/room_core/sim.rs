@@ -223,7 +223,7 @@ impl World {
                 self.seq = self.seq.max(s);
                 Some(Event::SeqRaised(true))
             }
-            BusOp::LoadHistory => Some(Event::HistoryLoaded(crate::history::Loaded {
+            BusOp::LoadHistory { .. } => Some(Event::HistoryLoaded(crate::history::Loaded {
                 epoch: "e".into(),
                 seq: self.seq.max(self.stored),
                 entries: Vec::new(),
