@@ -20,8 +20,9 @@ use crate::room_core::Event;
 
 /// Entries queued over all rooms before a flush starts early.
 const FLUSH_AT: usize = 4096;
-/// Longest wait between retries of a refused batch.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Longest wait between retries of a refused batch (durable rooms deliver unacknowledged
+/// messages after each failed try, so it stays short).
+const MAX_BACKOFF: Duration = Duration::from_millis(200);
 
 /// One stamped message for the store.
 #[derive(Debug)]

@@ -500,14 +500,18 @@ impl Bus for LocalBus {
         let now = Instant::now();
         let mut st = self.hub.lock();
         let bus_seq = st.seqs.get(room).copied().unwrap_or(0);
-        let writer_dead =
-            |w: &Arc<str>, st: &HubState| st.dead.contains(w) || !st.nodes.contains_key(w);
+        // A writer that did not leave cleanly may have shown messages it never stored.
+        let writer_gone = |w: &Arc<str>, st: &HubState| {
+            st.dead.contains(w)
+                || !st.nodes.contains_key(w)
+                || !st.sets.get(room).is_some_and(|s| s.contains(w))
+        };
         let lost = match st.logs.get(room) {
             None => true,
             Some(h) if h.expired(now) || h.epoch.is_none() => true,
             Some(h) => {
                 !req.durable
-                    && h.writer.as_ref().is_some_and(|w| *w != self.id && writer_dead(w, &st))
+                    && h.writer.as_ref().is_some_and(|w| *w != self.id && writer_gone(w, &st))
             }
         };
         let h = st.logs.entry(room.clone()).or_insert_with(|| HubHistory::new(now));

@@ -87,9 +87,10 @@ return out
 
 /// Reads a room's history for its new owner and, when the owner stamps the room itself,
 /// marks it as the room's writer (`NODE/INSTANCE`). The epoch goes on unless the history is
-/// gone, or (without durable acks) its last writer died, or was an earlier run of this very
-/// node: it may have delivered messages it never stored, whose `seq`s would be stamped
-/// again. KEYS = epoch, seq, log, writer; ARGV = proposed epoch, TTL ms, count, writer
+/// gone, or (without durable acks) its last writer did not leave cleanly: it is dead, no
+/// longer holds the room (pruned), or was an earlier run of this very node. It may have
+/// delivered messages it never stored, whose `seq`s would be stamped again. KEYS = epoch,
+/// seq, log, writer, node set; ARGV = proposed epoch, TTL ms, count, writer
 /// mark, heartbeat prefix, durable (1/0), this node, mark the writer (1/0). Returns epoch,
 /// seq, then (seq, age ms, frame) per entry, newest first.
 const LOAD: &str = r#"
@@ -99,7 +100,8 @@ if e and ARGV[6] == '0' then
   local w = redis.call('GET', KEYS[4])
   if w and w ~= ARGV[4] then
     local wn = string.match(w, '^(.*)/') or w
-    if wn == ARGV[7] or redis.call('EXISTS', ARGV[5] .. wn) == 0 then lost = true end
+    if wn == ARGV[7] or redis.call('SISMEMBER', KEYS[5], wn) == 0
+      or redis.call('EXISTS', ARGV[5] .. wn) == 0 then lost = true end
   end
 end
 if lost then
@@ -666,6 +668,7 @@ impl Bus for RedisBus {
                 .key(self.key("seq", room))
                 .key(self.key("log", room))
                 .key(self.key("writer", room))
+                .key(self.key("nodes", room))
                 .arg(&req.proposal)
                 .arg(ttl_ms(req.policy.ttl))
                 .arg(req.policy.size)
@@ -706,16 +709,18 @@ impl Bus for RedisBus {
         }
         Box::pin(async move {
             let mut conn = self.conn()?;
-            let r: redis::RedisResult<Vec<redis::Value>> = pipe.query_async(&mut conn).await;
+            let no_script = redis::ErrorKind::Server(redis::ServerErrorKind::NoScript);
+            let mut r: redis::RedisResult<Vec<redis::Value>> = pipe.query_async(&mut conn).await;
+            if r.as_ref().is_err_and(|e| e.kind() == no_script) {
+                // A new or restarted Redis does not know the script yet: load it, go again.
+                let _ = self.scripts.append.prepare_invoke().load_async(&mut conn).await;
+                r = pipe.query_async(&mut conn).await;
+            }
             match r {
-                Ok(v) => Ok(v.iter().map(|x| !matches!(x, redis::Value::ServerError(_))).collect()),
-                Err(e)
-                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
-                    // Redis restarted and forgot the script: load it; the caller retries.
-                    let _ = self.scripts.append.prepare_invoke().load_async(&mut conn).await;
-                    Ok(vec![false; n])
+                Ok(v) if v.len() == n => {
+                    Ok(v.iter().map(|x| !matches!(x, redis::Value::ServerError(_))).collect())
                 }
+                Ok(_) => Ok(vec![false; n]),
                 Err(e) => Err(unavailable(e)),
             }
         })
