@@ -68,14 +68,21 @@ test("a drain closes with 1012; the client reconnects at once, elsewhere, and se
   const queued = ann.publish({ text: "while away" });
   const reopened = await next(ann, "state", (e) => e.state === "open");
   assert.notEqual(reopened.node, drained, "the router placed the room on another node");
-  // The server keeps no history yet: no resume, so it is reported as not recovered.
-  assert.equal(reopened.recovered, false);
+  // fleet up's in-process nodes share the rooms' history: the move is resumed whole.
+  assert.equal(reopened.recovered, true, "the reconnect resumed with since/epoch");
   await next(bob, "state", (e) => e.state === "open").catch(() => {});
   await waitFor("bob back in the room", () => bob.state === "open" && bob.members.includes("ann"));
   await queued;
   await ann.publish({ text: "after" });
   await waitFor("bob sees the message sent after the drain", () => seen.includes("after"));
   assert.equal(seen.filter((t) => t === "after").length, 1);
+  const seqs = [];
+  ann.on("message", (m) => seqs.push(m.seq));
+  await waitFor("ann has seen her own message", () => ann.seq != null && ann.seq >= 2);
+  const before = ann.seq;
+  await bob.publish({ text: "last" });
+  await waitFor("ann sees bob's last message", () => seqs.length === 1);
+  assert.equal(seqs[0], before + 1, "no gap: ann's order goes on from where the resume left it");
   ann.close();
   bob.close();
 });
