@@ -1,7 +1,8 @@
 //! A deterministic world for property tests: one room on three nodes, each a [`RoomCore`],
-//! over a simulated bus (node set, `seq`, log, channel, control) that can lose its Pub/Sub
-//! frames, duplicate control messages, restart empty, and lose a node. Random event
-//! sequences are checked against docs/protocol.md's guarantees.
+//! over a simulated bus (node set, `seq`, log, history store, channel, control) that can
+//! lose its Pub/Sub frames, duplicate control messages, restart empty, and lose a node.
+//! Members leave and resume elsewhere with `since`/`epoch`. Random event sequences are
+//! checked against docs/protocol.md's guarantees.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -16,6 +17,8 @@ const NODES: usize = 3;
 enum Step {
     Join(usize),
     Leave(usize, usize),
+    /// Member `k` of node `n` reconnects to node `m` with `since`/`epoch`.
+    Resume(usize, usize, usize),
     Publish(usize, usize),
     /// Let node `n` run one unit of work (a lane op, a result, a bus frame, a control).
     Work(usize, u8),
@@ -35,6 +38,7 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         3 => (0..NODES).prop_map(Step::Join),
         1 => (0..NODES, 0..4usize).prop_map(|(n, k)| Step::Leave(n, k)),
+        2 => (0..NODES, 0..4usize, 0..NODES).prop_map(|(n, k, m)| Step::Resume(n, k, m)),
         6 => (0..NODES, 0..4usize).prop_map(|(n, k)| Step::Publish(n, k)),
         40 => (0..NODES, any::<u8>()).prop_map(|(n, w)| Step::Work(n, w)),
         1 => Just(Step::DupControl),
@@ -47,8 +51,14 @@ fn step() -> impl Strategy<Value = Step> {
 
 #[derive(Debug, Default)]
 struct Member {
+    /// Where the member's order starts: its welcome's `seq`, or its `since` when a resume
+    /// was recovered (the replay then follows it).
     welcome: Option<u64>,
     seqs: Vec<u64>,
+    epoch: Option<Arc<str>>,
+    /// The resume it connected with.
+    resume: Option<Resume>,
+    user: String,
 }
 
 #[derive(Debug)]
@@ -78,6 +88,12 @@ struct World {
     log: VecDeque<(u64, Utf8Bytes)>,
     /// The last `seq` a node stamped itself and stored (the history store's).
     stored: u64,
+    /// The history store: what nodes stored and what the bus stamped, by `seq`.
+    history: BTreeMap<u64, Utf8Bytes>,
+    /// The store's epoch; a Redis restart loses it.
+    epoch_gen: u32,
+    /// Resumes the room answered with `recovered:true`: the run checked some.
+    recovered: usize,
     now_ms: u64,
     next_conn: Conn,
     /// Every stamped message's body by seq, per bus generation: one order.
@@ -161,10 +177,28 @@ impl World {
                         }
                     }
                 }
-                Action::Store { seq, .. } => self.stored = self.stored.max(seq),
-                Action::Admit { conn, welcome, .. } => {
+                Action::Store { seq, frame } => {
+                    self.stored = self.stored.max(seq);
+                    self.history.insert(seq, frame);
+                }
+                Action::Admit { conn, welcome, replay } => {
                     if let Some(m) = node.members.get_mut(&conn) {
-                        m.welcome = Some(welcome.seq);
+                        m.epoch = Some(welcome.epoch.clone());
+                        match (&m.resume, welcome.recovered) {
+                            (Some(r), true) => {
+                                self.recovered += 1;
+                                m.welcome = Some(r.since);
+                                for f in &replay {
+                                    let v: serde_json::Value =
+                                        serde_json::from_str(f.as_str()).unwrap();
+                                    m.seqs.push(v["seq"].as_u64().unwrap());
+                                }
+                            }
+                            _ => {
+                                assert!(replay.is_empty(), "a replay without recovered:true");
+                                m.welcome = Some(welcome.seq);
+                            }
+                        }
                     }
                 }
                 Action::Refuse { conn } => {
@@ -223,11 +257,15 @@ impl World {
                 self.seq = self.seq.max(s);
                 Some(Event::SeqRaised(true))
             }
-            BusOp::LoadHistory { .. } => Some(Event::HistoryLoaded(crate::history::Loaded {
-                epoch: "e".into(),
-                seq: self.seq.max(self.stored),
-                entries: Vec::new(),
-            })),
+            BusOp::LoadHistory { .. } => {
+                let at = Instant::now();
+                let entries = self.history.iter().map(|(s, f)| (*s, at, f.clone())).collect();
+                Some(Event::HistoryLoaded(crate::history::Loaded {
+                    epoch: format!("e{}", self.epoch_gen),
+                    seq: self.seq.max(self.stored),
+                    entries,
+                }))
+            }
             BusOp::FlushHistory => None,
             BusOp::ReadSeq => Some(Event::BusSeq(Some(self.seq))),
             BusOp::Holders => Some(Event::Holders(Some(self.set.iter().map(|x| id(*x)).collect()))),
@@ -243,6 +281,7 @@ impl World {
                 let seq = self.seq;
                 let frame = stamp(&env, seq);
                 self.bodies.insert(seq, frame.to_string());
+                self.history.insert(seq, frame.clone());
                 self.log.push_back((seq, frame.clone()));
                 if self.log.len() > LOG_SIZE {
                     self.log.pop_front();
@@ -351,22 +390,22 @@ impl World {
     fn run(&mut self, s: Step, base: Instant) {
         match s {
             Step::Join(n) if !self.nodes[n].dead => {
-                let conn = self.next_conn;
-                self.next_conn += 1;
-                self.nodes[n].members.insert(conn, Member::default());
-                if self.nodes[n].core.is_none() {
-                    let mut core = RoomCore::new(Self::settings(n));
-                    let out = core.start(self.t(base));
-                    self.nodes[n].core = Some(core);
-                    self.apply(n, out);
-                }
-                let user = UserId::parse(&format!("u{}", conn % 5)).unwrap();
-                self.feed(n, Event::Join { conn, user, info: None, resume: None }, base);
+                let user = format!("u{}", self.next_conn % 5);
+                self.join(n, user, None, base);
             }
             Step::Leave(n, k) => {
                 let Some(conn) = self.nodes[n].members.keys().nth(k).copied() else { return };
                 self.nodes[n].members.remove(&conn);
                 self.feed(n, Event::Leave { conn }, base);
+            }
+            Step::Resume(n, k, m) if !self.nodes[m].dead => {
+                let Some((&conn, old)) = self.nodes[n].members.iter().nth(k) else { return };
+                let (Some(w), Some(epoch)) = (old.welcome, old.epoch.clone()) else { return };
+                let since = old.seqs.last().copied().unwrap_or(w);
+                let user = old.user.clone();
+                self.nodes[n].members.remove(&conn);
+                self.feed(n, Event::Leave { conn }, base);
+                self.join(m, user, Some(Resume { since, epoch: epoch.to_string() }), base);
             }
             Step::Publish(n, k) => {
                 let node = &self.nodes[n];
@@ -403,6 +442,8 @@ impl World {
                 self.set.clear();
                 self.seq = 0;
                 self.stored = 0;
+                self.history.clear();
+                self.epoch_gen += 1;
                 self.log.clear();
                 self.lossy = true;
                 self.bus_blip(base);
@@ -421,6 +462,22 @@ impl World {
             }
             _ => {}
         }
+    }
+
+    /// A new connection on node `n` (opening the room there if needed).
+    fn join(&mut self, n: usize, user: String, resume: Option<Resume>, base: Instant) {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        let m = Member { resume: resume.clone(), user: user.clone(), ..Member::default() };
+        self.nodes[n].members.insert(conn, m);
+        if self.nodes[n].core.is_none() {
+            let mut core = RoomCore::new(Self::settings(n));
+            let out = core.start(self.t(base));
+            self.nodes[n].core = Some(core);
+            self.apply(n, out);
+        }
+        let user = UserId::parse(&user).unwrap();
+        self.feed(n, Event::Join { conn, user, info: None, resume }, base);
     }
 
     /// Every node sees its bus connection drop and come back (resubscribing).
@@ -543,4 +600,21 @@ fn the_simulated_fleet_spans_rooms_and_checks_something() {
         let m = w.nodes[n].members.values().next().unwrap();
         assert_eq!(m.seqs, [1, 2]);
     }
+}
+
+#[test]
+fn a_member_that_moves_to_another_node_resumes_with_nothing_missed() {
+    let base = Instant::now();
+    let mut w = two_members(base);
+    w.run(Step::Publish(0, 0), base);
+    w.quiesce(base);
+    // The member of node 1 reconnects to node 2; node 0 publishes while node 2 opens.
+    w.run(Step::Resume(1, 0, 2), base);
+    w.run(Step::Publish(0, 0), base);
+    w.run(Step::Publish(0, 0), base);
+    w.check(base);
+    assert_eq!(w.recovered, 1, "the resume was recovered");
+    let moved = w.nodes[2].members.values().next().unwrap();
+    assert_eq!(moved.welcome, Some(1), "it resumed after seq 1");
+    assert_eq!(moved.seqs, [2, 3]);
 }
