@@ -1,7 +1,8 @@
 //! The demo chat and the admin UI in a real headless Chromium driven over WebDriver
 //! (Debian's `chromium` and `chromium-driver`; scripts/test installs them): two sessions
-//! chat and see presence and typing, the chat survives a drain with its reconnect banner,
-//! the admin UI shows the nodes and agrees with `/admin/placement`. Screenshots go to docs/img.
+//! chat and see presence and typing, the chat survives a drain with its reconnect banner and
+//! resumes it with nothing lost, the admin UI shows the nodes and agrees with
+//! `/admin/placement`. Screenshots go to docs/img.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,6 +12,7 @@ use fantoccini::{Client, ClientBuilder};
 use fleet::{Fleet, Options};
 use router::HealthConfig;
 use serde_json::{Value, json};
+use shared::testkit::ws::WsClient;
 use shared::testkit::{free_port, http, wait_until};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -207,10 +209,21 @@ async fn the_chat_and_the_admin_ui_work_in_chromium() {
     wait_js(&bob, &has("hi bob"), "ann's message at bob").await;
     screenshot(&ann, "chat.png").await;
 
-    // Drain the room's node: the banner shows while reconnecting, then the chat goes on
-    // on another node. (No history yet: what was published during the gap is not replayed.)
+    // Drain the room's node: the banner shows while reconnecting, then the chat resumes on
+    // another node with what was said meanwhile by cy, a member on a third node that stays.
     let placed = api(&f, "GET", &format!("/admin/placement?room={room}")).await;
     let drained = placed["node"].as_str().unwrap().to_owned();
+    let ring = api(&f, "GET", "/admin/ring").await;
+    let other = ring["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] != drained.as_str())
+        .map(|n| n["addr"].as_str().unwrap().to_owned())
+        .unwrap();
+    let (mut cy, _) = WsClient::join(&format!("ws://{other}/ws?room={room}&user=cy")).await;
+    wait_js(&ann, "return !!document.querySelector('#members li[data-user=cy]')", "cy at ann")
+        .await;
     js(&ann, "window.banners = []; const b = document.getElementById('banner'); new MutationObserver(() => { if (!b.hidden) window.banners.push(b.textContent) }).observe(b, { attributes: true, childList: true, subtree: true, characterData: true }); return true").await;
     api(&f, "POST", &format!("/admin/nodes/{drained}/drain")).await;
     wait_js(
@@ -219,10 +232,25 @@ async fn the_chat_and_the_admin_ui_work_in_chromium() {
         "the reconnect banner",
     )
     .await;
+    for i in 0..5 {
+        cy.publish(json!({"text": format!("while away {i}")})).await;
+    }
     wait_js(&ann, &format!("return document.body.dataset.state === 'open' && document.getElementById('banner').hidden && !document.getElementById('status').textContent.endsWith('{drained}')"), "ann open on another node").await;
     wait_js(&bob, "return document.body.dataset.state === 'open' && !!document.querySelector('#members li[data-user=ann]')", "bob back with ann").await;
+    wait_js(
+        &ann,
+        "return [...document.querySelectorAll('#messages li.note')].some(e => e.textContent.endsWith('nothing missed'))",
+        "the chat saying it resumed with nothing missed",
+    )
+    .await;
     js(&bob, "document.getElementById('text').value = 'after the drain'; document.getElementById('send-form').requestSubmit(); return true").await;
     wait_js(&ann, &has("after the drain"), "a message after the drain").await;
+    for i in 0..5 {
+        let once = format!(
+            "return [...document.querySelectorAll('#messages li .text')].filter(e => e.textContent === 'while away {i}').length === 1"
+        );
+        wait_js(&ann, &once, &format!("cy's message {i} once at ann")).await;
+    }
 
     ann.close().await.unwrap();
     bob.close().await.unwrap();
