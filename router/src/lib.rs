@@ -6,6 +6,7 @@
 mod admin;
 mod client_ip;
 pub mod config;
+mod connect;
 pub mod discovery;
 mod error;
 pub mod health;

@@ -204,6 +204,7 @@ impl Proxy {
             (&Method::GET, "/ws") => self.upgrade(req, peer, guard).await,
             (_, "/ws") => text(StatusCode::METHOD_NOT_ALLOWED, "/ws takes only GET upgrades"),
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
+            (&Method::GET, "/connect") => crate::connect::answer(self, &req, peer),
             (method, path) => {
                 crate::ui::serve(crate::ui::Site::Chat, method, path).unwrap_or_else(|| {
                     text(StatusCode::NOT_FOUND, "not found; connect to /ws?room=ROOM&user=USER")
@@ -310,20 +311,29 @@ impl Proxy {
         }
     }
 
-    /// With auth on, the client's token verified for the room and the signed hop header
-    /// that carries the identity to the node; `None` with auth off.
+    /// With auth on, the client's token verified for the room; `None` with auth off.
+    pub(crate) fn verified(
+        &self,
+        req: &Request<Incoming>,
+        target: &shared::ids::WsTarget,
+    ) -> Result<Option<shared::auth::Identity>, AuthError> {
+        let (Some(jwt), Some(_)) = (&self.config.jwt, &self.config.hop_key) else {
+            return Ok(None);
+        };
+        let token = token_from(req.uri().query(), req.headers()).ok_or(AuthError::Missing)?;
+        jwt.verify(&token, &target.room, target.user.as_ref()).map(Some)
+    }
+
+    /// With auth on, the signed hop header that carries the verified identity to the node.
     fn identity(
         &self,
         req: &Request<Incoming>,
         target: &shared::ids::WsTarget,
     ) -> Result<Option<HeaderValue>, AuthError> {
-        let (Some(jwt), Some(hop)) = (&self.config.jwt, &self.config.hop_key) else {
+        let (Some(id), Some(hop)) = (self.verified(req, target)?, &self.config.hop_key) else {
             return Ok(None);
         };
-        let token = token_from(req.uri().query(), req.headers()).ok_or(AuthError::Missing)?;
-        let id = jwt.verify(&token, &target.room, target.user.as_ref())?;
-        let value = hop.sign(&id, &target.room);
-        Ok(HeaderValue::from_str(&value).ok())
+        Ok(HeaderValue::from_str(&hop.sign(&id, &target.room)).ok())
     }
 
     /// Sends the upgrade to one node and reads its answer.

@@ -363,3 +363,75 @@ async fn a_rotated_jwks_is_picked_up_without_a_restart() {
     old.publish(json!("open connections stay")).await;
     assert_eq!(old.recv_type("message").await["body"], "open connections stay");
 }
+
+/// `GET /connect` on the router's public listener.
+async fn connect(f: &Fleet, query: &str) -> (u16, Value) {
+    let (status, body) =
+        shared::testkit::http(f.router.proxy_addr(), "GET", &format!("/connect?{query}"), &[], "")
+            .await
+            .unwrap();
+    (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
+}
+
+/// The node's answer to an upgrade at `url` (a `ws://` URL), as status and body.
+async fn upgrade_at(url: &str) -> (u16, String) {
+    let rest = url.strip_prefix("ws://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    raw_upgrade(host.parse().unwrap(), path, &UPGRADE).await
+}
+
+#[tokio::test]
+async fn direct_connect_tickets_work_only_on_their_node_and_only_until_they_expire() {
+    let f = Fleet::start().await;
+    let t = hs(&claims("ann", json!({"chat:*": "rw"})), "k1", K1);
+    let (status, d) = connect(&f, &format!("room=chat:1&token={t}&since=3&epoch=e1")).await;
+    assert_eq!(status, 200, "{d}");
+    let url = d["url"].as_str().unwrap().to_owned();
+    let node = d["node"].as_str().unwrap().to_owned();
+    assert!(d["expires"].as_u64().unwrap() > 0);
+    assert!(!url.contains(&t), "the client's token never goes into the node URL: {url}");
+    assert!(url.contains("user=ann") && url.contains("since=3&epoch=e1"), "{url}");
+    let (mut c, _) = WsClient::connect_with(&url, &[]).await.unwrap();
+    let w = welcome(&mut c).await;
+    assert_eq!((w["user"].as_str(), w["node"].as_str()), (Some("ann"), Some(node.as_str())));
+
+    // The same ticket on the other node, tampered with, expired, or without one.
+    let me = f.nodes.iter().find(|n| n.id == node).unwrap().addr.to_string();
+    let other = f.nodes.iter().find(|n| n.id != node).unwrap().addr.to_string();
+    let (status, body) = upgrade_at(&url.replace(&me, &other)).await;
+    assert_eq!((status, body.contains("issued for another node")), (401, true), "{body}");
+    let ticket = d["ticket"].as_str().unwrap();
+    let tampered = url.replace(ticket, &format!("{}x", &ticket[..ticket.len() - 1]));
+    assert_eq!(upgrade_at(&tampered).await.0, 401);
+    let hop = HopKey::new(HOP).unwrap();
+    let id = shared::auth::Identity {
+        user: shared::ids::UserId::parse("ann").unwrap(),
+        rights: shared::auth::Rights::ReadWrite,
+        exp: unix_secs() + 600,
+        info: None,
+    };
+    let room = shared::ids::RoomId::parse("chat:1").unwrap();
+    let stale = hop.ticket(&id, &room, &node, Duration::ZERO);
+    let (status, body) =
+        upgrade_at(&format!("ws://{me}/ws?room=chat:1&ticket={}", stale.value)).await;
+    assert_eq!((status, body.contains("expired")), (401, true), "{body}");
+
+    // A ticket works until it expires, then the same one is refused.
+    let short = hop.ticket(&id, &room, &node, Duration::from_millis(300));
+    let url = format!("ws://{me}/ws?room=chat:1&ticket={}", short.value);
+    let (mut c, _) = WsClient::connect_with(&url, &[]).await.unwrap();
+    welcome(&mut c).await;
+    shared::testkit::wait_until(Duration::from_secs(5), "the ticket to expire", || {
+        let url = url.clone();
+        async move { WsClient::connect_with(&url, &[]).await.is_err() }
+    })
+    .await;
+    let (status, body) = upgrade_at(&url).await;
+    assert_eq!((status, body.contains("expired")), (401, true), "{body}");
+
+    // The router refuses what it would refuse for an upgrade.
+    assert_eq!(connect(&f, "room=chat:1").await.0, 401);
+    let t = hs(&claims("ann", json!({"other:*": "rw"})), "k1", K1);
+    assert_eq!(connect(&f, &format!("room=chat:1&token={t}")).await.0, 403);
+    assert_eq!(connect(&f, "room=a%20b").await.0, 400);
+}

@@ -286,3 +286,21 @@ async fn the_end_of_the_grace_cuts_open_tunnels() {
     assert!(!clean);
     assert_eq!(ws.closed(STEP).await, None, "cut without a close frame");
 }
+
+#[tokio::test]
+async fn direct_connect_without_auth_names_the_placed_node_and_no_ticket() {
+    let s = Setup::start(3).await;
+    for r in 0..5 {
+        let room = format!("direct-{r}");
+        let placed = s.placement(&room).await;
+        let path = format!("/connect?room={room}&user=ann");
+        let (status, body) =
+            shared::testkit::http(s.router.proxy_addr(), "GET", &path, &[], "").await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        let d: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(d["node"], placed["node"], "{room}: the node the ring places it on");
+        assert!(d["ticket"].is_null() && d["expires"].is_null(), "auth is off: {d}");
+        let (_c, w) = join(d["url"].as_str().unwrap()).await;
+        assert_eq!((&w["node"], &w["user"]), (&placed["node"], &json!("ann")));
+    }
+}

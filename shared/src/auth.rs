@@ -76,6 +76,8 @@ pub enum AuthError {
     RoomNotAllowed(String),
     #[error("identity header is invalid: {0}")]
     BadHop(&'static str),
+    #[error("connect ticket is invalid: {0}")]
+    BadTicket(&'static str),
 }
 
 impl AuthError {
@@ -90,11 +92,12 @@ impl AuthError {
             Self::UserMismatch => "user_mismatch",
             Self::RoomNotAllowed(_) => "room_not_allowed",
             Self::BadHop(_) => "bad_hop",
+            Self::BadTicket(_) => "bad_ticket",
         }
     }
 
     /// Every label, so the metrics show zeros before the first refusal.
-    pub const REASONS: [&'static str; 8] = [
+    pub const REASONS: [&'static str; 9] = [
         "missing",
         "invalid",
         "expired",
@@ -103,6 +106,7 @@ impl AuthError {
         "user_mismatch",
         "room_not_allowed",
         "bad_hop",
+        "bad_ticket",
     ];
 
     /// 403 for a valid token that does not reach this room; 401 for everything else.
@@ -395,7 +399,7 @@ impl std::fmt::Debug for HopKey {
     }
 }
 
-/// What a hop header carries, signed as a whole.
+/// What a hop header (or a connect ticket) carries, signed as a whole.
 #[derive(Serialize, Deserialize)]
 struct Hop<'a> {
     room: &'a str,
@@ -406,6 +410,20 @@ struct Hop<'a> {
     until: u64,
     #[serde(borrow, skip_serializing_if = "Option::is_none")]
     info: Option<&'a RawValue>,
+    /// Set on connect tickets only: the one node that may take it.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    node: Option<&'a str>,
+}
+
+/// How long a connect ticket (`GET /connect`) is good for.
+pub const TICKET_VALIDITY: Duration = HOP_VALIDITY;
+
+/// A connect ticket: the identity a router verified, for one room on one node, until
+/// `expires` (Unix ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ticket {
+    pub value: String,
+    pub expires: u64,
 }
 
 impl HopKey {
@@ -438,13 +456,24 @@ impl HopKey {
 
     /// The header value for `id` in `room`: `BASE64URL(json).BASE64URL(HMAC-SHA256)`.
     pub fn sign(&self, id: &Identity, room: &RoomId) -> String {
+        self.seal(id, room, None, unix_ms() + HOP_VALIDITY.as_millis() as u64)
+    }
+
+    /// A connect ticket for `id` in `room` that only node `node` takes, for `ttl`.
+    pub fn ticket(&self, id: &Identity, room: &RoomId, node: &str, ttl: Duration) -> Ticket {
+        let expires = unix_ms() + ttl.as_millis() as u64;
+        Ticket { value: self.seal(id, room, Some(node), expires), expires }
+    }
+
+    fn seal(&self, id: &Identity, room: &RoomId, node: Option<&str>, until: u64) -> String {
         let hop = Hop {
             room: room.as_str(),
             user: id.user.as_str(),
             rights: id.rights,
             exp: id.exp,
-            until: unix_ms() + HOP_VALIDITY.as_millis() as u64,
+            until,
             info: id.info.as_deref(),
+            node,
         };
         let payload = serde_json::to_vec(&hop).expect("hop serializes");
         let tag = hmac::sign(&self.0, &payload);
@@ -452,20 +481,46 @@ impl HopKey {
     }
 
     /// Checks a hop header for `room`: signature (constant time), validity window, room.
+    /// A connect ticket is not a hop header.
     pub fn verify(&self, value: &str, room: &RoomId) -> Result<Identity, AuthError> {
-        let (p, t) = value.split_once('.').ok_or(AuthError::BadHop("malformed"))?;
-        let payload = URL_SAFE_NO_PAD.decode(p).map_err(|_| AuthError::BadHop("malformed"))?;
-        let tag = URL_SAFE_NO_PAD.decode(t).map_err(|_| AuthError::BadHop("malformed"))?;
-        hmac::verify(&self.0, &payload, &tag).map_err(|_| AuthError::BadHop("bad signature"))?;
-        let hop: Hop<'_> =
-            serde_json::from_slice(&payload).map_err(|_| AuthError::BadHop("malformed"))?;
+        self.open(value, room, None).map_err(|why| AuthError::BadHop(why))
+    }
+
+    /// Checks a connect ticket for `room` on node `node`: signature, expiry, room, node.
+    pub fn verify_ticket(
+        &self,
+        value: &str,
+        room: &RoomId,
+        node: &str,
+    ) -> Result<Identity, AuthError> {
+        self.open(value, room, Some(node)).map_err(AuthError::BadTicket)
+    }
+
+    fn open(
+        &self,
+        value: &str,
+        room: &RoomId,
+        node: Option<&str>,
+    ) -> Result<Identity, &'static str> {
+        let (p, t) = value.split_once('.').ok_or("malformed")?;
+        let payload = URL_SAFE_NO_PAD.decode(p).map_err(|_| "malformed")?;
+        let tag = URL_SAFE_NO_PAD.decode(t).map_err(|_| "malformed")?;
+        hmac::verify(&self.0, &payload, &tag).map_err(|_| "bad signature")?;
+        let hop: Hop<'_> = serde_json::from_slice(&payload).map_err(|_| "malformed")?;
         if hop.until < unix_ms() {
-            return Err(AuthError::BadHop("stale"));
+            return Err(if node.is_some() { "expired" } else { "stale" });
         }
         if hop.room != room.as_str() {
-            return Err(AuthError::BadHop("signed for another room"));
+            return Err("signed for another room");
         }
-        let user = UserId::parse(hop.user).map_err(|_| AuthError::BadHop("malformed"))?;
+        match (node, hop.node) {
+            (None, None) => {}
+            (None, Some(_)) => return Err("a connect ticket is not an identity header"),
+            (Some(me), Some(n)) if me == n => {}
+            (Some(_), Some(_)) => return Err("issued for another node"),
+            (Some(_), None) => return Err("an identity header is not a connect ticket"),
+        }
+        let user = UserId::parse(hop.user).map_err(|_| "malformed")?;
         let info = hop.info.map(|i| Arc::from(i.to_owned()));
         Ok(Identity { user, rights: hop.rights, exp: hop.exp, info })
     }
@@ -593,6 +648,50 @@ mod tests {
         let (p, t) = h.split_once('.').unwrap();
         let forged = format!("{}x.{t}", &p[..p.len() - 1]);
         assert!(k.verify(&forged, &room("r1")).is_err());
+    }
+
+    #[test]
+    fn connect_tickets_are_for_one_node_one_room_and_a_while() {
+        let k = HopKey::new(SECRET).unwrap();
+        let id = Identity {
+            user: UserId::parse("ann").unwrap(),
+            rights: Rights::ReadWrite,
+            exp: 99,
+            info: None,
+        };
+        let t = k.ticket(&id, &room("r1"), "node-a", Duration::from_secs(30));
+        assert!(t.expires > unix_ms());
+        assert_eq!(k.verify_ticket(&t.value, &room("r1"), "node-a").unwrap().user.as_str(), "ann");
+        let err = |r: Result<Identity, AuthError>| r.unwrap_err();
+        assert_eq!(
+            err(k.verify_ticket(&t.value, &room("r1"), "node-b")),
+            AuthError::BadTicket("issued for another node")
+        );
+        assert!(matches!(
+            err(k.verify_ticket(&t.value, &room("r2"), "node-a")),
+            AuthError::BadTicket(_)
+        ));
+        let (p, sig) = t.value.split_once('.').unwrap();
+        let json = String::from_utf8(URL_SAFE_NO_PAD.decode(p).unwrap()).unwrap();
+        let forged = URL_SAFE_NO_PAD.encode(json.replace("ann", "bob"));
+        let tampered = format!("{forged}.{sig}");
+        assert_eq!(
+            err(k.verify_ticket(&tampered, &room("r1"), "node-a")),
+            AuthError::BadTicket("bad signature")
+        );
+        let old = k.ticket(&id, &room("r1"), "node-a", Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(
+            err(k.verify_ticket(&old.value, &room("r1"), "node-a")),
+            AuthError::BadTicket("expired")
+        );
+        // Neither passes for the other.
+        assert!(matches!(err(k.verify(&t.value, &room("r1"))), AuthError::BadHop(_)));
+        let hop = k.sign(&id, &room("r1"));
+        assert!(matches!(
+            err(k.verify_ticket(&hop, &room("r1"), "node-a")),
+            AuthError::BadTicket(_)
+        ));
     }
 
     #[test]

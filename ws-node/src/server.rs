@@ -189,7 +189,8 @@ fn upgrade(node: &Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
 }
 
 /// With auth on, the identity from a router's hop header (checked first: a present but bad
-/// one is refused, never passed over) or from the client's own token; `None` with auth off.
+/// one is refused, never passed over), from a router's connect ticket, or from the client's
+/// own token; `None` with auth off.
 fn authenticate(
     node: &Node,
     req: &Request<Incoming>,
@@ -202,6 +203,16 @@ fn authenticate(
         let hop = node.config.hop_key.as_ref().ok_or(AuthError::BadHop("no --hop-secret here"))?;
         let v = v.to_str().map_err(|_| AuthError::BadHop("malformed"))?;
         let id = hop.verify(v, &target.room)?;
+        if target.user.as_ref().is_some_and(|u| *u != id.user) {
+            return Err(AuthError::UserMismatch);
+        }
+        return Ok(Some(id));
+    }
+    if let Some(t) = shared::http::query_param(req.uri().query(), "ticket") {
+        // A router's `GET /connect` ticket: for this node and this room only.
+        let hop =
+            node.config.hop_key.as_ref().ok_or(AuthError::BadTicket("no --hop-secret here"))?;
+        let id = hop.verify_ticket(&t, &target.room, &node.config.node_id)?;
         if target.user.as_ref().is_some_and(|u| *u != id.user) {
             return Err(AuthError::UserMismatch);
         }
