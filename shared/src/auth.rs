@@ -483,7 +483,7 @@ impl HopKey {
     /// Checks a hop header for `room`: signature (constant time), validity window, room.
     /// A connect ticket is not a hop header.
     pub fn verify(&self, value: &str, room: &RoomId) -> Result<Identity, AuthError> {
-        self.open(value, room, None).map_err(|why| AuthError::BadHop(why))
+        self.open(value, room, None).map_err(AuthError::BadHop)
     }
 
     /// Checks a connect ticket for `room` on node `node`: signature, expiry, room, node.
