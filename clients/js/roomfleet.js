@@ -29,6 +29,10 @@ export const CLOSE = Object.freeze({
  * @property {string} [token] A JWT, sent as the subprotocol `token.<JWT>` next to `roomfleet`.
  * @property {() => (string | null | undefined | Promise<string | null | undefined>)} [getToken]
  *   Called before every connect and after a 4001 close; a new token there reconnects.
+ * @property {boolean} [direct] Ask the router's `GET /connect` before every connect and open
+ *   the WebSocket on the node it names (with the node's ticket), keeping the router out of
+ *   the data path; only where the nodes' addresses are reachable (false).
+ * @property {typeof fetch} [fetch] `fetch` to use for `direct` instead of the global one.
  * @property {typeof WebSocket} [WebSocket] Constructor to use instead of the global one.
  * @property {number} [ackTimeoutMs] How long a sent publish waits for its ack (10000).
  * @property {number} [queueLimit] Publishes held while not connected (100).
@@ -127,6 +131,8 @@ export class Room {
     this.user = opts.user ?? undefined;
     this.token = opts.token ?? null;
     this.getToken = opts.getToken ?? null;
+    this.direct = opts.direct ?? false;
+    this.fetch = opts.fetch ?? globalThis.fetch;
     this.ackTimeoutMs = opts.ackTimeoutMs ?? 10_000;
     this.queueLimit = opts.queueLimit ?? 100;
     this.backoff = {
@@ -250,10 +256,22 @@ export class Room {
       }
       if (this.state === "closed") return;
     }
-    const protocols = this.token ? ["roomfleet", `token.${this.token}`] : undefined;
+    let url = this.connectUrl();
+    if (this.direct) {
+      try {
+        url = await this.placed(url);
+      } catch (e) {
+        if (e.fatal) this.stop(CLOSE.ABNORMAL, e.message);
+        else this.retry(CLOSE.ABNORMAL, e.message, "backoff");
+        return;
+      }
+      if (this.state === "closed") return;
+    }
+    // A node reached directly takes the router's ticket: the token stays with the router.
+    const protocols = this.token && !this.direct ? ["roomfleet", `token.${this.token}`] : undefined;
     let ws;
     try {
-      ws = new this.WebSocket(this.connectUrl(), protocols);
+      ws = new this.WebSocket(url, protocols);
     } catch (e) {
       // A malformed URL or protocol token will not get better by retrying.
       this.stop(CLOSE.ABNORMAL, `cannot open a WebSocket: ${e?.message ?? e}`);
@@ -280,6 +298,30 @@ export class Room {
     };
     // `error` is always followed by `close`, which decides what happens.
     ws.onerror = () => {};
+  }
+
+  /**
+   * Asks the router where `wsUrl` (its `/ws`) should connect directly: the node's URL with
+   * a ticket. A refused token stops the client; anything else is retried with back-off.
+   * @param {string} wsUrl
+   */
+  async placed(wsUrl) {
+    const u = new URL(wsUrl);
+    u.protocol = u.protocol === "wss:" ? "https:" : "http:";
+    u.pathname = u.pathname.replace(/\/ws$/, "/connect");
+    const headers = this.token ? { authorization: `Bearer ${this.token}` } : {};
+    let r;
+    try {
+      r = await this.fetch(u.toString(), { headers });
+    } catch (e) {
+      throw new RoomError("connect", `GET /connect failed: ${e?.message ?? e}`);
+    }
+    const text = await r.text();
+    if (r.status === 400 || r.status === 401 || r.status === 403) {
+      throw Object.assign(new RoomError("connect", `GET /connect: ${r.status} ${text.trim()}`), { fatal: true });
+    }
+    if (!r.ok) throw new RoomError("connect", `GET /connect: ${r.status} ${text.trim()}`);
+    return JSON.parse(text).url;
   }
 
   connectUrl() {

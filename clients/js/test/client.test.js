@@ -87,6 +87,19 @@ test("a drain closes with 1012; the client reconnects at once, elsewhere, and se
   bob.close();
 });
 
+test("direct: the client asks the router where to go and talks to that node itself", async () => {
+  const room = freshRoom();
+  const ann = join("ann", { room, direct: true });
+  const bob = join("bob", { room });
+  const [a, b] = await Promise.all([next(ann, "state", (e) => e.state === "open"), next(bob, "state", (e) => e.state === "open")]);
+  assert.equal(a.node, b.node, "the direct client lands on the room's node");
+  const got = next(bob, "message", (m) => m.body?.text === "direct");
+  const ack = await ann.publish({ text: "direct" });
+  assert.equal((await got).seq, ack.seq);
+  ann.close();
+  bob.close();
+});
+
 test("a 1008 close (rate limit) backs off before reconnecting", async () => {
   const ann = join("ann", { room: freshRoom(), backoffBaseMs: 400 });
   await next(ann, "state", (e) => e.state === "open");
