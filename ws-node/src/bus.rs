@@ -162,6 +162,11 @@ pub trait Bus: Send + Sync + 'static {
     fn is_remote(&self) -> bool {
         false
     }
+    /// Whether the node may take clients: a room opened before the bus was first reached
+    /// would start a history of its own beside the stored one.
+    fn is_ready(&self) -> bool {
+        true
+    }
 }
 
 /// Builds the frame an envelope becomes once stamped with `seq`.

@@ -224,6 +224,10 @@ pub struct RedisBus {
     /// Cleared by [`RedisBus::withdraw`]: from then on heartbeats keep the node alive for
     /// its peers but never put it back into the registry routers place from.
     placeable: AtomicBool,
+    /// Set once Redis was first reached; until then (or `heartbeat_ttl` after the start)
+    /// the node takes no clients.
+    reached: AtomicBool,
+    started: std::time::Instant,
 }
 
 impl std::fmt::Debug for RedisBus {
@@ -274,6 +278,8 @@ impl RedisBus {
                 append: Script::new(APPEND),
             },
             placeable: AtomicBool::new(true),
+            reached: AtomicBool::new(false),
+            started: std::time::Instant::now(),
         });
         tokio::spawn(bus.clone().supervise(token.clone()));
         tokio::spawn(bus.clone().beat(token));
@@ -310,6 +316,7 @@ impl RedisBus {
             match self.connect().await {
                 Ok(stream) => {
                     backoff = Duration::from_millis(100);
+                    self.reached.store(true, Ordering::Release);
                     tracing::info!(node = %self.node, url = %self.cfg.url, "redis connected");
                     let _ = self.events_tx.send(BusEvent::Restored).await;
                     let stopped = self.serve(stream, &token).await;
@@ -732,5 +739,11 @@ impl Bus for RedisBus {
 
     fn is_remote(&self) -> bool {
         true
+    }
+
+    fn is_ready(&self) -> bool {
+        // A Redis that stays away does not keep the node down for ever: past the heartbeat
+        // TTL it serves alone, as it does when Redis goes away later.
+        self.reached.load(Ordering::Acquire) || self.started.elapsed() > self.cfg.heartbeat_ttl
     }
 }

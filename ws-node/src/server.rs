@@ -95,6 +95,8 @@ fn route(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET, "/readyz") => {
             if node.is_draining() || node.token.is_cancelled() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining")
+            } else if !node.rooms.bus.is_ready() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "starting: waiting for Redis")
             } else {
                 text(StatusCode::OK, "ready")
             }
@@ -135,6 +137,11 @@ fn upgrade(node: &Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
     if node.is_draining() || node.token.is_cancelled() {
         node.metrics.refused_draining.inc();
         return retry_later("node draining; reconnect through the router");
+    }
+    if !node.rooms.bus.is_ready() {
+        // Rooms opened now could not read their stored history: resumes would fail.
+        node.metrics.refused_draining.inc();
+        return retry_later("node starting: waiting for Redis");
     }
     let Some(conn) = node.reserve_slot() else {
         node.metrics.refused_full.inc();

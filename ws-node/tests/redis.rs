@@ -218,3 +218,36 @@ async fn sigterm_deregisters_then_drains_with_1012_and_exits() {
     let exit = node.exit().await;
     assert!(exit.success(), "{exit:?}");
 }
+
+#[tokio::test]
+async fn a_node_takes_no_clients_until_it_first_reaches_redis() {
+    let mut redis = RedisServer::start().await;
+    redis.kill();
+    let token = CancellationToken::new();
+    let cfg =
+        RedisConfig { heartbeat_ttl: Duration::from_secs(60), ..RedisConfig::new(redis.url()) };
+    let bus: Arc<dyn Bus> = RedisBus::start("n0", cfg, token.clone()).unwrap();
+    let n = TestNode::with_bus(config("n0"), bus).await;
+    let get = |path: &'static str| async move {
+        shared::testkit::http(n.addr, "GET", path, &[], "").await.unwrap()
+    };
+    let (status, body) = get("/readyz").await;
+    assert_eq!((status, body.trim()), (503, "starting: waiting for Redis"));
+    let upgrade = [
+        ("upgrade", "websocket"),
+        ("connection", "Upgrade"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let (status, body) =
+        shared::testkit::http(n.addr, "GET", "/ws?room=r&user=u", &upgrade, "").await.unwrap();
+    assert_eq!(status, 503, "a room opened now would start a history of its own: {body}");
+    redis.restart().await;
+    wait_until(Duration::from_secs(10), "the node ready once Redis is reached", || async move {
+        shared::testkit::http(n.addr, "GET", "/readyz", &[], "").await.is_ok_and(|r| r.0 == 200)
+    })
+    .await;
+    let (_c, w) = Client::join(&format!("ws://{}/ws?room=r&user=u", n.addr)).await;
+    assert_eq!(w["recovered"], false);
+    token.cancel();
+}
