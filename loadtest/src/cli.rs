@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 
+use crate::access::AccessArgs;
 use crate::dialect::Dialect;
 use crate::progress::ProgressMode;
 use crate::run::RunConfig;
@@ -104,6 +105,8 @@ pub struct RunArgs {
     /// Plain progress lines even on a terminal.
     #[arg(long)]
     pub no_bar: bool,
+    #[command(flatten)]
+    pub access: AccessArgs,
 }
 
 fn secs(v: f64, flag: &str) -> anyhow::Result<Duration> {
@@ -127,9 +130,11 @@ impl RunArgs {
         {
             bail!("--prefix {:?}: use [A-Za-z0-9._:-]", self.prefix);
         }
+        let target = Target::parse(&self.url)?;
         let config = RunConfig {
             url: self.url.clone(),
-            target: Target::parse(&self.url)?,
+            access: self.access.access(target.tls)?,
+            target,
             dialect: self.dialect,
             conns: self.conns,
             rooms: self.rooms,

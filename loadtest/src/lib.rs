@@ -3,6 +3,7 @@
 //! that shards of one scenario merge exactly. `main.rs` only parses flags and prints.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod checker;
 pub mod cli;
 pub mod counters;
@@ -14,6 +15,7 @@ pub mod report;
 pub mod run;
 pub mod scenario;
 pub mod target;
+pub mod token;
 
 pub use report::Report;
 pub use run::{RunConfig, run};

@@ -13,10 +13,10 @@ use hdrhistogram::Histogram;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::{Interval, MissedTickBehavior};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 
+use crate::access::{Access, Ws};
 use crate::checker::{Checker, Event, Verdict};
 pub use crate::counters::Counters;
 use crate::cpu;
@@ -57,6 +57,8 @@ pub struct RunConfig {
     pub shard: Shard,
     pub prefix: String,
     pub progress: ProgressMode,
+    /// Tokens and TLS, when the fleet wants them.
+    pub access: Access,
 }
 
 impl RunConfig {
@@ -82,6 +84,7 @@ impl RunConfig {
             shard: Shard::WHOLE,
             prefix: "lt".into(),
             progress: ProgressMode::Quiet,
+            access: Access::default(),
         })
     }
 }
@@ -114,8 +117,6 @@ struct Shared {
     counters: Arc<Counters>,
 }
 
-type Ws = WebSocketStream<TcpStream>;
-
 /// Connections buffer little: a 100k-connection run must not spend 128 KiB on each.
 fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0)
@@ -139,6 +140,7 @@ fn ws_cause(e: &tungstenite::Error) -> String {
         tungstenite::Error::Http(resp) => format!("http_{}", resp.status().as_u16()),
         tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => "closed".into(),
         tungstenite::Error::Protocol(_) => "protocol".into(),
+        tungstenite::Error::Tls(_) => "tls".into(),
         _ => "handshake".into(),
     }
 }
@@ -189,13 +191,11 @@ async fn open(sh: &Shared, conn: usize) -> Result<(Ws, Option<u64>), String> {
     let cfg = &sh.cfg;
     let seat = sh.plan.seats[conn];
     let room = room_name(&cfg.prefix, seat.room);
-    let url = cfg.target.request_url(cfg.dialect, &room, &user_name(&cfg.prefix, conn));
+    let user = user_name(&cfg.prefix, conn);
+    let url = cfg.access.url(cfg.target.request_url(cfg.dialect, &room, &user), &user, &room)?;
     let src = (!cfg.src_ips.is_empty()).then(|| cfg.src_ips[conn % cfg.src_ips.len()]);
     let stream = dial(cfg.target.addr, src).await?;
-    let (mut ws, _) =
-        tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(ws_config()))
-            .await
-            .map_err(|e| ws_cause(&e))?;
+    let mut ws = cfg.access.handshake(&url, stream, ws_config()).await.map_err(|e| ws_cause(&e))?;
     let seq = join(&mut ws, cfg.dialect, &room).await?;
     Ok((ws, seq))
 }

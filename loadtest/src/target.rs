@@ -1,4 +1,4 @@
-//! Where the client connects and from where: the `ws://` URL (loopback only: this tool
+//! Where the client connects and from where: the `ws://` or `wss://` URL (loopback only: this tool
 //! loads the machine it runs on, never someone else's) and the `--src-ips` range that
 //! spreads client sockets over many loopback source addresses.
 
@@ -8,10 +8,13 @@ use anyhow::{Context, bail};
 
 use crate::dialect::Dialect;
 
-/// A parsed `ws://HOST:PORT/PATH?QUERY` on 127.0.0.0/8.
+/// A parsed `ws://HOST:PORT/PATH?QUERY` (or `wss://`) on 127.0.0.0/8.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub addr: SocketAddr,
+    /// `wss://`: TLS, with the host as written kept for the certificate check.
+    pub tls: bool,
+    pub host: String,
     /// Path and query as given, e.g. `/ws`.
     pub path: String,
 }
@@ -25,9 +28,14 @@ fn loopback(ip: Ipv4Addr, what: &str) -> anyhow::Result<Ipv4Addr> {
 
 impl Target {
     pub fn parse(url: &str) -> anyhow::Result<Self> {
-        let rest = url
-            .strip_prefix("ws://")
-            .with_context(|| format!("url {url:?}: only ws:// is supported"))?;
+        let (tls, rest) = match url.strip_prefix("wss://") {
+            Some(rest) => (true, rest),
+            None => (
+                false,
+                url.strip_prefix("ws://")
+                    .with_context(|| format!("url {url:?}: only ws:// and wss:// are supported"))?,
+            ),
+        };
         let (authority, path) = match rest.find(['/', '?']) {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/ws"),
@@ -42,21 +50,23 @@ impl Target {
         };
         let ip = loopback(ip, "url host")?;
         let path = if path.starts_with('?') { format!("/{path}") } else { path.to_owned() };
-        Ok(Self { addr: SocketAddr::new(IpAddr::V4(ip), port), path })
+        Ok(Self { addr: SocketAddr::new(IpAddr::V4(ip), port), tls, host: host.to_owned(), path })
     }
 
     /// The request URL one connection sends.
     pub fn request_url(&self, dialect: Dialect, room: &str, user: &str) -> String {
+        let scheme = if self.tls { "wss" } else { "ws" };
+        let authority = format!("{}:{}", self.host, self.addr.port());
         match dialect {
             Dialect::Native => {
                 let sep = if self.path.contains('?') { '&' } else { '?' };
-                format!("ws://{}{}{sep}room={room}&user={user}", self.addr, self.path)
+                format!("{scheme}://{authority}{}{sep}room={room}&user={user}", self.path)
             }
             Dialect::Socketio => {
                 // Keep a custom Socket.IO path; the Engine.IO query is always ours.
                 let path = self.path.split('?').next().unwrap_or_default();
                 let path = if path.starts_with("/socket.io") { path } else { "/socket.io/" };
-                format!("ws://{}{path}?EIO=4&transport=websocket", self.addr)
+                format!("{scheme}://{authority}{path}?EIO=4&transport=websocket")
             }
         }
     }
@@ -109,7 +119,13 @@ mod tests {
         );
         assert_eq!(Target::parse("ws://localhost:9").unwrap().path, "/ws");
         assert!(Target::parse("ws://10.0.0.1:80/ws").is_err());
-        assert!(Target::parse("wss://127.0.0.1:80/ws").is_err());
+        let tls = Target::parse("wss://localhost:8443/ws").unwrap();
+        assert!(tls.tls);
+        assert_eq!(
+            tls.request_url(Dialect::Native, "r", "u"),
+            "wss://localhost:8443/ws?room=r&user=u"
+        );
+        assert!(Target::parse("http://127.0.0.1:80/ws").is_err());
         assert!(Target::parse("ws://example.com:80/ws").is_err());
         assert!(Target::parse("ws://127.0.0.1/ws").is_err());
     }
