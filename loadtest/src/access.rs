@@ -48,7 +48,9 @@ impl AccessArgs {
         };
         let tls = match (&self.ca, tls) {
             (Some(ca), true) => Some(client_config(ca)?),
-            (None, true) => bail!("a wss:// URL needs --ca FILE (the CA of the server's certificate)"),
+            (None, true) => {
+                bail!("a wss:// URL needs --ca FILE (the CA of the server's certificate)")
+            }
             (Some(_), false) => bail!("--ca is for wss:// URLs"),
             (None, false) => None,
         };
@@ -58,7 +60,9 @@ impl AccessArgs {
 
 fn client_config(ca: &PathBuf) -> anyhow::Result<Arc<ClientConfig>> {
     let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca).with_context(|| format!("--ca {}", ca.display()))? {
+    for cert in
+        CertificateDer::pem_file_iter(ca).with_context(|| format!("--ca {}", ca.display()))?
+    {
         roots.add(cert.with_context(|| format!("--ca {}", ca.display()))?)?;
     }
     if roots.is_empty() {
@@ -96,9 +100,13 @@ impl Access {
             Some(c) => Connector::Rustls(c.clone()),
             None => Connector::Plain,
         };
-        let (ws, _) =
-            tokio_tungstenite::client_async_tls_with_config(url, stream, Some(config), Some(connector))
-                .await?;
+        let (ws, _) = tokio_tungstenite::client_async_tls_with_config(
+            url,
+            stream,
+            Some(config),
+            Some(connector),
+        )
+        .await?;
         Ok(ws)
     }
 }

@@ -173,7 +173,9 @@ async fn nodes(proxy: &Proxy, query: Option<&str>) -> Response<Body> {
         .map(|m| serde_json::to_value(node_info(&view, m)).unwrap_or_default())
         .collect();
     if flag(query, "stats") {
-        let stats = node_stats::fetch(&members, proxy.config.node_admin_token.as_deref()).await;
+        let stats =
+            node_stats::fetch(&proxy.dialer, &members, proxy.config.node_admin_token.as_deref())
+                .await;
         for (node, stats) in nodes.iter_mut().zip(stats) {
             match stats {
                 Ok(s) => node["stats"] = serde_json::to_value(s).unwrap_or_default(),
@@ -310,7 +312,8 @@ async fn drain(proxy: &Proxy, id: &str) -> Response<Body> {
     };
     let token = proxy.config.node_admin_token.as_deref();
     let timeout = proxy.config.upstream_timeout;
-    let answer = upstream::request(member, Method::POST, &path, token, timeout).await;
+    let answer =
+        upstream::request(&proxy.dialer, member, Method::POST, &path, token, timeout).await;
     let (status, body) = match answer {
         Ok(r) => r,
         Err(e) => {

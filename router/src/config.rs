@@ -72,6 +72,9 @@ pub struct Config {
     pub max_header_bytes: usize,
     /// Certificate and key of the public listener; `None` = plain TCP.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// CA the nodes' certificates are checked against; `Some` = the router reaches every
+    /// node over TLS (upgrades and probes), `None` = plain TCP.
+    pub node_tls_ca: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -102,6 +105,7 @@ impl Default for Config {
             hop_key: None,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             tls: None,
+            node_tls_ca: None,
         }
     }
 }
@@ -217,6 +221,11 @@ pub struct RouterArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "ROUTER_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
+    /// PEM CA certificate(s) of the nodes' --tls-cert: the router then reaches every node
+    /// over TLS (upgrades, probes, drain) and refuses a node whose certificate it cannot
+    /// verify. Without it the router speaks plain TCP to the nodes.
+    #[arg(long, env = "ROUTER_NODE_TLS_CA")]
+    pub node_tls_ca: Option<std::path::PathBuf>,
     /// Seconds a client may take to send its request headers.
     #[arg(long, env = "ROUTER_HEADER_TIMEOUT", value_parser = parse_secs, default_value = "10")]
     pub header_timeout: Duration,
@@ -347,6 +356,7 @@ impl RouterArgs {
                 (Some(cert), Some(key)) => Some(crate::tls::TlsFiles { cert, key }),
                 _ => None,
             },
+            node_tls_ca: self.node_tls_ca,
             header_timeout: self.header_timeout,
             connect_timeout: self.connect_timeout,
             upstream_timeout: self.upstream_timeout,

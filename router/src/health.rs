@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::Error;
 use crate::membership::{Member, Membership};
 use crate::metrics::Metrics;
-use crate::upstream;
+use crate::upstream::{self, Dialer};
 
 /// Probe timing and thresholds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,19 +118,23 @@ pub(crate) async fn run(
     membership: Arc<Membership>,
     metrics: Arc<Metrics>,
     cfg: HealthConfig,
+    dialer: Dialer,
     token: CancellationToken,
 ) {
     let timeout = cfg.timeout;
-    let probe = move |m: Member| async move {
-        // Readiness first: the common answer costs one request. A 503 there is a drain only
-        // when the node is otherwise fine.
-        let ready = match probe_path(&m, "/readyz", timeout).await? {
-            Ok(()) => return Some(Probe::Ready),
-            Err(status) => status == Some(StatusCode::SERVICE_UNAVAILABLE),
-        };
-        match probe_path(&m, "/healthz", timeout).await? {
-            Ok(()) if ready => Some(Probe::Draining),
-            _ => Some(Probe::Failed),
+    let probe = move |m: Member| {
+        let dialer = dialer.clone();
+        async move {
+            // Readiness first: the common answer costs one request. A 503 there is a drain only
+            // when the node is otherwise fine.
+            let ready = match probe_path(&dialer, &m, "/readyz", timeout).await? {
+                Ok(()) => return Some(Probe::Ready),
+                Err(status) => status == Some(StatusCode::SERVICE_UNAVAILABLE),
+            };
+            match probe_path(&dialer, &m, "/healthz", timeout).await? {
+                Ok(()) if ready => Some(Probe::Draining),
+                _ => Some(Probe::Failed),
+            }
         }
     };
     run_with(membership, metrics, cfg, token, probe).await
@@ -140,11 +144,12 @@ pub(crate) async fn run(
 /// `None` when the router could not open a socket: that says nothing about the node, and
 /// taking it off the ring would turn a full router into an empty one.
 async fn probe_path(
+    dialer: &Dialer,
     m: &Member,
     path: &str,
     timeout: Duration,
 ) -> Option<Result<(), Option<StatusCode>>> {
-    match upstream::request(m, Method::GET, path, None, timeout).await {
+    match upstream::request(dialer, m, Method::GET, path, None, timeout).await {
         Ok((status, _)) if status.is_success() => Some(Ok(())),
         Ok((status, _)) => {
             tracing::debug!(node = %m.spec.id, %status, "probe of {path}");

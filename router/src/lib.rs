@@ -82,9 +82,17 @@ impl Router {
         let health = config.health;
         let discovery = config.discovery.clone();
         let tls = match &config.tls {
-            Some(files) => Some(Arc::new(tls::Tls::load(files.clone())?)),
+            Some(files) => Some(Arc::new(
+                tls::Tls::load(files.clone()).map_err(|e| Error::config(e.to_string()))?,
+            )),
             None => None,
         };
+        let dialer = upstream::Dialer::new(match &config.node_tls_ca {
+            Some(ca) => Some(
+                tls::connector(ca, "--node-tls-ca").map_err(|e| Error::config(e.to_string()))?,
+            ),
+            None => None,
+        });
         if config.jwt.is_none() {
             tracing::warn!("auth is off (no --jwt-key): anyone may connect as any user");
         }
@@ -102,11 +110,18 @@ impl Router {
             shutdown: shutdown.clone(),
             hard_stop: hard_stop.clone(),
             tls: tls.clone(),
+            dialer,
         });
         let t = &shutdown.tracker;
         t.spawn(proxy::serve(proxy.clone(), Acceptor::new(listener)));
         t.spawn(admin::serve(proxy.clone(), Acceptor::new(admin_listener)));
-        t.spawn(health::run(membership.clone(), metrics.clone(), health, shutdown.token.clone()));
+        t.spawn(health::run(
+            membership.clone(),
+            metrics.clone(),
+            health,
+            proxy.dialer.clone(),
+            shutdown.token.clone(),
+        ));
         if let Policy::Geo(geo) = &proxy.policy {
             let reloader = geoip::spawn_reloader(geo.db.clone(), shutdown.token.clone());
             t.spawn(async move {

@@ -38,6 +38,13 @@ impl NodeAddr {
     pub fn ip(&self) -> Option<SocketAddr> {
         self.ip
     }
+
+    /// The host part (an IP literal without brackets, or a name): what a node's TLS
+    /// certificate must name.
+    pub fn host(&self) -> &str {
+        let host = self.text.rsplit_once(':').map_or(self.text.as_str(), |(h, _)| h);
+        host.trim_start_matches('[').trim_end_matches(']')
+    }
 }
 
 impl From<SocketAddr> for NodeAddr {

@@ -29,6 +29,7 @@ pub(crate) struct NodeStats {
 
 /// Each member's stats or why there are none, in the order given.
 pub(crate) async fn fetch(
+    dialer: &crate::upstream::Dialer,
     members: &[&Member],
     token: Option<&str>,
 ) -> Vec<Result<NodeStats, String>> {
@@ -36,7 +37,7 @@ pub(crate) async fn fetch(
         if i >= MAX_NODES {
             return Err(format!("not asked: the table asks {MAX_NODES} nodes at most"));
         }
-        match upstream::request(m, Method::GET, "/metrics", token, TIMEOUT).await {
+        match upstream::request(dialer, m, Method::GET, "/metrics", token, TIMEOUT).await {
             Ok((status, body)) if status.is_success() => Ok(parse(&String::from_utf8_lossy(&body))),
             Ok((status, _)) => Err(format!("/metrics answered {status}")),
             Err(e) => Err(e.to_string()),

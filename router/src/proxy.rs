@@ -33,7 +33,7 @@ use crate::limits::{ConnGuard, Limits};
 use crate::membership::{Member, Membership, NodeStats};
 use crate::metrics::{Metrics, Outcome, Refusal};
 use crate::placement::Policy;
-use crate::upstream::{self, ConnFuture, MAX_BODY, node_error};
+use crate::upstream::{self, ConnFuture, MAX_BODY, NodeIo, node_error};
 
 /// The request header naming the ring generation a node was chosen with.
 pub const RING_GENERATION: HeaderName = HeaderName::from_static("x-roomfleet-ring-generation");
@@ -70,6 +70,8 @@ pub(crate) struct Proxy {
     pub(crate) hard_stop: CancellationToken,
     /// The public listener's certificate, when it speaks TLS.
     pub(crate) tls: Option<Arc<crate::tls::Tls>>,
+    /// How nodes are reached (TLS with `--node-tls-ca`).
+    pub(crate) dialer: upstream::Dialer,
 }
 
 /// What one node said to the upgrade.
@@ -339,7 +341,7 @@ impl Proxy {
     /// Sends the upgrade to one node and reads its answer.
     async fn attempt(&self, member: &Member, req: Request<Empty<Bytes>>) -> Result<Answer, Error> {
         let cfg = &self.config;
-        let stream = upstream::connect(member, cfg.connect_timeout).await?;
+        let stream = self.dialer.connect(member, cfg.connect_timeout).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| node_error(member, Cause::Protocol, format!("handshake: {e}")))?;
@@ -419,31 +421,16 @@ impl Proxy {
                     return;
                 }
             };
-            let Ok(node_io) = crate::tunnel::into_tcp(node_io) else {
-                // The node side is built on TokioIo<TcpStream> above; nothing else can arrive.
-                tracing::error!(
-                    "upgraded node connection is not a TCP stream; dropping the tunnel"
-                );
+            let Some(node_io) = crate::tunnel::into_node(node_io) else {
+                // The node side is built on TokioIo<NodeIo> above; nothing else can arrive.
+                tracing::error!("upgraded node connection is not a NodeIo; dropping the tunnel");
                 return;
             };
             let m = &proxy.metrics;
             m.tunnels.inc();
             stats.connections.inc();
             let stop = proxy.hard_stop.clone();
-            let r = match crate::tunnel::into_tcp(client_io) {
-                Ok(client_io) => {
-                    crate::tunnel::splice_tcp(client_io, node_io, m.clone(), stop).await
-                }
-                Err(client_io) => match crate::tunnel::into_tls(client_io) {
-                    Some(client_io) => {
-                        crate::tunnel::splice_tls(client_io, node_io, m.clone(), stop).await
-                    }
-                    None => {
-                        tracing::error!("upgraded client connection is neither TCP nor TLS");
-                        Ok(())
-                    }
-                },
-            };
+            let r = splice(client_io, node_io, m.clone(), stop).await;
             if let Err(e) = r {
                 tracing::debug!("tunnel: {e}");
             }
@@ -452,6 +439,30 @@ impl Proxy {
             drop(guard);
         };
         self.shutdown.tracker.spawn(tunnel.in_current_span());
+    }
+}
+
+/// Splices the client to the node: the zero-copy TCP splice when both are plain TCP,
+/// buffered copies when either speaks TLS.
+async fn splice(
+    client: hyper::upgrade::Upgraded,
+    node: (NodeIo, Bytes),
+    m: Arc<Metrics>,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    use crate::tunnel::{into_tcp, into_tls, splice_buffered, splice_tcp};
+    let client = match into_tcp(client) {
+        Ok(tcp) => Ok(tcp),
+        Err(up) => Err(into_tls(up)),
+    };
+    match (client, node) {
+        (Ok(c), (NodeIo::Plain(n), early)) => splice_tcp(c, (n, early), m, stop).await,
+        (Ok(c), n) => splice_buffered(c, n, m, stop).await,
+        (Err(Some(c)), n) => splice_buffered(c, n, m, stop).await,
+        (Err(None), _) => {
+            tracing::error!("upgraded client connection is neither TCP nor TLS");
+            Ok(())
+        }
     }
 }
 

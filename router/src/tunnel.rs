@@ -15,13 +15,14 @@ use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use shared::metrics::Counter;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::upstream::NodeIo;
 
 /// How long the other direction may still run once one side has closed: enough for the
 /// WebSocket close frames, short enough that a client gone without a FIN frees its slot.
@@ -43,15 +44,26 @@ pub(crate) fn into_tls(up: Upgraded) -> Option<(TlsStream<TcpStream>, Bytes)> {
     up.downcast::<TokioIo<TlsStream<TcpStream>>>().ok().map(|p| (p.io.into_inner(), p.read_buf))
 }
 
-/// Splices a TLS client to a plain node. TLS records must be decrypted, so this one copies
+/// The node side: a [`NodeIo`] (plain TCP, or TLS with `--node-tls-ca`) and the bytes hyper
+/// had read past the 101.
+pub(crate) fn into_node(up: Upgraded) -> Option<(NodeIo, Bytes)> {
+    up.downcast::<TokioIo<NodeIo>>().ok().map(|p| (p.io.into_inner(), p.read_buf))
+}
+
+/// Splices when either side speaks TLS. TLS records must be decrypted, so this one copies
 /// through buffers (tokio's `copy_bidirectional`) and counts the bytes when the tunnel ends.
-pub(crate) async fn splice_tls(
-    (mut client, client_early): (TlsStream<TcpStream>, Bytes),
-    (mut node, node_early): (TcpStream, Bytes),
+pub(crate) async fn splice_buffered<C, N>(
+    (mut client, client_early): (C, Bytes),
+    (mut node, node_early): (N, Bytes),
     metrics: Arc<Metrics>,
     hard_stop: CancellationToken,
-) -> io::Result<()> {
+) -> io::Result<()>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    N: AsyncRead + AsyncWrite + Unpin,
+{
     node.write_all(&client_early).await?;
+    node.flush().await?;
     client.write_all(&node_early).await?;
     client.flush().await?;
     metrics.bytes_to_node.add(client_early.len() as u64);

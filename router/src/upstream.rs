@@ -1,8 +1,11 @@
-//! Talking to a node outside the tunnel: connecting under a timeout, and one small HTTP/1.1
-//! request (health probes, the node's drain) with its whole exchange under a deadline.
+//! Talking to a node: connecting under a timeout, over plain TCP or over TLS checked
+//! against `--node-tls-ca` (a [`Dialer`]), and one small HTTP/1.1 request outside the
+//! tunnel (health probes, the node's drain) with its whole exchange under a deadline.
 
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,7 +14,11 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::pki_types::ServerName;
 
 use crate::error::{Cause, Error};
 use crate::membership::Member;
@@ -28,9 +35,101 @@ pub(crate) fn node_error(m: &Member, cause: Cause, detail: impl Into<String>) ->
     }
 }
 
+/// How the router reaches nodes: plain TCP, or TLS verified against `--node-tls-ca`.
+#[derive(Clone, Default)]
+pub(crate) struct Dialer {
+    tls: Option<TlsConnector>,
+}
+
+impl std::fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dialer").field("tls", &self.tls.is_some()).finish()
+    }
+}
+
+/// A connection to a node, over TLS or not.
+pub(crate) enum NodeIo {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Dialer {
+    pub(crate) fn new(tls: Option<TlsConnector>) -> Self {
+        Self { tls }
+    }
+
+    /// Connects to `member` within `timeout`, the TLS handshake included.
+    pub(crate) async fn connect(
+        &self,
+        member: &Member,
+        timeout: Duration,
+    ) -> Result<NodeIo, Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let tcp = connect(member, timeout).await?;
+        let Some(tls) = &self.tls else { return Ok(NodeIo::Plain(tcp)) };
+        let host = member.spec.addr.host();
+        let name = ServerName::try_from(host.to_owned()).map_err(|e| {
+            node_error(member, Cause::Connect, format!("TLS: {host:?} is no server name: {e}"))
+        })?;
+        match tokio::time::timeout_at(deadline, tls.connect(name, tcp)).await {
+            Ok(Ok(s)) => Ok(NodeIo::Tls(Box::new(s))),
+            Ok(Err(e)) => Err(node_error(
+                member,
+                Cause::Connect,
+                format!("TLS handshake (--node-tls-ca is set; does the node serve TLS?): {e}"),
+            )),
+            Err(_) => Err(node_error(
+                member,
+                Cause::Timeout,
+                format!("TLS handshake: no answer within {timeout:?}"),
+            )),
+        }
+    }
+}
+
+impl AsyncRead for NodeIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            NodeIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            NodeIo::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for NodeIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            NodeIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            NodeIo::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            NodeIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            NodeIo::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            NodeIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            NodeIo::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
 /// Opens a TCP connection to `member` within `timeout`. Running out of descriptors is the
 /// router's own trouble, [`Error::FdLimit`], never counted against the node.
-pub(crate) async fn connect(member: &Member, timeout: Duration) -> Result<TcpStream, Error> {
+async fn connect(member: &Member, timeout: Duration) -> Result<TcpStream, Error> {
     let addr = &member.spec.addr;
     let attempt = async {
         match addr.ip() {
@@ -89,6 +188,7 @@ pub(crate) async fn finish(
 
 /// One request to `member` on a fresh connection; the status and (bounded) body, or why not.
 pub(crate) async fn request(
+    dialer: &Dialer,
     member: &Member,
     method: Method,
     path: &str,
@@ -97,7 +197,7 @@ pub(crate) async fn request(
 ) -> Result<(StatusCode, Bytes), Error> {
     let addr = &member.spec.addr;
     let deadline = tokio::time::Instant::now() + timeout;
-    let stream = connect(member, timeout).await?;
+    let stream = dialer.connect(member, timeout).await?;
     let exchange = async {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await

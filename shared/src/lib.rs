@@ -1,6 +1,6 @@
 //! Everything the roomfleet binaries share: the wire protocol, ID rules, config loading,
-//! small HTTP helpers, Prometheus metrics, the listener with file-limit handling, and the
-//! shutdown helper.
+//! small HTTP helpers, Prometheus metrics, the listener with file-limit handling, TLS
+//! certificates, and the shutdown helper.
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -13,3 +13,4 @@ pub mod protocol;
 pub mod registry;
 pub mod shutdown;
 pub mod testkit;
+pub mod tls;

@@ -96,6 +96,9 @@ pub struct Config {
     /// Checks the identity header routers sign. With `jwt` or this set, auth is on: every
     /// upgrade needs a valid token or hop header.
     pub hop_key: Option<HopKey>,
+    /// The listener's certificate (`--tls-cert/--tls-key`, reloaded on SIGHUP); `None` =
+    /// plain TCP. Routers reach a TLS node with `--node-tls-ca`.
+    pub tls: Option<Arc<shared::tls::Tls>>,
     /// Largest request header block in bytes (431 above).
     pub max_header_bytes: usize,
     /// The history of rooms no `rooms` entry matches.
@@ -154,6 +157,7 @@ impl Default for Config {
             suspect_ttl: Duration::from_secs(10),
             jwt: None,
             hop_key: None,
+            tls: None,
             max_header_bytes: 16 * 1024,
             history: Policy::default(),
             rooms: Vec::new(),

@@ -96,6 +96,13 @@ struct Args {
     /// --jwt-key set, every upgrade needs a valid token or a router's identity header.
     #[arg(long, env = "WSNODE_HOP_SECRET")]
     hop_secret: Option<String>,
+    /// PEM certificate chain: the listener then speaks TLS only (WebSocket, health, metrics,
+    /// admin; reloaded on SIGHUP). Routers reach it with --node-tls-ca.
+    #[arg(long, env = "WSNODE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "WSNODE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     /// Seconds after which a silent node is pruned from room sets.
     #[arg(long, env = "WSNODE_HEARTBEAT_TTL", default_value = "10", value_parser = parse_secs)]
     heartbeat_ttl: Duration,
@@ -212,6 +219,13 @@ impl Args {
             hop_key: match &self.hop_secret {
                 Some(s) => Some(shared::auth::HopKey::from_arg(s).map_err(anyhow::Error::msg)?),
                 None => None,
+            },
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => {
+                    let files = shared::tls::TlsFiles { cert: cert.clone(), key: key.clone() };
+                    Some(Arc::new(shared::tls::Tls::load(files)?))
+                }
+                _ => None,
             },
             ..d
         })

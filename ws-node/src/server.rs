@@ -31,13 +31,16 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
     if let Some(jwt) = &node.config.jwt {
         jwt.spawn_reloader(node.token.clone());
     }
+    if let Some(tls) = &node.config.tls {
+        node.tracker.spawn(tls.clone().reload_on_sighup(node.token.clone()));
+    }
     let mut acceptor = Acceptor::new(listener);
     loop {
         let stream = tokio::select! {
             _ = node.token.cancelled() => break,
             (s, _) = acceptor.accept(&node.metrics.refused_fd_limit) => s,
         };
-        node.tracker.spawn(serve_http(node.clone(), stream));
+        node.tracker.spawn(serve_tcp(node.clone(), stream));
     }
     drop(acceptor);
     node.tracker.close();
@@ -47,8 +50,23 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
     bus_task.abort();
 }
 
+/// The TLS handshake when the node has a certificate (bounded by the header timeout), then
+/// the connection's requests.
+async fn serve_tcp(node: Arc<Node>, stream: TcpStream) {
+    let Some(tls) = &node.config.tls else { return serve_http(node, stream).await };
+    let handshake = tls.acceptor().accept(stream);
+    match tokio::time::timeout(node.config.header_timeout, handshake).await {
+        Ok(Ok(s)) => serve_http(node, s).await,
+        Ok(Err(e)) => tracing::debug!("TLS handshake: {e}"),
+        Err(_) => tracing::debug!("TLS handshake timed out"),
+    }
+}
+
 /// One HTTP connection: requests until it closes, upgrades, or the node shuts down.
-async fn serve_http(node: Arc<Node>, stream: TcpStream) {
+async fn serve_http<I>(node: Arc<Node>, stream: I)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let svc_node = node.clone();
     let svc = service_fn(move |req| {
         let node = svc_node.clone();
