@@ -3,15 +3,15 @@
 # and two ws-nodes on 127.0.0.1): auth off over plain TCP, HS256 tokens, ES256 tokens, TLS
 # on the router's listener (auth off), TLS with HS256, and TLS from the router to the nodes
 # too (--node-tls-ca). For each: upgrades per second (connections opened as fast as 200 in
-# flight allow, each with a token minted for it, then closed), connect latency, and router
-# and node CPU per upgrade. Variants run interleaved, ROUNDS times; the table shows the
-# median round. Test keys and certificates come from openssl into bench/out/auth/.
-# Writes bench/out/auth.md. Usage: bench/auth.sh [quick]
+# flight allow, each with a token minted for it, then closed), connect latency, and router,
+# node and client CPU per upgrade. Variants run interleaved, ROUNDS times; each column of
+# the table is the median over the rounds. Test keys and certificates come from openssl
+# into bench/out/auth/. Writes bench/out/auth.md. Usage: bench/auth.sh [quick]
 source "$(dirname "$0")/lib.sh"
 EXTRA_BINS="--bin router" build
 command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl >/dev/null; }
 QUICK=${1:-}
-UP=${UP:-5000}; ROUNDS=${ROUNDS:-3}
+UP=${UP:-5000}; ROUNDS=${ROUNDS:-5}
 [ "$QUICK" = quick ] && { UP=500; ROUNDS=1; }
 K="$OUT/auth"; mkdir -p "$K"
 
@@ -109,18 +109,19 @@ up, rounds, machine = sys.argv[2], sys.argv[3], sys.argv[4]
 names = {"plain": "plain, auth off", "hs256": "HS256 tokens", "es256": "ES256 tokens",
   "tls": "TLS, auth off", "tls-hs256": "TLS + HS256 tokens", "tls-nodes": "TLS to the router and to the nodes, auth off"}
 print(f"machine: {machine}\n")
-print(f"{up} upgrades per variant and round, {rounds} rounds interleaved; median round by upgrades/s.\n")
+print(f"{up} upgrades per variant and round, {rounds} rounds interleaved; each column is the median over the rounds.\n")
 print("| variant | upgrades/s (median) | all rounds | connect p50 / p99 ms | router CPU µs/upgrade | nodes CPU µs/upgrade | loadtest CPU µs/upgrade | failed |")
 print("| --- | --- | --- | --- | --- | --- | --- | --- |")
 base = None
 for v in names:
-    rs = sorted((r for r in rows if r["v"] == v), key=lambda r: r["ups"])
+    rs = [r for r in rows if r["v"] == v]
     if not rs:
         continue
-    m = rs[len(rs) // 2]
-    base = base or m["ups"]
-    allr = " / ".join(f"{r['ups']:,.0f}" for r in rows if r["v"] == v)
+    med = lambda k: statistics.median(r[k] for r in rs)
+    ups = med("ups")
+    base = base or ups
+    allr = " / ".join(f"{r['ups']:,.0f}" for r in rs)
     failed = sum(r["failed"] for r in rs)
-    print(f"| {names[v]} | {m['ups']:,.0f} ({m['ups'] / base * 100:.0f}%) | {allr} | {m['p50']/1000:.1f} / {m['p99']/1000:.1f} | {m['router_us']:.0f} | {m['node_us']:.0f} | {m['client_us']:.0f} | {failed} |")
+    print(f"| {names[v]} | {ups:,.0f} ({ups / base * 100:.0f}%) | {allr} | {med('p50')/1000:.0f} / {med('p99')/1000:.0f} | {med('router_us'):.0f} | {med('node_us'):.0f} | {med('client_us'):.0f} | {failed} |")
 PY
 cat "$OUT/auth.md"

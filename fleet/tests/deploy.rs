@@ -6,49 +6,17 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+mod common;
+
+use common::{Proc, spawn};
 use serde_json::{Value, json};
 use shared::testkit::ws::WsClient;
 use shared::testkit::{RedisServer, free_port, http, wait_until};
 use tokio_util::sync::CancellationToken;
 
 const STEP: Duration = Duration::from_secs(15);
-
-/// A workspace binary next to this test's executable (`cargo test --workspace` builds it).
-fn bin(name: &str) -> PathBuf {
-    let dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first",
-        path.display()
-    );
-    path
-}
-
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(name: &str, args: &[String]) -> Proc {
-    let child = Command::new(bin(name))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-    Proc(child)
-}
 
 fn node(redis: &str, id: &str) -> (Proc, u16) {
     node_waiting(redis, id, "1.5")

@@ -435,3 +435,54 @@ async fn direct_connect_tickets_work_only_on_their_node_and_only_until_they_expi
     assert_eq!(connect(&f, &format!("room=chat:1&token={t}")).await.0, 403);
     assert_eq!(connect(&f, "room=a%20b").await.0, 400);
 }
+
+#[tokio::test]
+async fn a_tokens_info_reaches_the_others_welcome_and_presence() {
+    let f = Fleet::start().await;
+    let with_info = |sub: &str, info: Value| {
+        let body = json!({
+            "sub": sub,
+            "rooms": {"team:*": "rw"},
+            "exp": unix_secs() + 600,
+            "info": info,
+        });
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = Some("k1".into());
+        jsonwebtoken::encode(&h, &body, &EncodingKey::from_secret(K1)).unwrap()
+    };
+    let ann_info = json!({"name": "Ann", "avatar": "https://example.test/ann.png"});
+    let ann_token = with_info("ann", ann_info.clone());
+    let (mut ann, _) =
+        WsClient::connect_with(&f.url(&format!("room=team:1&token={ann_token}")), &[])
+            .await
+            .unwrap();
+    let w = welcome(&mut ann).await;
+    assert_eq!(w["info"]["ann"], ann_info, "a member sees its own info too: {w}");
+
+    // bob's token has no info; carol's has one. Both go through the router's hop header.
+    let bob_token = hs(&claims("bob", json!({"team:*": "rw"})), "k1", K1);
+    let (mut bob, _) =
+        WsClient::connect_with(&f.url(&format!("room=team:1&token={bob_token}")), &[])
+            .await
+            .unwrap();
+    let w = welcome(&mut bob).await;
+    assert_eq!(w["info"]["ann"], ann_info, "the others' info in welcome: {w}");
+    assert!(w["info"].get("bob").is_none(), "no info, no entry: {w}");
+    let joined = ann.recv_type("presence").await;
+    assert_eq!((joined["event"].as_str(), joined["user"].as_str()), (Some("join"), Some("bob")));
+    assert!(joined.get("info").is_none(), "a join without info: {joined}");
+
+    let carol_info = json!({"name": "Carol", "role": "host"});
+    let carol_token = with_info("carol", carol_info.clone());
+    let (mut carol, _) =
+        WsClient::connect_with(&f.url(&format!("room=team:1&token={carol_token}")), &[])
+            .await
+            .unwrap();
+    let w = welcome(&mut carol).await;
+    assert_eq!(w["info"]["ann"], ann_info, "{w}");
+    for member in [&mut ann, &mut bob] {
+        let joined = member.recv_type("presence").await;
+        assert_eq!(joined["user"], "carol", "{joined}");
+        assert_eq!(joined["info"], carol_info, "the join carries carol's info: {joined}");
+    }
+}
