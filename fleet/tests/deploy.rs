@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::process::Command;
 use std::time::Duration;
 
 mod common;

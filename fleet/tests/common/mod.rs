@@ -17,7 +17,7 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// A child process killed on drop.
-pub struct Proc(Child);
+pub struct Proc(pub Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
