@@ -115,6 +115,14 @@ async fn a_router_with_node_tls_ca_reaches_tls_nodes_and_refuses_plain_ones() {
     ann.publish(serde_json::json!("over TLS to the node")).await;
     assert_eq!(bob.recv_type("message").await["body"], "over TLS to the node");
     assert_eq!(node_healthy(&r, "tls-a").await, Some(true), "probes pass over TLS");
+    let (status, body) =
+        http(([127, 0, 0, 1], r.port).into(), "GET", "/connect?room=secure&user=cy", &[], "")
+            .await
+            .unwrap();
+    let direct: Value = serde_json::from_str(&body).unwrap_or_default();
+    assert_eq!(status, 200, "{body}");
+    let want = format!("wss://127.0.0.1:{tls_port}/ws?");
+    assert!(direct["url"].as_str().unwrap_or_default().starts_with(&want), "direct URL: {body}");
 
     // A plain node behind a router that wants TLS. With probes that never give up, the
     // upgrade itself fails and says why.

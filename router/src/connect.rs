@@ -51,8 +51,10 @@ pub(crate) fn answer(proxy: &Proxy, req: &Request<Incoming>, peer: SocketAddr) -
         (Some(id), Some(hop)) => Some(hop.ticket(id, &target.room, &node, TICKET_VALIDITY)),
         _ => None,
     };
+    // Nodes behind --node-tls-ca serve TLS only.
+    let scheme = if proxy.config.node_tls_ca.is_some() { "wss" } else { "ws" };
     let url = format!(
-        "ws://{}/ws?{}",
+        "{scheme}://{}/ws?{}",
         member.spec.addr,
         query(&target, id.as_ref(), ticket.as_ref().map(|t| t.value.as_str()))
     );
