@@ -395,6 +395,14 @@ mod tests {
     }
 
     #[test]
+    fn the_host_is_what_a_node_certificate_names() {
+        let host = |s: &str| s.parse::<NodeAddr>().unwrap().host().to_owned();
+        assert_eq!(host("127.0.0.1:7001"), "127.0.0.1");
+        assert_eq!(host("[::1]:7001"), "::1");
+        assert_eq!(host("node-a:7001"), "node-a");
+    }
+
+    #[test]
     fn node_flags_parse() {
         let s = spec("node-a=127.0.0.1:7001@3");
         assert_eq!((s.id.as_str(), s.addr.as_str(), s.weight), ("node-a", "127.0.0.1:7001", 3));

@@ -412,6 +412,11 @@ async fn direct_connect_tickets_work_only_on_their_node_and_only_until_they_expi
     };
     let room = shared::ids::RoomId::parse("chat:1").unwrap();
     let stale = hop.ticket(&id, &room, &node, Duration::ZERO);
+    // A ticket is good through its last millisecond: checked within it, this one would pass.
+    shared::testkit::wait_until(STEP, "the stale ticket's millisecond to pass", || async {
+        shared::protocol::unix_ms() > stale.expires
+    })
+    .await;
     let (status, body) =
         upgrade_at(&format!("ws://{me}/ws?room=chat:1&ticket={}", stale.value)).await;
     assert_eq!((status, body.contains("expired")), (401, true), "{body}");
