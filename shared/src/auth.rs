@@ -289,9 +289,13 @@ impl Verifier {
     }
 }
 
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+/// What tells a changed file: the inode too, because a JWKS renamed over the old one (the
+/// safe way to replace it) can have the same size and, within one tick of the file system's
+/// coarse clock, the same modification time.
+fn stamp(path: &Path) -> Option<(SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
+    Some((m.modified().ok()?, m.len(), m.ino()))
 }
 
 fn identity(c: Claims, room: &RoomId, user: Option<&UserId>) -> Result<Identity, AuthError> {
