@@ -5,26 +5,29 @@
 //! once it has left a router's ring it never comes back as placeable while it drains.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-mod common;
-
-use common::{Proc, spawn};
 use serde_json::{Value, json};
+use shared::testkit::process::{Process, RouterProcess, workspace_bin};
 use shared::testkit::ws::WsClient;
-use shared::testkit::{RedisServer, free_port, http, wait_until};
+use shared::testkit::{RedisServer, free_port, wait_until};
 use tokio_util::sync::CancellationToken;
 
 const STEP: Duration = Duration::from_secs(15);
 
-fn node(redis: &str, id: &str) -> (Proc, u16) {
+fn spawn(name: &str, args: &[String]) -> Process {
+    let mut cmd = Command::new(workspace_bin(name));
+    cmd.args(args).env("RUST_LOG", "warn");
+    Process::spawn(cmd)
+}
+
+fn node(redis: &str, id: &str) -> (Process, u16) {
     node_waiting(redis, id, "1.5")
 }
 
 /// A node that waits `deregister_wait` seconds after SIGTERM before it drains.
-fn node_waiting(redis: &str, id: &str, deregister_wait: &str) -> (Proc, u16) {
+fn node_waiting(redis: &str, id: &str, deregister_wait: &str) -> (Process, u16) {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let args = [
@@ -46,54 +49,17 @@ fn node_waiting(redis: &str, id: &str, deregister_wait: &str) -> (Proc, u16) {
     (spawn("ws-node", &args.map(String::from)), port)
 }
 
-struct RouterProc {
-    _p: Proc,
-    ws: String,
-    admin: SocketAddr,
+async fn router(redis: &str) -> RouterProcess {
+    RouterProcess::start(&["--discovery", "redis", "--redis", redis, "--discovery-interval", "0.5"])
+        .await
 }
 
-fn router(redis: &str) -> RouterProc {
-    let (port, admin) = (free_port(), free_port());
-    let args = [
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--admin",
-        &format!("127.0.0.1:{admin}"),
-        "--discovery",
-        "redis",
-        "--redis",
-        redis,
-        "--discovery-interval",
-        "0.5",
-    ];
-    RouterProc {
-        _p: spawn("router", &args.map(String::from)),
-        ws: format!("ws://127.0.0.1:{port}/ws"),
-        admin: ([127, 0, 0, 1], admin).into(),
-    }
+async fn ring_ids(r: &RouterProcess) -> Vec<String> {
+    r.placeable().await
 }
 
-async fn get(addr: SocketAddr, path: &str) -> Option<Value> {
-    let (s, body) = http(addr, "GET", path, &[], "").await.ok()?;
-    (s == 200).then(|| serde_json::from_str(&body).ok()).flatten()
-}
-
-async fn ring_ids(r: &RouterProc) -> Vec<String> {
-    let Some(ring) = get(r.admin, "/admin/ring").await else { return Vec::new() };
-    let mut ids: Vec<String> = ring["nodes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|n| n["healthy"] == true && n["draining"] == false)
-        .filter_map(|n| n["id"].as_str().map(String::from))
-        .collect();
-    ids.sort();
-    ids
-}
-
-async fn placed(r: &RouterProc, room: &str) -> String {
-    let p = get(r.admin, &format!("/admin/placement?room={room}")).await.expect("placement");
-    p["node"].as_str().expect("a node").to_string()
+async fn placed(r: &RouterProcess, room: &str) -> String {
+    r.placed(room).await
 }
 
 /// One chatting member: publishes every 100 ms with an id, follows 1012 to a new node
@@ -166,11 +132,11 @@ async fn member(
 async fn two_routers_a_registered_pool_and_a_rolling_stop() {
     let redis = RedisServer::start().await;
     let url = redis.url();
-    let mut nodes: HashMap<String, Proc> = HashMap::new();
+    let mut nodes: HashMap<String, Process> = HashMap::new();
     for id in ["node-a", "node-b", "node-c"] {
         nodes.insert(id.into(), node(&url, id).0);
     }
-    let routers = [router(&url), router(&url)];
+    let routers = [router(&url).await, router(&url).await];
     for r in &routers {
         wait_until(STEP, "three registered nodes in each ring", || async {
             ring_ids(r).await.len() == 3
@@ -201,7 +167,7 @@ async fn two_routers_a_registered_pool_and_a_rolling_stop() {
         let room = format!("chat-{i}");
         owners.insert(room.clone(), placed(&routers[0], &room).await);
         for (k, r) in routers.iter().enumerate() {
-            let url = format!("{}?room={room}&user=m{k}", r.ws);
+            let url = format!("{}?room={room}&user=m{k}", r.ws_url());
             tasks.push((room.clone(), tokio::spawn(member(url, stop.clone(), closed.clone()))));
         }
     }
@@ -210,11 +176,9 @@ async fn two_routers_a_registered_pool_and_a_rolling_stop() {
     owners.values().for_each(|n| *count.entry(n).or_default() += 1);
     let victim = count.iter().max_by_key(|(_, n)| **n).map(|(id, _)| id.to_string()).unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await; // let some chat happen first
-    let pid = nodes[&victim].0.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    nodes[&victim].signal("TERM");
     tokio::time::timeout(STEP, closed.cancelled()).await.expect("the victim drains its clients");
-    let mut victim_proc = nodes.remove(&victim).unwrap();
-    let exited = tokio::task::spawn_blocking(move || victim_proc.0.wait()).await.unwrap().unwrap();
+    let exited = nodes.remove(&victim).unwrap().exit().await;
     assert!(exited.success(), "the stopped node exits cleanly: {exited:?}");
     for r in &routers {
         wait_until(STEP, "the stopped node out of each ring", || async {
@@ -251,7 +215,7 @@ async fn two_routers_a_registered_pool_and_a_rolling_stop() {
 /// Samples `r`'s ring until `exited` and returns what went wrong: `victim` still placed
 /// after `leave` (first sample that lacked it), or placed again once it had left.
 async fn watch_ring(
-    r: &RouterProc,
+    r: &RouterProcess,
     victim: &str,
     exited: CancellationToken,
 ) -> Result<Duration, String> {
@@ -285,9 +249,9 @@ async fn after_sigterm_a_node_is_never_placeable_again_in_any_router() {
     let url = redis.url();
     // The victim holds a client, so it stays alive through its deregister wait and drain
     // window: about 4 s during which its heartbeat keeps running.
-    let (mut victim, victim_port) = node_waiting(&url, "victim", "3");
+    let (victim, victim_port) = node_waiting(&url, "victim", "3");
     let _other = node(&url, "other").0;
-    let routers = [router(&url), router(&url)];
+    let routers = [router(&url).await, router(&url).await];
     for r in &routers {
         wait_until(STEP, "both nodes in each ring", || async { ring_ids(r).await.len() == 2 })
             .await;
@@ -296,27 +260,16 @@ async fn after_sigterm_a_node_is_never_placeable_again_in_any_router() {
         WsClient::join(&format!("ws://127.0.0.1:{victim_port}/ws?room=held&user=u")).await;
 
     let exited = CancellationToken::new();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &victim.0.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    victim.signal("TERM");
     let watchers: Vec<_> =
         routers.iter().map(|r| watch_ring(r, "victim", exited.clone())).collect();
     let waiter = async {
-        let status = tokio::task::spawn_blocking(move || {
-            let s = victim.0.wait();
-            (victim, s)
-        });
-        let (v, s) = tokio::time::timeout(STEP * 2, status).await.expect("the node exits").unwrap();
+        let status = tokio::time::timeout(STEP * 2, victim.exit()).await.expect("the node exits");
         exited.cancel();
-        (v, s)
+        status
     };
-    let (results, (_victim, status)) =
-        tokio::join!(futures_util::future::join_all(watchers), waiter);
-    assert!(status.unwrap().success(), "the stopped node exits cleanly");
+    let (results, status) = tokio::join!(futures_util::future::join_all(watchers), waiter);
+    assert!(status.success(), "the stopped node exits cleanly");
     for (i, r) in results.into_iter().enumerate() {
         let left = r.unwrap_or_else(|e| panic!("router {i}: {e}"));
         eprintln!("router {i}: victim off the ring {left:?} after SIGTERM");

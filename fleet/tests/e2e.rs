@@ -193,6 +193,56 @@ async fn drain_moves_a_nodes_clients_to_other_nodes() {
     f.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_drained_inside_fleet_up_resumes_on_another_node_with_nothing_missed() {
+    let f = up_with(3, steady_health()).await;
+    let room = "resumed";
+    let owner = placement(&f, room).await["node"].as_str().unwrap().to_owned();
+    let (mut x, wx) = WsClient::join(&url(&f, room, "x")).await;
+    let (mut p, _) = WsClient::join(&url(&f, room, "p")).await;
+    let epoch = wx["epoch"].as_str().expect("an epoch").to_owned();
+    for i in 1..=3 {
+        p.publish(json!(format!("a{i}"))).await;
+    }
+    for _ in 0..3 {
+        x.recv_type("message").await;
+    }
+    let since = wx["seq"].as_u64().unwrap() + 2;
+    let path = format!("/admin/nodes/{owner}/drain");
+    let (status, v) = admin(f.router.admin_addr(), "POST", &path, "").await;
+    assert_eq!(status, 202, "{v}");
+    assert_eq!(x.closed(STEP).await, Some(1012));
+    assert_eq!(p.closed(STEP).await, Some(1012));
+
+    // p comes back on another in-process node and chats while x is away.
+    let (mut p, wp) = WsClient::join(&url(&f, room, "p")).await;
+    assert_ne!(wp["node"], owner.as_str(), "{wp}");
+    for i in 1..=2 {
+        p.publish(json!(format!("b{i}"))).await;
+        p.recv_type("message").await;
+    }
+    let resume = format!("{}&since={since}&epoch={epoch}", url(&f, room, "x"));
+    let (mut x, w) = WsClient::join(&resume).await;
+    assert_eq!(
+        (&w["recovered"], &w["epoch"], &w["node"]),
+        (&json!(true), &json!(epoch), &wp["node"])
+    );
+    let last = w["seq"].as_u64().unwrap();
+    assert_eq!(last, since + 3, "{w}");
+    let mut replay = Vec::new();
+    for _ in since..last {
+        let m = x.recv_type("message").await;
+        replay.push((m["seq"].as_u64().unwrap(), m["body"].clone()));
+    }
+    let want: Vec<(u64, Value)> =
+        (since + 1..=last).zip(["a3", "b1", "b2"]).map(|(s, b)| (s, json!(b))).collect();
+    assert_eq!(replay, want, "every missed message, in order, once");
+    p.publish(json!("live")).await;
+    let m = x.recv_type("message").await;
+    assert_eq!((m["seq"].as_u64(), &m["body"]), (Some(last + 1), &json!("live")));
+    f.shutdown().await;
+}
+
 #[tokio::test]
 async fn bad_admin_input_and_bad_upgrades_get_the_documented_errors() {
     let f = up(2).await;

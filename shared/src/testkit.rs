@@ -1,9 +1,11 @@
 //! Helpers for tests across the workspace: waiting on a condition, a raw HTTP/1.1 client,
-//! a WebSocket client ([`ws`]), and a real `redis-server` on a free port that a test can
-//! kill and restart.
+//! a WebSocket client ([`ws`]), the workspace's binaries as processes ([`process`]), and a
+//! real `redis-server` on a free port that a test can kill and restart.
 
+pub mod process;
 pub mod ws;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -152,6 +154,19 @@ impl RedisServer {
     /// Runs one command through `redis-cli`-free RESP and returns the raw reply text.
     pub async fn command(&self, args: &[&str]) -> String {
         resp_command(self.port, args).await.unwrap_or_default()
+    }
+
+    /// Calls per command so far (`INFO commandstats`), by lower-case name: what a test
+    /// compares before and after traffic to see which commands the traffic cost.
+    pub async fn command_calls(&self) -> BTreeMap<String, u64> {
+        let info = self.command(&["INFO", "commandstats"]).await;
+        info.lines()
+            .filter_map(|l| {
+                let (name, stats) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+                let calls = stats.strip_prefix("calls=")?.split(',').next()?.parse().ok()?;
+                Some((name.to_owned(), calls))
+            })
+            .collect()
     }
 }
 

@@ -48,12 +48,7 @@ async fn cluster(redis: &RedisServer, n: usize) -> Cluster {
 }
 
 async fn publish_count(redis: &RedisServer) -> u64 {
-    let info = redis.command(&["INFO", "commandstats"]).await;
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_publish:calls="))
-        .and_then(|l| l.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    redis.command_calls().await.get("publish").copied().unwrap_or(0)
 }
 
 #[tokio::test]

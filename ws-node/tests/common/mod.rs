@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ws_node::{Bus, Config, LocalBus, Node};
 
+pub use shared::testkit::process::Process;
 pub use shared::testkit::ws::{STEP, WsClient as Client};
 
 /// A node serving on 127.0.0.1:0; shut down on drop.
@@ -69,7 +70,7 @@ pub fn config(id: &str) -> Config {
 /// The real `ws-node` binary on a free port, for tests about processes; killed on drop.
 pub struct NodeProcess {
     pub port: u16,
-    child: Option<std::process::Child>,
+    pub process: Process,
 }
 
 impl NodeProcess {
@@ -91,14 +92,8 @@ impl NodeProcess {
                 c
             }
         };
-        let child = cmd
-            .args(args)
-            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn ws-node");
-        let p = Self { port, child: Some(child) };
+        cmd.args(args).envs(envs.iter().map(|(k, v)| (*k, v.as_str())));
+        let p = Self { port, process: Process::spawn(cmd) };
         let addr = p.addr();
         shared::testkit::wait_until(STEP, "ws-node to serve", || async move {
             shared::testkit::http(addr, "GET", "/healthz", &[], "").await.is_ok()
@@ -115,28 +110,19 @@ impl NodeProcess {
         format!("ws://127.0.0.1:{}/ws?room={room}&user={user}", self.port)
     }
 
+    /// One sample of the node's `/metrics` (0 when absent or unreachable).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = shared::testkit::http(self.addr(), "GET", "/metrics", &[], "").await;
+        text.ok().and_then(|(_, t)| shared::metrics::sample(&t, name)).unwrap_or(0.0)
+    }
+
     /// Sends `signal` (`TERM`, `KILL`, ...) to the process.
     pub fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().map(|c| c.id()).expect("running");
-        let ok = std::process::Command::new("kill")
-            .args([format!("-{signal}"), pid.to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "kill -{signal} {pid}");
+        self.process.signal(signal);
     }
 
     /// Waits for the process to exit.
-    pub async fn exit(mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
-        tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap()
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+    pub async fn exit(self) -> std::process::ExitStatus {
+        self.process.exit().await
     }
 }

@@ -1,0 +1,461 @@
+//! History and resume with real `ws-node` processes (and a real `router` and Redis where the
+//! case needs them): a member that reconnects with `since`/`epoch` after a drain, a SIGKILL
+//! or a restart gets exactly what it missed, or `recovered:false` and nothing stale; replay
+//! merges with live traffic; history is trimmed by size and TTL; a one-node room costs Redis
+//! only batched appends; bad `since`/`epoch` values are refused before the upgrade.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Client, NodeProcess, STEP};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use shared::testkit::process::RouterProcess;
+use shared::testkit::{RedisServer, http, wait_until};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+/// Flags of every node here: the traffic these tests make stays under the rate limit.
+const FAST: [&str; 4] = ["--publish-rate", "1000", "--publish-burst", "1000"];
+
+async fn node(args: &[&str]) -> NodeProcess {
+    let all: Vec<&str> = FAST.iter().chain(args).copied().collect();
+    NodeProcess::start(&all, &[], None).await
+}
+
+fn seq(v: &Value) -> u64 {
+    v["seq"].as_u64().unwrap_or_else(|| panic!("no seq in {v}"))
+}
+
+/// The welcome's epoch, checked against the documented alphabet.
+fn epoch(w: &Value) -> String {
+    let e = w["epoch"].as_str().unwrap_or_else(|| panic!("no epoch in {w}"));
+    assert!(shared::ids::valid_epoch(e), "epoch {e:?} in {w}");
+    e.to_owned()
+}
+
+/// Reconnects to `url` resuming after `since` in `epoch`; the welcome must say `recovered`.
+async fn rejoin(url: &str, since: u64, epoch: &str, recovered: bool) -> (Client, Value) {
+    let (c, w) = Client::join(&format!("{url}&since={since}&epoch={epoch}")).await;
+    assert_eq!(w["recovered"], recovered, "resume since {since}: {w}");
+    (c, w)
+}
+
+/// The next `n` messages `c` gets (other frames skipped), as (seq, body).
+async fn messages(c: &mut Client, n: u64) -> Vec<(u64, Value)> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let m = c.recv_type("message").await;
+        out.push((seq(&m), m["body"].clone()));
+    }
+    out
+}
+
+/// Publishes `bodies` from `c` and waits for its own copies; their seqs.
+async fn say(c: &mut Client, bodies: &[String]) -> Vec<u64> {
+    for b in bodies {
+        c.publish(json!(b)).await;
+    }
+    messages(c, bodies.len() as u64).await.into_iter().map(|(s, _)| s).collect()
+}
+
+fn texts(prefix: &str, n: std::ops::RangeInclusive<u64>) -> Vec<String> {
+    n.map(|i| format!("{prefix}{i}")).collect()
+}
+
+/// What follows a resume's welcome `w` (after its replay) is live: `p` publishes and the
+/// next message `c` gets is that one, right after `w`'s seq.
+async fn next_is_live(c: &mut Client, w: &Value, p: &mut Client) {
+    p.publish(json!("live")).await;
+    let m = c.recv_type("message").await;
+    assert_eq!((seq(&m), &m["body"]), (seq(w) + 1, &json!("live")), "nothing stale after {w}");
+}
+
+/// A router with `nodes` in its ring, probing fast, once both are placeable.
+async fn router(nodes: &[(&str, &NodeProcess)]) -> RouterProcess {
+    let specs: Vec<String> = nodes.iter().map(|(id, n)| format!("{id}={}", n.addr())).collect();
+    let mut args = vec!["--health-interval", "0.2", "--health-timeout", "1"];
+    for s in &specs {
+        args.extend(["--node", s.as_str()]);
+    }
+    let r = RouterProcess::start(&args).await;
+    wait_until(STEP, "every node placeable", || async { r.placeable().await.len() == nodes.len() })
+        .await;
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_through_the_router_after_a_drain_gets_every_missed_message_in_order() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let a = node(&["--node-id", "node-a", "--redis", &url]).await;
+    let b = node(&["--node-id", "node-b", "--redis", &url]).await;
+    let router = router(&[("node-a", &a), ("node-b", &b)]).await;
+    let room = "drained";
+    let owner = router.placed(room).await;
+    let owner_addr = if owner == "node-a" { a.addr() } else { b.addr() };
+    let x_url = format!("{}?room={room}&user=x", router.ws_url());
+    let p_url = format!("{}?room={room}&user=p", router.ws_url());
+
+    let (mut x, wx) = Client::join(&x_url).await;
+    assert_eq!((wx["node"].as_str(), &wx["recovered"]), (Some(owner.as_str()), &json!(false)));
+    let e = epoch(&wx);
+    let (mut p, _) = Client::join(&p_url).await;
+    let before = say(&mut p, &texts("a", 1..=4)).await;
+    let got: Vec<u64> = messages(&mut x, 4).await.into_iter().map(|m| m.0).collect();
+    assert_eq!(got, before);
+    // x resumes after its second message: the replay spans what both owners stamped.
+    let since = before[1];
+
+    let (status, body) =
+        http(owner_addr, "POST", "/admin/drain?window_ms=0", &[], "").await.unwrap();
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(x.closed(STEP).await, Some(1012), "the drain closes x");
+    assert_eq!(p.closed(STEP).await, Some(1012), "the drain closes p");
+
+    // While x is away, p comes back through the router (onto the other node) and chats.
+    let (mut p, wp) = Client::join(&p_url).await;
+    assert_ne!(wp["node"], owner.as_str(), "the router places p on another node: {wp}");
+    assert_eq!((epoch(&wp), seq(&wp)), (e.clone(), before[3]), "the next owner goes on: {wp}");
+    let after = say(&mut p, &texts("b", 1..=3)).await;
+
+    let (mut x, w) = rejoin(&x_url, since, &e, true).await;
+    assert_eq!((&w["node"], epoch(&w), seq(&w)), (&wp["node"], e, after[2]), "{w}");
+    let replay = messages(&mut x, seq(&w) - since).await;
+    let seqs: Vec<u64> = replay.iter().map(|m| m.0).collect();
+    assert_eq!(seqs, (since + 1..=seq(&w)).collect::<Vec<_>>(), "in order, no gap");
+    let bodies: Vec<Value> = replay.into_iter().map(|m| m.1).collect();
+    assert_eq!(bodies, json!(["a3", "a4", "b1", "b2", "b3"]).as_array().unwrap().clone());
+    next_is_live(&mut x, &w, &mut p).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_after_the_owner_is_sigkilled_gets_every_acknowledged_message() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let durable = ["--redis", &url, "--durable-ack", "--heartbeat-ttl", "1"];
+    let a = node(&[&["--node-id", "node-a"][..], &durable[..]].concat()).await;
+    let b = node(&[&["--node-id", "node-b"][..], &durable[..]].concat()).await;
+    let room = "killed";
+    let (x, wx) = Client::join(&a.url(room, "x")).await;
+    let e = epoch(&wx);
+    let (p, _) = Client::join(&a.url(room, "p")).await;
+
+    // x reads until its node dies.
+    let reader = tokio::spawn(async move {
+        let mut ws = x.ws;
+        let mut seen = Vec::new();
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(STEP, ws.next()).await {
+            if let Message::Text(t) = m {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["type"] == "message" {
+                    seen.push((seq(&v), v["body"].clone()));
+                }
+            }
+        }
+        seen
+    });
+    // p publishes (at most 400, every 2 ms) and keeps what was acked: seq -> body.
+    let acked: Arc<Mutex<BTreeMap<u64, Value>>> = Arc::default();
+    let sender = {
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            let mut ws = p.ws;
+            let mut tick = tokio::time::interval(Duration::from_millis(2));
+            let mut sent = 0u64;
+            loop {
+                tokio::select! {
+                    _ = tick.tick(), if sent < 400 => {
+                        sent += 1;
+                        let f = json!({"type": "publish", "id": sent, "body": format!("m{sent}")});
+                        if ws.send(Message::text(f.to_string())).await.is_err() {
+                            return;
+                        }
+                    }
+                    m = ws.next() => {
+                        let Some(Ok(m)) = m else { return };
+                        let Message::Text(t) = m else { continue };
+                        let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                        if v["type"] == "ack" {
+                            let id = v["id"].as_u64().unwrap();
+                            acked.lock().unwrap().insert(seq(&v), json!(format!("m{id}")));
+                        }
+                    }
+                }
+            }
+        })
+    };
+    wait_until(STEP, "100 acknowledged publishes", || async { acked.lock().unwrap().len() >= 100 })
+        .await;
+    a.signal("KILL");
+    let _ = a.exit().await;
+    tokio::time::timeout(STEP, sender).await.expect("p sees its node die").unwrap();
+    let seen = tokio::time::timeout(STEP, reader).await.expect("x sees its node die").unwrap();
+    let since = seen.last().map_or(seq(&wx), |m| m.0);
+    let seqs: Vec<u64> = seen.iter().map(|m| m.0).collect();
+    assert_eq!(seqs, (seq(&wx) + 1..=since).collect::<Vec<_>>(), "x's stream had no gap");
+
+    let (mut x, w) = rejoin(&b.url(room, "x"), since, &e, true).await;
+    assert_eq!(epoch(&w), e, "with --durable-ack the epoch survives a SIGKILL: {w}");
+    let mut all: BTreeMap<u64, Value> = seen.into_iter().collect();
+    for (s, body) in messages(&mut x, seq(&w) - since).await {
+        assert!(all.insert(s, body).is_none(), "seq {s} twice");
+    }
+    assert_eq!(
+        all.keys().copied().collect::<Vec<_>>(),
+        (seq(&wx) + 1..=seq(&w)).collect::<Vec<_>>()
+    );
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 100);
+    for (s, body) in &acked {
+        assert_eq!(all.get(s), Some(body), "acknowledged seq {s}");
+    }
+    // One more live message continues right after the replay.
+    let (mut p, _) = Client::join(&b.url(room, "p")).await;
+    next_is_live(&mut x, &w, &mut p).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_without_redis_the_epoch_changes_and_the_resume_is_not_recovered() {
+    let args = ["--node-id", "solo", "--drain-window", "0"];
+    let n = node(&args).await;
+    let room = "restarted";
+    let (mut x, wx) = Client::join(&n.url(room, "x")).await;
+    let e = epoch(&wx);
+    let (mut p, _) = Client::join(&n.url(room, "p")).await;
+    let old = say(&mut p, &texts("old", 1..=2)).await;
+    messages(&mut x, 2).await;
+    n.signal("TERM");
+    assert!(n.exit().await.success(), "SIGTERM stops the node cleanly");
+
+    let n = node(&args).await;
+    let (mut p, wp) = Client::join(&n.url(room, "p")).await;
+    assert_ne!(epoch(&wp), e, "a restart without Redis starts a new epoch: {wp}");
+    // The new epoch's seq goes past the old `since`: a resume must still replay nothing.
+    say(&mut p, &texts("new", 1..=3)).await;
+    let (mut x, w) = rejoin(&n.url(room, "x"), old[1], &e, false).await;
+    assert_eq!(epoch(&w), epoch(&wp), "{w}");
+    next_is_live(&mut x, &w, &mut p).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_older_than_the_history_is_not_recovered_and_gets_nothing_stale() {
+    let n = node(&["--history-size", "5"]).await;
+    let url = n.url("behind", "x");
+    let (mut x, wx) = Client::join(&url).await;
+    let e = epoch(&wx);
+    let (mut p, _) = Client::join(&n.url("behind", "p")).await;
+    let first = say(&mut p, &texts("m", 1..=1)).await[0];
+    messages(&mut x, 1).await;
+    x.close().await;
+
+    // Exactly history_size missed: all still held.
+    let five = say(&mut p, &texts("m", 2..=6)).await;
+    let (mut x, w) = rejoin(&url, first, &e, true).await;
+    let replay: Vec<u64> = messages(&mut x, 5).await.into_iter().map(|m| m.0).collect();
+    assert_eq!((replay, seq(&w)), (five.clone(), five[4]));
+    x.close().await;
+
+    // One more than history_size missed: the oldest is gone, so nothing is replayed.
+    let six = say(&mut p, &texts("m", 7..=12)).await;
+    let (mut x, w) = rejoin(&url, five[4], &e, false).await;
+    assert_eq!((epoch(&w), seq(&w)), (e, six[5]), "{w}");
+    next_is_live(&mut x, &w, &mut p).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_is_trimmed_by_size_and_ttl_per_rooms_table_of_the_config_file() {
+    let dir = std::env::temp_dir().join(format!("roomfleet-history-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("node.toml");
+    let toml = "history_size = 20\n\n[[rooms]]\npattern = \"small:*\"\nhistory_size = 3\n\n\
+                [[rooms]]\npattern = \"brief:*\"\nhistory_ttl = 2\n";
+    std::fs::write(&file, toml).unwrap();
+    let n = node(&["--config", file.to_str().unwrap()]).await;
+
+    // By size: the table's 3 for small:*, the file's 20 for rooms no table matches.
+    for (room, size, sent) in [("small:1", 3, 6), ("other", 20, 25)] {
+        let (mut p, w) = Client::join(&n.url(room, "p")).await;
+        let e = epoch(&w);
+        let seqs = say(&mut p, &texts("m", 1..=sent)).await;
+        let (last, oldest) = (seqs[seqs.len() - 1], seqs[seqs.len() - size]);
+        let url = n.url(room, "late");
+        let (mut c, w) = rejoin(&url, oldest - 1, &e, true).await;
+        let replay: Vec<u64> =
+            messages(&mut c, size as u64).await.into_iter().map(|m| m.0).collect();
+        assert_eq!(replay, (oldest..=last).collect::<Vec<_>>(), "{room}: the last {size}");
+        next_is_live(&mut c, &w, &mut p).await;
+        c.close().await;
+        let (mut c, w) = rejoin(&n.url(room, "later"), oldest - 1, &e, false).await;
+        next_is_live(&mut c, &w, &mut p).await;
+        let (_, rooms) =
+            http(n.addr(), "GET", &format!("/admin/rooms?room={room}"), &[], "").await.unwrap();
+        let info: Value = serde_json::from_str(&rooms).unwrap();
+        assert_eq!(info["rooms"][0]["history"], size, "{room}: {info}");
+    }
+
+    // By TTL: brief:* keeps messages 2 s.
+    let (mut p, w) = Client::join(&n.url("brief:1", "p")).await;
+    let e = epoch(&w);
+    let seqs = say(&mut p, &texts("m", 1..=2)).await;
+    let url = n.url("brief:1", "x");
+    let (mut x, _) = rejoin(&url, seqs[0] - 1, &e, true).await;
+    assert_eq!(messages(&mut x, 2).await.len(), 2, "still held right after publishing");
+    x.close().await;
+    wait_until(STEP, "brief:1's messages to outlive their TTL", || async {
+        let (c, w) = Client::join(&format!("{url}&since={}&epoch={e}", seqs[0] - 1)).await;
+        c.close().await;
+        w["recovered"] == false
+    })
+    .await;
+    let (mut x, w) = rejoin(&url, seqs[0] - 1, &e, false).await;
+    assert_eq!((epoch(&w), seq(&w)), (e, seqs[1]), "the epoch stays: only messages expired");
+    next_is_live(&mut x, &w, &mut p).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_merges_with_live_traffic_from_20_senders_without_gap_or_duplicate() {
+    let n = node(&["--history-size", "1000", "--max-recovery", "900"]).await;
+    let room = "busy";
+    let stop = CancellationToken::new();
+    let mut senders = Vec::new();
+    for i in 0..20 {
+        let (mut s, _) = Client::join(&n.url(room, &format!("s{i}"))).await;
+        let stop = stop.clone();
+        senders.push(tokio::spawn(async move {
+            let mut sent = 0u64;
+            let mut tick = tokio::time::interval(Duration::from_millis(40));
+            // Bounded: at most 300 publishes per sender, and stopped by the test.
+            while !stop.is_cancelled() && sent < 300 {
+                tick.tick().await;
+                s.publish(json!(sent)).await;
+                sent += 1;
+                // Read the room's traffic so a sender never becomes a slow consumer.
+                while let Ok(Some(Ok(_))) =
+                    tokio::time::timeout(Duration::from_millis(1), s.ws.next()).await
+                {
+                }
+            }
+            (s, sent)
+        }));
+    }
+    let url = n.url(room, "r");
+    let (mut r, w) = Client::join(&url).await;
+    let e = epoch(&w);
+    let mut last = seq(&w);
+    // Bounded: 8 rounds of read some, leave, miss some, resume.
+    for round in 0..8 {
+        for _ in 0..15 {
+            let m = r.recv_type("message").await;
+            assert_eq!(seq(&m), last + 1, "round {round}: no gap, no duplicate");
+            last = seq(&m);
+        }
+        drop(r);
+        let gone = n.metric("wsnode_messages_in_total").await;
+        wait_until(STEP, "messages published while r is away", || async {
+            n.metric("wsnode_messages_in_total").await >= gone + 40.0
+        })
+        .await;
+        let (c, w) = rejoin(&url, last, &e, true).await;
+        assert!(seq(&w) > last, "round {round}: missed some: {w}");
+        r = c;
+    }
+    stop.cancel();
+    let mut total = 0;
+    for s in senders {
+        total += s.await.unwrap().1;
+    }
+    // Everything to the last message arrives once, in order, replay and live alike.
+    while last < total {
+        let m = r.recv_type("message").await;
+        assert_eq!(seq(&m), last + 1, "after the rounds: no gap, no duplicate");
+        last = seq(&m);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_node_room_costs_redis_only_batched_history_appends() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let n = node(&["--redis", &url, "--history-size", "500"]).await;
+    let room = "solo";
+    let (mut c, _) = Client::join(&n.url(room, "a")).await;
+    c.publish(json!("warm")).await;
+    c.recv_type("message").await;
+    let log = format!("roomfleet:{{{room}}}:log");
+    let stored = |want: u64| {
+        let (redis, log) = (&redis, &log);
+        async move {
+            let r = redis.command(&["XLEN", log]).await;
+            r.trim().strip_prefix(':').and_then(|n| n.parse::<u64>().ok()).unwrap_or(0) >= want
+        }
+    };
+    wait_until(STEP, "the first message in the room's stream", || stored(1)).await;
+
+    let before = redis.command_calls().await;
+    for i in 0..200 {
+        c.publish(json!(i)).await;
+    }
+    messages(&mut c, 200).await;
+    wait_until(STEP, "all 201 messages in the room's stream", || stored(201)).await;
+    let after = redis.command_calls().await;
+    let delta: HashMap<&str, u64> = after
+        .iter()
+        .map(|(k, v)| (k.as_str(), v - before.get(k).copied().unwrap_or(0)))
+        .filter(|(_, d)| *d > 0)
+        .collect();
+    let calls = |k: &str| delta.get(k).copied().unwrap_or(0);
+    assert_eq!(calls("publish"), 0, "a one-node room never publishes: {delta:?}");
+    let scripts = calls("eval") + calls("evalsha") + calls("fcall");
+    assert!(scripts <= 20, "scripts are batched appends, not one per message: {delta:?}");
+    // Redis counts the commands a script runs too: a stream holds one entry per XADD, so
+    // the appends cost one XADD per message (never more); nothing else runs per message.
+    assert!(calls("xadd") <= 200, "each message appended once: {delta:?}");
+    for (cmd, d) in delta.iter().filter(|(cmd, _)| **cmd != "xadd") {
+        assert!(*d <= 20, "{cmd} ran {d} times for 200 messages: {delta:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_since_and_epoch_get_400_before_the_upgrade_on_the_node_and_the_router() {
+    let n = node(&["--node-id", "node-a"]).await;
+    let router = router(&[("node-a", &n)]).await;
+    let upgrade = [
+        ("upgrade", "websocket"),
+        ("connection", "Upgrade"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let half = "since and epoch go together: a resume needs both";
+    let since = "since must be a decimal seq number";
+    let epoch = "epoch must be 1 to 64 of [A-Za-z0-9_-]";
+    let long = "e".repeat(65);
+    let cases = [
+        ("since=3".to_string(), half),
+        ("epoch=abc".to_string(), half),
+        ("since=&epoch=abc".to_string(), since),
+        ("since=x1&epoch=abc".to_string(), since),
+        ("since=-1&epoch=abc".to_string(), since),
+        ("since=%31&epoch=abc".to_string(), since),
+        ("since=99999999999999999999999&epoch=abc".to_string(), since),
+        ("since=3&epoch=".to_string(), epoch),
+        ("since=3&epoch=a.b".to_string(), epoch),
+        ("since=3&epoch=a%20b".to_string(), epoch),
+        (format!("since=3&epoch={long}"), epoch),
+    ];
+    for addr in [n.addr(), router.addr] {
+        for (query, reason) in &cases {
+            let path = format!("/ws?room=r&user=u&{query}");
+            let (status, body) = http(addr, "GET", &path, &upgrade, "").await.unwrap();
+            assert_eq!((status, body.trim()), (400, *reason), "{addr} {path}");
+        }
+        // A well-formed resume of an unknown epoch is no error: it is just not recovered.
+        let url = format!("ws://{addr}/ws?room=r&user=u");
+        let (c, _) = rejoin(&url, 3, &"e".repeat(64), false).await;
+        c.close().await;
+    }
+}
