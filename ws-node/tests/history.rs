@@ -74,6 +74,54 @@ async fn next_is_live(c: &mut Client, w: &Value, p: &mut Client) {
     assert_eq!((seq(&m), &m["body"]), (seq(w) + 1, &json!("live")), "nothing stale after {w}");
 }
 
+/// What a publisher got acked: seq -> body.
+type Acked = Arc<Mutex<BTreeMap<u64, Value>>>;
+
+/// Publishes from `c` every `every` (`"m1"`, `"m2"`, ... at most `max`) with ids, and keeps
+/// what was acked. Ends when its connection does, or once `stop` is cancelled and every
+/// publish was answered.
+fn publisher(
+    c: Client,
+    every: Duration,
+    max: u64,
+    stop: CancellationToken,
+) -> (Acked, tokio::task::JoinHandle<()>) {
+    let acked = Acked::default();
+    let out = acked.clone();
+    let task = tokio::spawn(async move {
+        let mut ws = c.ws;
+        let mut tick = tokio::time::interval(every);
+        let (mut sent, mut answered) = (0u64, 0u64);
+        while !(stop.is_cancelled() && answered >= sent) {
+            tokio::select! {
+                _ = tick.tick(), if sent < max && !stop.is_cancelled() => {
+                    sent += 1;
+                    let f = json!({"type": "publish", "id": sent, "body": format!("m{sent}")});
+                    if ws.send(Message::text(f.to_string())).await.is_err() {
+                        return;
+                    }
+                }
+                _ = stop.cancelled(), if answered >= sent => return,
+                m = ws.next() => {
+                    let Some(Ok(m)) = m else { return };
+                    let Message::Text(t) = m else { continue };
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    match v["type"].as_str() {
+                        Some("ack") => {
+                            answered += 1;
+                            let id = v["id"].as_u64().unwrap();
+                            acked.lock().unwrap().insert(seq(&v), json!(format!("m{id}")));
+                        }
+                        Some("error") => answered += 1,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    });
+    (out, task)
+}
+
 /// A router with `nodes` in its ring, probing fast, once both are placeable.
 async fn router(nodes: &[(&str, &NodeProcess)]) -> RouterProcess {
     let specs: Vec<String> = nodes.iter().map(|(id, n)| format!("{id}={}", n.addr())).collect();
@@ -133,6 +181,74 @@ async fn a_resume_through_the_router_after_a_drain_gets_every_missed_message_in_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_after_a_drain_gets_what_a_member_on_another_node_sent_meanwhile() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let a = node(&["--node-id", "node-a", "--redis", &url]).await;
+    let b = node(&["--node-id", "node-b", "--redis", &url]).await;
+    let router = router(&[("node-a", &a), ("node-b", &b)]).await;
+    let room = "spanned";
+    let owner = router.placed(room).await;
+    let (owner_node, other) = if owner == "node-a" { (&a, &b) } else { (&b, &a) };
+    let x_url = format!("{}?room={room}&user=x", router.ws_url());
+    let (mut x, wx) = Client::join(&x_url).await;
+    let e = epoch(&wx);
+    // q, on the other node, chats through the drain and x's absence: the room spans.
+    let (q, _) = Client::join(&other.url(room, "q")).await;
+    let stop = CancellationToken::new();
+    let (acked, q_task) = publisher(q, Duration::from_millis(10), 300, stop.clone());
+    let mut last = seq(&wx);
+    for _ in 0..20 {
+        let m = x.recv_type("message").await;
+        assert_eq!(seq(&m), last + 1);
+        last = seq(&m);
+    }
+    let (status, body) =
+        http(owner_node.addr(), "POST", "/admin/drain?window_ms=0", &[], "").await.unwrap();
+    assert_eq!(status, 202, "{body}");
+    // Up to the drain's close, x reads on: its last seq is where it resumes from.
+    let close = loop {
+        match tokio::time::timeout(STEP, x.ws.next()).await.expect("the drain closes x") {
+            Some(Ok(Message::Text(t))) => {
+                let m: Value = serde_json::from_str(t.as_str()).unwrap();
+                if m["type"] == "message" {
+                    assert_eq!(seq(&m), last + 1, "no gap before the drain");
+                    last = seq(&m);
+                }
+            }
+            Some(Ok(Message::Close(f))) => break f.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => {}
+            other => panic!("x's connection broke: {other:?}"),
+        }
+    };
+    assert_eq!(close, Some(1012));
+    let at = acked.lock().unwrap().len();
+    wait_until(STEP, "q to chat on while x is away", || async {
+        acked.lock().unwrap().len() >= at + 20
+    })
+    .await;
+    let (mut x, w) = rejoin(&x_url, last, &e, true).await;
+    assert_eq!(w["node"], other_id(&owner), "{w}");
+    stop.cancel();
+    tokio::time::timeout(STEP, q_task).await.expect("q stops").unwrap();
+    let acked = acked.lock().unwrap().clone();
+    let top = *acked.keys().last().unwrap();
+    // Replay then live: every seq once, in order, to q's last acknowledged message.
+    while last < top {
+        let m = x.recv_type("message").await;
+        assert_eq!(seq(&m), last + 1, "no gap, no duplicate across the drain");
+        last = seq(&m);
+        if let Some(body) = acked.get(&last) {
+            assert_eq!(&m["body"], body, "seq {last}");
+        }
+    }
+}
+
+fn other_id(id: &str) -> &'static str {
+    if id == "node-a" { "node-b" } else { "node-a" }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_after_the_owner_is_sigkilled_gets_every_acknowledged_message() {
     let redis = RedisServer::start().await;
     let url = redis.url();
@@ -158,36 +274,8 @@ async fn a_resume_after_the_owner_is_sigkilled_gets_every_acknowledged_message()
         }
         seen
     });
-    // p publishes (at most 400, every 2 ms) and keeps what was acked: seq -> body.
-    let acked: Arc<Mutex<BTreeMap<u64, Value>>> = Arc::default();
-    let sender = {
-        let acked = acked.clone();
-        tokio::spawn(async move {
-            let mut ws = p.ws;
-            let mut tick = tokio::time::interval(Duration::from_millis(2));
-            let mut sent = 0u64;
-            loop {
-                tokio::select! {
-                    _ = tick.tick(), if sent < 400 => {
-                        sent += 1;
-                        let f = json!({"type": "publish", "id": sent, "body": format!("m{sent}")});
-                        if ws.send(Message::text(f.to_string())).await.is_err() {
-                            return;
-                        }
-                    }
-                    m = ws.next() => {
-                        let Some(Ok(m)) = m else { return };
-                        let Message::Text(t) = m else { continue };
-                        let v: Value = serde_json::from_str(t.as_str()).unwrap();
-                        if v["type"] == "ack" {
-                            let id = v["id"].as_u64().unwrap();
-                            acked.lock().unwrap().insert(seq(&v), json!(format!("m{id}")));
-                        }
-                    }
-                }
-            }
-        })
-    };
+    // p publishes (at most 400, every 2 ms) until its node dies.
+    let (acked, sender) = publisher(p, Duration::from_millis(2), 400, CancellationToken::new());
     wait_until(STEP, "100 acknowledged publishes", || async { acked.lock().unwrap().len() >= 100 })
         .await;
     a.signal("KILL");
@@ -317,14 +405,15 @@ async fn history_is_trimmed_by_size_and_ttl_per_rooms_table_of_the_config_file()
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_merges_with_live_traffic_from_20_senders_without_gap_or_duplicate() {
-    let n = node(&["--history-size", "1000", "--max-recovery", "900"]).await;
+/// 20 members of one room on `senders_on` publish while member `r` reads some, leaves,
+/// misses some and resumes, round after round, on each of `resume_on` in turn: what `r`
+/// gets, replay and live alike, runs on without a gap or a duplicate to the last message.
+async fn merge_under_load(senders_on: &NodeProcess, resume_on: &[&NodeProcess]) {
     let room = "busy";
     let stop = CancellationToken::new();
     let mut senders = Vec::new();
     for i in 0..20 {
-        let (mut s, _) = Client::join(&n.url(room, &format!("s{i}"))).await;
+        let (mut s, _) = Client::join(&senders_on.url(room, &format!("s{i}"))).await;
         let stop = stop.clone();
         senders.push(tokio::spawn(async move {
             let mut sent = 0u64;
@@ -343,24 +432,24 @@ async fn replay_merges_with_live_traffic_from_20_senders_without_gap_or_duplicat
             (s, sent)
         }));
     }
-    let url = n.url(room, "r");
-    let (mut r, w) = Client::join(&url).await;
+    let url = |round: usize| resume_on[round % resume_on.len()].url(room, "r");
+    let (mut r, w) = Client::join(&url(0)).await;
     let e = epoch(&w);
     let mut last = seq(&w);
     // Bounded: 8 rounds of read some, leave, miss some, resume.
-    for round in 0..8 {
+    for round in 1..=8 {
         for _ in 0..15 {
             let m = r.recv_type("message").await;
             assert_eq!(seq(&m), last + 1, "round {round}: no gap, no duplicate");
             last = seq(&m);
         }
         drop(r);
-        let gone = n.metric("wsnode_messages_in_total").await;
+        let gone = senders_on.metric("wsnode_messages_in_total").await;
         wait_until(STEP, "messages published while r is away", || async {
-            n.metric("wsnode_messages_in_total").await >= gone + 40.0
+            senders_on.metric("wsnode_messages_in_total").await >= gone + 40.0
         })
         .await;
-        let (c, w) = rejoin(&url, last, &e, true).await;
+        let (c, w) = rejoin(&url(round), last, &e, true).await;
         assert!(seq(&w) > last, "round {round}: missed some: {w}");
         r = c;
     }
@@ -375,6 +464,23 @@ async fn replay_merges_with_live_traffic_from_20_senders_without_gap_or_duplicat
         assert_eq!(seq(&m), last + 1, "after the rounds: no gap, no duplicate");
         last = seq(&m);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_merges_with_live_traffic_from_20_senders_without_gap_or_duplicate() {
+    let n = node(&["--history-size", "1000", "--max-recovery", "900"]).await;
+    merge_under_load(&n, &[&n]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_alternating_between_two_nodes_merge_with_20_senders_over_redis() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let history = ["--redis", &url, "--history-size", "1000", "--max-recovery", "900"];
+    let a = node(&[&["--node-id", "node-a"][..], &history[..]].concat()).await;
+    let b = node(&[&["--node-id", "node-b"][..], &history[..]].concat()).await;
+    // Every other resume lands on the senders' node: the room spans, then is one node again.
+    merge_under_load(&a, &[&b, &a]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
