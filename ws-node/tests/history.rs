@@ -248,6 +248,121 @@ fn other_id(id: &str) -> &'static str {
     if id == "node-a" { "node-b" } else { "node-a" }
 }
 
+/// A member that follows drains: on a 1012 it resumes through `url` with since/epoch, which
+/// must be recovered; everything it gets runs on without a gap or a duplicate. It publishes
+/// every `every` when given, until `stop`; then it reads on until the seq `until` names.
+/// Returns its last seq and how often it resumed; `settled` counts publishers whose
+/// publishes were all answered after `stop`.
+async fn follower(
+    url: String,
+    every: Option<Duration>,
+    stop: CancellationToken,
+    mut until: tokio::sync::watch::Receiver<u64>,
+    settled: Arc<std::sync::atomic::AtomicUsize>,
+) -> (u64, u32) {
+    let (mut c, w) = Client::join(&url).await;
+    let (e, mut last, mut resumes) = (epoch(&w), seq(&w), 0);
+    let mut tick = tokio::time::interval(every.unwrap_or(Duration::from_secs(3600)));
+    let (mut pending, mut n, mut done) = (0u64, 0u64, false);
+    // Bounded: publishes stop at `stop`; the loop ends at `until`, or fails after STEP quiet.
+    loop {
+        if stop.is_cancelled() && every.is_some() && pending == 0 && !done {
+            done = true;
+            settled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        if stop.is_cancelled() && last >= *until.borrow() {
+            return (last, resumes);
+        }
+        tokio::select! {
+            _ = tick.tick(), if every.is_some() && !stop.is_cancelled() => {
+                n += 1;
+                pending += 1;
+                c.send_json(&json!({"type": "publish", "id": n, "body": n})).await;
+            }
+            _ = until.changed() => {}
+            _ = stop.cancelled(), if !done && every.is_some() && pending == 0 => {}
+            f = tokio::time::timeout(STEP, c.ws.next()) => match f.expect("a frame in time") {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    match v["type"].as_str() {
+                        Some("message") => {
+                            assert_eq!(seq(&v), last + 1, "{url}: no gap, no duplicate");
+                            last = seq(&v);
+                        }
+                        Some("ack") | Some("error") => pending = pending.saturating_sub(1),
+                        _ => {}
+                    }
+                }
+                Some(Ok(Message::Close(f))) => {
+                    assert_eq!(f.map(|f| u16::from(f.code)), Some(1012), "{url}: only the drain");
+                    // What was in flight is stamped or lost; either way no ack comes now.
+                    pending = 0;
+                    resumes += 1;
+                    let (next, w) = rejoin(&url, last, &e, true).await;
+                    assert_eq!(epoch(&w), e);
+                    c = next;
+                }
+                Some(Ok(_)) => {}
+                other => panic!("{url}: connection broke: {other:?}"),
+            },
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_member_of_a_room_drained_over_a_window_resumes_whole_while_two_chat() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let a = node(&["--node-id", "node-a", "--redis", &url]).await;
+    let b = node(&["--node-id", "node-b", "--redis", &url]).await;
+    let router = router(&[("node-a", &a), ("node-b", &b)]).await;
+    let room = "moving";
+    let owner = router.placed(room).await;
+    let (owner_node, other) = if owner == "node-a" { (&a, &b) } else { (&b, &a) };
+    let stop = CancellationToken::new();
+    let (target, until) = tokio::sync::watch::channel(u64::MAX);
+    let settled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut members = Vec::new();
+    for i in 0..6 {
+        let url = format!("{}?room={room}&user=m{i}", router.ws_url());
+        let every = (i < 2).then_some(Duration::from_millis(15));
+        let f = follower(url, every, stop.clone(), until.clone(), settled.clone());
+        members.push(tokio::spawn(f));
+    }
+    wait_until(STEP, "six members and some chat", || async {
+        owner_node.metric("wsnode_connections").await == 6.0
+            && owner_node.metric("wsnode_messages_in_total").await >= 20.0
+    })
+    .await;
+    // Members leave over a second: for a while the room has members on both nodes.
+    let (status, body) =
+        http(owner_node.addr(), "POST", "/admin/drain?window_ms=1000", &[], "").await.unwrap();
+    assert_eq!(status, 202, "{body}");
+    wait_until(STEP, "every member on the other node", || async {
+        other.metric("wsnode_connections").await == 6.0
+    })
+    .await;
+    let moved = other.metric("wsnode_messages_in_total").await;
+    wait_until(STEP, "chat on the other node", || async {
+        other.metric("wsnode_messages_in_total").await >= moved + 20.0
+    })
+    .await;
+    stop.cancel();
+    wait_until(STEP, "the publishers' last acks", || async {
+        settled.load(std::sync::atomic::Ordering::SeqCst) == 2
+    })
+    .await;
+    let (_, rooms) =
+        http(other.addr(), "GET", &format!("/admin/rooms?room={room}"), &[], "").await.unwrap();
+    let rooms: Value = serde_json::from_str(&rooms).unwrap();
+    let top = seq(&rooms["rooms"][0]);
+    target.send(top).unwrap();
+    for m in members {
+        let (last, resumes) = tokio::time::timeout(STEP, m).await.expect("members end").unwrap();
+        assert_eq!((last, resumes), (top, 1), "every member resumed once and got everything");
+    }
+}
+
 /// What a member saw around a SIGKILL of its room's node.
 struct AfterKill {
     /// The first welcome's seq and epoch.
