@@ -66,12 +66,12 @@ fn texts(prefix: &str, n: std::ops::RangeInclusive<u64>) -> Vec<String> {
     n.map(|i| format!("{prefix}{i}")).collect()
 }
 
-/// What follows a resume's welcome `w` (after its replay) is live: `p` publishes and the
-/// next message `c` gets is that one, right after `w`'s seq.
-async fn next_is_live(c: &mut Client, w: &Value, p: &mut Client) {
+/// What follows a resume (its welcome and replay, up to seq `after`) is live: `p`
+/// publishes and the next message `c` gets is that one, right after `after`.
+async fn next_is_live(c: &mut Client, after: u64, p: &mut Client) {
     p.publish(json!("live")).await;
     let m = c.recv_type("message").await;
-    assert_eq!((seq(&m), &m["body"]), (seq(w) + 1, &json!("live")), "nothing stale after {w}");
+    assert_eq!((seq(&m), &m["body"]), (after + 1, &json!("live")), "nothing stale after {after}");
 }
 
 /// What a publisher got acked: seq -> body.
@@ -177,7 +177,7 @@ async fn a_resume_through_the_router_after_a_drain_gets_every_missed_message_in_
     assert_eq!(seqs, (since + 1..=seq(&w)).collect::<Vec<_>>(), "in order, no gap");
     let bodies: Vec<Value> = replay.into_iter().map(|m| m.1).collect();
     assert_eq!(bodies, json!(["a3", "a4", "b1", "b2", "b3"]).as_array().unwrap().clone());
-    next_is_live(&mut x, &w, &mut p).await;
+    next_is_live(&mut x, seq(&w), &mut p).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -430,7 +430,7 @@ async fn resume_after_sigkill(flags: &[&str]) -> AfterKill {
     assert!(acked.len() >= 100);
     // One more live message continues right after the welcome (and its replay).
     let (mut p, _) = Client::join(&b.url(room, "p")).await;
-    next_is_live(&mut x, &w, &mut p).await;
+    next_is_live(&mut x, seq(&w), &mut p).await;
     AfterKill { from, epoch: e, seen, welcome: w, client: x, acked }
 }
 
@@ -483,7 +483,7 @@ async fn resume_after_restart(args: &[&str]) -> (Value, String, Vec<u64>) {
         got = messages(&mut x, seq(&w) - old[0]).await.into_iter().map(|m| m.0).collect();
         assert_eq!(got, [&old[1..], &new[..]].concat(), "the replay runs across the restart");
     }
-    next_is_live(&mut x, &w, &mut p).await;
+    next_is_live(&mut x, seq(&w), &mut p).await;
     (w, e, got)
 }
 
@@ -500,6 +500,34 @@ async fn after_a_restart_with_redis_the_epoch_goes_on_and_the_resume_is_recovere
     let (w, e, replay) = resume_after_restart(&["--redis", &redis.url()]).await;
     assert_eq!((&w["recovered"], epoch(&w)), (&json!(true), e), "{w}");
     assert_eq!(replay.len(), 4, "the old owner's last message and the three after the restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_history_works_in_memory_and_a_resume_that_needs_redis_is_not_recovered() {
+    let mut redis = RedisServer::start().await;
+    let url = redis.url();
+    let a = node(&["--node-id", "node-a", "--redis", &url]).await;
+    let b = node(&["--node-id", "node-b", "--redis", &url]).await;
+    let room = "offline";
+    let x_url = a.url(room, "x");
+    let (mut x, wx) = Client::join(&x_url).await;
+    let e = epoch(&wx);
+    let (mut p, _) = Client::join(&a.url(room, "p")).await;
+    let before = say(&mut p, &texts("m", 1..=2)).await;
+    messages(&mut x, 2).await;
+    x.close().await;
+
+    redis.kill();
+    // A one-node room goes on, and its owner still replays from memory.
+    let during = say(&mut p, &texts("m", 3..=5)).await;
+    let (mut x, w) = rejoin(&x_url, before[1], &e, true).await;
+    let replay: Vec<u64> = messages(&mut x, 3).await.into_iter().map(|m| m.0).collect();
+    assert_eq!((replay, seq(&w)), (during.clone(), during[2]));
+    // Another node cannot read the history without Redis: it answers at once, unrecovered.
+    let (y, w) = rejoin(&b.url(room, "y"), before[1], &e, false).await;
+    assert_eq!(w["node"], "node-b");
+    y.close().await;
+    next_is_live(&mut x, during[2], &mut p).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -523,8 +551,14 @@ async fn a_resume_older_than_the_history_is_not_recovered_and_gets_nothing_stale
     // One more than history_size missed: the oldest is gone, so nothing is replayed.
     let six = say(&mut p, &texts("m", 7..=12)).await;
     let (mut x, w) = rejoin(&url, five[4], &e, false).await;
-    assert_eq!((epoch(&w), seq(&w)), (e, six[5]), "{w}");
-    next_is_live(&mut x, &w, &mut p).await;
+    assert_eq!((epoch(&w), seq(&w)), (e.clone(), six[5]), "{w}");
+    next_is_live(&mut x, seq(&w), &mut p).await;
+    x.close().await;
+
+    // A since ahead of the room is none of this epoch's messages.
+    let (mut x, w) = rejoin(&url, six[5] + 10, &e, false).await;
+    assert_eq!(seq(&w), six[5] + 1, "{w}");
+    next_is_live(&mut x, seq(&w), &mut p).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -545,7 +579,7 @@ async fn a_resume_that_missed_more_than_max_recovery_is_not_recovered() {
     let four = say(&mut p, &texts("m", 5..=8)).await;
     let (mut x, w) = rejoin(&url, three[2], &e, false).await;
     assert_eq!((epoch(&w), seq(&w)), (e, four[3]), "{w}");
-    next_is_live(&mut x, &w, &mut p).await;
+    next_is_live(&mut x, seq(&w), &mut p).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -554,30 +588,38 @@ async fn history_is_trimmed_by_size_and_ttl_per_rooms_table_of_the_config_file()
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("node.toml");
     let toml = "history_size = 20\n\n[[rooms]]\npattern = \"small:*\"\nhistory_size = 3\n\n\
-                [[rooms]]\npattern = \"brief:*\"\nhistory_ttl = 2\n";
+                [[rooms]]\npattern = \"brief:*\"\nhistory_ttl = 2\n\n\
+                [[rooms]]\npattern = \"off:*\"\nhistory_size = 0\n";
     std::fs::write(&file, toml).unwrap();
     let n = node(&["--config", file.to_str().unwrap()]).await;
 
-    // By size: the table's 3 for small:*, the file's 20 for rooms no table matches.
-    for (room, size, sent) in [("small:1", 3, 6), ("other", 20, 25)] {
+    // By size: the table's 3 for small:*, the file's 20 for rooms no table matches, none
+    // for off:*.
+    let mut open = Vec::new();
+    for (room, size, sent) in [("small:1", 3, 6), ("other", 20, 25), ("off:1", 0, 2)] {
         let (mut p, w) = Client::join(&n.url(room, "p")).await;
         let e = epoch(&w);
         let seqs = say(&mut p, &texts("m", 1..=sent)).await;
-        let (last, oldest) = (seqs[seqs.len() - 1], seqs[seqs.len() - size]);
-        let url = n.url(room, "late");
-        let (mut c, w) = rejoin(&url, oldest - 1, &e, true).await;
-        let replay: Vec<u64> =
-            messages(&mut c, size as u64).await.into_iter().map(|m| m.0).collect();
-        assert_eq!(replay, (oldest..=last).collect::<Vec<_>>(), "{room}: the last {size}");
-        next_is_live(&mut c, &w, &mut p).await;
+        let last = seqs[seqs.len() - 1];
+        let oldest = last + 1 - size as u64;
+        // One before the oldest held: not whole.
+        let (c, _) = rejoin(&n.url(room, "early"), oldest - 2, &e, false).await;
         c.close().await;
-        let (mut c, w) = rejoin(&n.url(room, "later"), oldest - 1, &e, false).await;
-        next_is_live(&mut c, &w, &mut p).await;
+        if size > 0 {
+            let (mut c, w) = rejoin(&n.url(room, "late"), oldest - 1, &e, true).await;
+            let replay: Vec<u64> =
+                messages(&mut c, size as u64).await.into_iter().map(|m| m.0).collect();
+            assert_eq!(replay, (oldest..=last).collect::<Vec<_>>(), "{room}: the last {size}");
+            next_is_live(&mut c, seq(&w), &mut p).await;
+        }
         let (_, rooms) =
             http(n.addr(), "GET", &format!("/admin/rooms?room={room}"), &[], "").await.unwrap();
         let info: Value = serde_json::from_str(&rooms).unwrap();
         assert_eq!(info["rooms"][0]["history"], size, "{room}: {info}");
+        open.push(p);
     }
+    assert_eq!(n.metric("wsnode_history_rooms").await, 2.0, "small:1 and other hold history");
+    assert!(n.metric("wsnode_history_bytes").await > 0.0);
 
     // By TTL: brief:* keeps messages 2 s.
     let (mut p, w) = Client::join(&n.url("brief:1", "p")).await;
@@ -595,7 +637,7 @@ async fn history_is_trimmed_by_size_and_ttl_per_rooms_table_of_the_config_file()
     .await;
     let (mut x, w) = rejoin(&url, seqs[0] - 1, &e, false).await;
     assert_eq!((epoch(&w), seq(&w)), (e, seqs[1]), "the epoch stays: only messages expired");
-    next_is_live(&mut x, &w, &mut p).await;
+    next_is_live(&mut x, seq(&w), &mut p).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
