@@ -213,6 +213,7 @@ async fn a_member_drained_inside_fleet_up_resumes_on_another_node_with_nothing_m
     assert_eq!(status, 202, "{v}");
     assert_eq!(x.closed(STEP).await, Some(1012));
     assert_eq!(p.closed(STEP).await, Some(1012));
+    drop((x, p));
 
     // p comes back on another in-process node and chats while x is away.
     let (mut p, wp) = WsClient::join(&url(&f, room, "p")).await;
@@ -240,6 +241,9 @@ async fn a_member_drained_inside_fleet_up_resumes_on_another_node_with_nothing_m
     p.publish(json!("live")).await;
     let m = x.recv_type("message").await;
     assert_eq!((m["seq"].as_u64(), &m["body"]), (Some(last + 1), &json!("live")));
+    // Closed first, so the router's shutdown has no tunnel to wait for.
+    x.close().await;
+    p.close().await;
     f.shutdown().await;
 }
 

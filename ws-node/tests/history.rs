@@ -503,6 +503,57 @@ async fn after_a_restart_with_redis_the_epoch_goes_on_and_the_resume_is_recovere
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_of_a_spanning_room_resumes_on_the_surviving_node_after_a_sigkill() {
+    // A spanning room's messages are stamped in Redis, so a SIGKILL loses none of them and
+    // the node that still holds the room keeps its history and epoch (no --durable-ack).
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let a = node(&["--node-id", "node-a", "--redis", &url, "--heartbeat-ttl", "1"]).await;
+    let b = node(&["--node-id", "node-b", "--redis", &url, "--heartbeat-ttl", "1"]).await;
+    let room = "wide";
+    let (mut x, wx) = Client::join(&a.url(room, "x")).await;
+    let e = epoch(&wx);
+    let (q, _) = Client::join(&b.url(room, "q")).await;
+    let stop = CancellationToken::new();
+    let (acked, q_task) = publisher(q, Duration::from_millis(5), 300, stop.clone());
+    let got = messages(&mut x, 30).await;
+    let since = got[29].0;
+    a.signal("KILL");
+    let _ = a.exit().await;
+    let at = acked.lock().unwrap().len();
+    wait_until(STEP, "q to chat on after the kill", || async {
+        acked.lock().unwrap().len() >= at + 20
+    })
+    .await;
+    let (mut x, w) = rejoin(&b.url(room, "x"), since, &e, true).await;
+    assert_eq!(epoch(&w), e, "{w}");
+    stop.cancel();
+    tokio::time::timeout(STEP, q_task).await.expect("q stops").unwrap();
+    let top = *acked.lock().unwrap().keys().last().unwrap();
+    let mut last = since;
+    while last < top {
+        let m = x.recv_type("message").await;
+        assert_eq!(seq(&m), last + 1, "no gap, no duplicate across the kill");
+        last = seq(&m);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_of_max_recovery_messages_is_replayed_whole() {
+    let n = node(&["--history-size", "1000"]).await;
+    let url = n.url("long", "x");
+    let (x, wx) = Client::join(&url).await;
+    let e = epoch(&wx);
+    x.close().await;
+    let (mut p, _) = Client::join(&n.url("long", "p")).await;
+    let sent = say(&mut p, &texts("m", 1..=500)).await;
+    let (mut x, w) = rejoin(&url, seq(&wx), &e, true).await;
+    let replay: Vec<u64> = messages(&mut x, 500).await.into_iter().map(|m| m.0).collect();
+    assert_eq!((replay, seq(&w)), (sent.clone(), sent[499]), "the default --max-recovery, 500");
+    next_is_live(&mut x, seq(&w), &mut p).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_history_works_in_memory_and_a_resume_that_needs_redis_is_not_recovered() {
     let mut redis = RedisServer::start().await;
     let url = redis.url();
