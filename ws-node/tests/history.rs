@@ -26,6 +26,16 @@ async fn node(args: &[&str]) -> NodeProcess {
     NodeProcess::start(&all, &[], None).await
 }
 
+/// node-a and node-b on Redis at `url`, run with `extra`. They wait 3 s (not 0.5) for each
+/// other's sync before taking one another for dead: on a loaded test machine a slow but
+/// live peer would otherwise be pruned, splitting the room into two epochs.
+async fn pair(url: &str, extra: &[&str]) -> (NodeProcess, NodeProcess) {
+    let flags = [&["--redis", url, "--span-timeout", "3"][..], extra].concat();
+    let a = node(&[&["--node-id", "node-a"][..], &flags[..]].concat()).await;
+    let b = node(&[&["--node-id", "node-b"][..], &flags[..]].concat()).await;
+    (a, b)
+}
+
 fn seq(v: &Value) -> u64 {
     v["seq"].as_u64().unwrap_or_else(|| panic!("no seq in {v}"))
 }
@@ -40,7 +50,7 @@ fn epoch(w: &Value) -> String {
 /// Reconnects to `url` resuming after `since` in `epoch`; the welcome must say `recovered`.
 async fn rejoin(url: &str, since: u64, epoch: &str, recovered: bool) -> (Client, Value) {
     let (c, w) = Client::join(&format!("{url}&since={since}&epoch={epoch}")).await;
-    assert_eq!(w["recovered"], recovered, "resume since {since}: {w}");
+    assert_eq!(w["recovered"], recovered, "resume since {since} in {epoch}: {w}");
     (c, w)
 }
 
@@ -139,8 +149,7 @@ async fn router(nodes: &[(&str, &NodeProcess)]) -> RouterProcess {
 async fn a_resume_through_the_router_after_a_drain_gets_every_missed_message_in_order() {
     let redis = RedisServer::start().await;
     let url = redis.url();
-    let a = node(&["--node-id", "node-a", "--redis", &url]).await;
-    let b = node(&["--node-id", "node-b", "--redis", &url]).await;
+    let (a, b) = pair(&url, &[]).await;
     let router = router(&[("node-a", &a), ("node-b", &b)]).await;
     let room = "drained";
     let owner = router.placed(room).await;
@@ -184,8 +193,7 @@ async fn a_resume_through_the_router_after_a_drain_gets_every_missed_message_in_
 async fn a_resume_after_a_drain_gets_what_a_member_on_another_node_sent_meanwhile() {
     let redis = RedisServer::start().await;
     let url = redis.url();
-    let a = node(&["--node-id", "node-a", "--redis", &url]).await;
-    let b = node(&["--node-id", "node-b", "--redis", &url]).await;
+    let (a, b) = pair(&url, &[]).await;
     let router = router(&[("node-a", &a), ("node-b", &b)]).await;
     let room = "spanned";
     let owner = router.placed(room).await;
@@ -313,8 +321,7 @@ async fn follower(
 async fn every_member_of_a_room_drained_over_a_window_resumes_whole_while_two_chat() {
     let redis = RedisServer::start().await;
     let url = redis.url();
-    let a = node(&["--node-id", "node-a", "--redis", &url]).await;
-    let b = node(&["--node-id", "node-b", "--redis", &url]).await;
+    let (a, b) = pair(&url, &[]).await;
     let router = router(&[("node-a", &a), ("node-b", &b)]).await;
     let room = "moving";
     let owner = router.placed(room).await;
@@ -508,8 +515,7 @@ async fn a_member_of_a_spanning_room_resumes_on_the_surviving_node_after_a_sigki
     // the node that still holds the room keeps its history and epoch (no --durable-ack).
     let redis = RedisServer::start().await;
     let url = redis.url();
-    let a = node(&["--node-id", "node-a", "--redis", &url, "--heartbeat-ttl", "1"]).await;
-    let b = node(&["--node-id", "node-b", "--redis", &url, "--heartbeat-ttl", "1"]).await;
+    let (a, b) = pair(&url, &["--heartbeat-ttl", "1"]).await;
     let room = "wide";
     let (mut x, wx) = Client::join(&a.url(room, "x")).await;
     let e = epoch(&wx);
@@ -557,8 +563,7 @@ async fn a_resume_of_max_recovery_messages_is_replayed_whole() {
 async fn with_redis_down_history_works_in_memory_and_a_resume_that_needs_redis_is_not_recovered() {
     let mut redis = RedisServer::start().await;
     let url = redis.url();
-    let a = node(&["--node-id", "node-a", "--redis", &url]).await;
-    let b = node(&["--node-id", "node-b", "--redis", &url]).await;
+    let (a, b) = pair(&url, &[]).await;
     let room = "offline";
     let x_url = a.url(room, "x");
     let (mut x, wx) = Client::join(&x_url).await;
@@ -692,6 +697,25 @@ async fn history_is_trimmed_by_size_and_ttl_per_rooms_table_of_the_config_file()
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// History for the merge under load: the test is about the merge, so a resume that missed
+/// many messages on a slow machine must still be within the limits.
+const LONG_HISTORY: [&str; 6] =
+    ["--history-size", "4000", "--max-recovery", "3000", "--outbound-queue", "4096"];
+
+/// The next message `r` gets; after 5 s without one, fails with what `nodes` say of their
+/// rooms (a stalled or split room shows there).
+async fn next_message(r: &mut Client, nodes: &[&NodeProcess], what: &str) -> Value {
+    if let Ok(m) = tokio::time::timeout(Duration::from_secs(5), r.recv_type("message")).await {
+        return m;
+    }
+    let mut rooms = String::new();
+    for n in nodes {
+        let (_, t) = http(n.addr(), "GET", "/admin/rooms", &[], "").await.unwrap_or_default();
+        rooms.push_str(&format!("\n{t}"));
+    }
+    panic!("{what}: no message in 5 s; the nodes' rooms:{rooms}");
+}
+
 /// 20 members of one room on `senders_on` publish while member `r` reads some, leaves,
 /// misses some and resumes, round after round, on each of `resume_on` in turn: what `r`
 /// gets, replay and live alike, runs on without a gap or a duplicate to the last message.
@@ -700,25 +724,11 @@ async fn merge_under_load(senders_on: &NodeProcess, resume_on: &[&NodeProcess]) 
     let stop = CancellationToken::new();
     let mut senders = Vec::new();
     for i in 0..20 {
-        let (mut s, _) = Client::join(&senders_on.url(room, &format!("s{i}"))).await;
-        let stop = stop.clone();
-        senders.push(tokio::spawn(async move {
-            let mut sent = 0u64;
-            let mut tick = tokio::time::interval(Duration::from_millis(40));
-            // Bounded: at most 300 publishes per sender, and stopped by the test.
-            while !stop.is_cancelled() && sent < 300 {
-                tick.tick().await;
-                s.publish(json!(sent)).await;
-                sent += 1;
-                // Read the room's traffic so a sender never becomes a slow consumer.
-                while let Ok(Some(Ok(_))) =
-                    tokio::time::timeout(Duration::from_millis(1), s.ws.next()).await
-                {
-                }
-            }
-            (s, sent)
-        }));
+        let (s, _) = Client::join(&senders_on.url(room, &format!("s{i}"))).await;
+        senders.push(publisher(s, Duration::from_millis(40), 300, stop.clone()));
     }
+    let mut nodes = resume_on.to_vec();
+    nodes.push(senders_on);
     let url = |round: usize| resume_on[round % resume_on.len()].url(room, "r");
     let (mut r, w) = Client::join(&url(0)).await;
     let e = epoch(&w);
@@ -726,7 +736,7 @@ async fn merge_under_load(senders_on: &NodeProcess, resume_on: &[&NodeProcess]) 
     // Bounded: 8 rounds of read some, leave, miss some, resume.
     for round in 1..=8 {
         for _ in 0..15 {
-            let m = r.recv_type("message").await;
+            let m = next_message(&mut r, &nodes, &format!("round {round} after {last}")).await;
             assert_eq!(seq(&m), last + 1, "round {round}: no gap, no duplicate");
             last = seq(&m);
         }
@@ -741,13 +751,14 @@ async fn merge_under_load(senders_on: &NodeProcess, resume_on: &[&NodeProcess]) 
         r = c;
     }
     stop.cancel();
-    let mut total = 0;
-    for s in senders {
-        total += s.await.unwrap().1;
+    let mut top = 0;
+    for (acked, task) in senders {
+        tokio::time::timeout(STEP, task).await.expect("senders stop").unwrap();
+        top = top.max(acked.lock().unwrap().keys().last().copied().unwrap_or(0));
     }
     // Everything to the last message arrives once, in order, replay and live alike.
-    while last < total {
-        let m = r.recv_type("message").await;
+    while last < top {
+        let m = next_message(&mut r, &nodes, &format!("after the rounds, after {last}")).await;
         assert_eq!(seq(&m), last + 1, "after the rounds: no gap, no duplicate");
         last = seq(&m);
     }
@@ -755,7 +766,7 @@ async fn merge_under_load(senders_on: &NodeProcess, resume_on: &[&NodeProcess]) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_merges_with_live_traffic_from_20_senders_without_gap_or_duplicate() {
-    let n = node(&["--history-size", "1000", "--max-recovery", "900"]).await;
+    let n = node(&LONG_HISTORY).await;
     merge_under_load(&n, &[&n]).await;
 }
 
@@ -763,9 +774,7 @@ async fn replay_merges_with_live_traffic_from_20_senders_without_gap_or_duplicat
 async fn resumes_alternating_between_two_nodes_merge_with_20_senders_over_redis() {
     let redis = RedisServer::start().await;
     let url = redis.url();
-    let history = ["--redis", &url, "--history-size", "1000", "--max-recovery", "900"];
-    let a = node(&[&["--node-id", "node-a"][..], &history[..]].concat()).await;
-    let b = node(&[&["--node-id", "node-b"][..], &history[..]].concat()).await;
+    let (a, b) = pair(&url, &LONG_HISTORY).await;
     // Every other resume lands on the senders' node: the room spans, then is one node again.
     merge_under_load(&a, &[&b, &a]).await;
 }
