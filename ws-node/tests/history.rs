@@ -21,9 +21,16 @@ use tokio_util::sync::CancellationToken;
 /// Flags of every node here: the traffic these tests make stays under the rate limit.
 const FAST: [&str; 4] = ["--publish-rate", "1000", "--publish-burst", "1000"];
 
+/// A node process that takes clients: with `--redis` it does only once it reached Redis.
 async fn node(args: &[&str]) -> NodeProcess {
     let all: Vec<&str> = FAST.iter().chain(args).copied().collect();
-    NodeProcess::start(&all, &[], None).await
+    let n = NodeProcess::start(&all, &[], None).await;
+    let addr = n.addr();
+    wait_until(STEP, "the node to be ready", || async move {
+        http(addr, "GET", "/readyz", &[], "").await.is_ok_and(|(s, _)| s == 200)
+    })
+    .await;
+    n
 }
 
 /// node-a and node-b on Redis at `url`, run with `extra`. They wait 3 s (not 0.5) for each
