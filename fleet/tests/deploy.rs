@@ -5,22 +5,15 @@
 //! once it has left a router's ring it never comes back as placeable while it drains.
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use shared::testkit::process::{Process, RouterProcess, workspace_bin};
+use shared::testkit::process::{Process, RouterProcess};
 use shared::testkit::ws::WsClient;
 use shared::testkit::{RedisServer, free_port, wait_until};
 use tokio_util::sync::CancellationToken;
 
 const STEP: Duration = Duration::from_secs(15);
-
-fn spawn(name: &str, args: &[String]) -> Process {
-    let mut cmd = Command::new(workspace_bin(name));
-    cmd.args(args).env("RUST_LOG", "warn");
-    Process::spawn(cmd)
-}
 
 fn node(redis: &str, id: &str) -> (Process, u16) {
     node_waiting(redis, id, "1.5")
@@ -46,7 +39,7 @@ fn node_waiting(redis: &str, id: &str, deregister_wait: &str) -> (Process, u16) 
         "--drain-window",
         "1",
     ];
-    (spawn("ws-node", &args.map(String::from)), port)
+    (Process::bin("ws-node", &args.map(String::from)), port)
 }
 
 async fn router(redis: &str) -> RouterProcess {

@@ -3,14 +3,12 @@
 //! speaks plain TCP behind such a router fails the upgrade with a reason naming TLS and
 //! is taken off the ring by the probes.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Proc, spawn};
 use serde_json::Value;
+use shared::testkit::process::Process;
 use shared::testkit::ws::WsClient;
 use shared::testkit::{free_port, http, wait_until};
 
@@ -36,18 +34,18 @@ fn write_cert(dir: &Path) -> (String, String) {
     (cert.display().to_string(), key.display().to_string())
 }
 
-fn node(id: &str, tls: Option<(&str, &str)>) -> (Proc, u16) {
+fn node(id: &str, tls: Option<(&str, &str)>) -> (Process, u16) {
     let port = free_port();
     let mut args =
         vec!["--listen".into(), format!("127.0.0.1:{port}"), "--node-id".into(), id.into()];
     if let Some((cert, key)) = tls {
         args.extend(["--tls-cert".into(), cert.into(), "--tls-key".into(), key.into()]);
     }
-    (spawn("ws-node", &args), port)
+    (Process::bin("ws-node", &args), port)
 }
 
 struct RouterProc {
-    _p: Proc,
+    _p: Process,
     port: u16,
     admin: SocketAddr,
 }
@@ -69,7 +67,7 @@ fn router(node: &str, node_port: u16, ca: &str, health_fall: &str) -> RouterProc
         health_fall,
     ];
     RouterProc {
-        _p: spawn("router", &args.map(String::from)),
+        _p: Process::bin("router", &args.map(String::from)),
         port,
         admin: ([127, 0, 0, 1], admin).into(),
     }

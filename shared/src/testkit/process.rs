@@ -41,6 +41,13 @@ impl Process {
         Self { child: Some(child) }
     }
 
+    /// Runs workspace binary `name` with `args`, logging warnings only.
+    pub fn bin(name: &str, args: &[String]) -> Self {
+        let mut cmd = Command::new(workspace_bin(name));
+        cmd.args(args).env("RUST_LOG", "warn");
+        Self::spawn(cmd)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).expect("running")
     }
