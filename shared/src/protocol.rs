@@ -28,6 +28,8 @@ pub mod close {
     pub const IDLE_TIMEOUT: u16 = 4000;
     /// The connection's token expired and no `refresh` brought a later one.
     pub const TOKEN_EXPIRED: u16 = 4001;
+    /// A back end removed the user from the room (`DELETE /api/rooms/{room}/members/{user}`).
+    pub const REMOVED: u16 = 4003;
     /// The room already holds its maximum number of members.
     pub const ROOM_FULL: u16 = 4009;
 }

@@ -148,6 +148,13 @@ impl History {
         }
     }
 
+    /// At most `limit` messages with a `seq` after `since`, oldest first (the server API's
+    /// read of the history).
+    pub fn after(&self, since: u64, limit: usize) -> Vec<Utf8Bytes> {
+        let skip = self.entries.partition_point(|e| e.seq <= since);
+        self.entries.iter().skip(skip).take(limit).map(|e| e.frame.clone()).collect()
+    }
+
     /// The messages after `since` up to `last` (the room's last delivered `seq`), when the
     /// history holds every one of them and they are at most `max`; `None` otherwise.
     pub fn replay(&self, since: u64, last: u64, max: usize) -> Option<Vec<Utf8Bytes>> {
@@ -189,6 +196,18 @@ mod tests {
         assert_eq!(x.replay(0, 5, 100).unwrap().len(), 5);
         assert!(x.replay(6, 5, 100).is_none(), "since ahead of the room");
         assert!(x.replay(1, 5, 3).is_none(), "more than max_recovery missed");
+    }
+
+    #[test]
+    fn reads_a_page_after_since() {
+        let t = Instant::now();
+        let mut x = h(10, 60);
+        for s in 1..=5 {
+            x.push(s, t, f(s));
+        }
+        assert_eq!(x.after(2, 2), vec![f(3), f(4)]);
+        assert_eq!(x.after(0, 100).len(), 5);
+        assert!(x.after(5, 10).is_empty());
     }
 
     #[test]

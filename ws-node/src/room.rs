@@ -19,7 +19,9 @@ use crate::appender::{self, Appender};
 use crate::bus::{Bus, BusError, Control, Envelope, LoadRequest};
 use crate::history::{Loaded, new_epoch};
 use crate::metrics::Metrics;
-use crate::room_core::{Action, BusOp, Event, Mode, RoomCore, Settings, To, Welcome};
+use crate::room_core::{
+    Action, BusOp, Conn, Event, Mode, POST, PostError, RoomCore, Settings, To, Welcome,
+};
 use crate::suspects::Suspects;
 
 /// Inputs a room queues before its senders wait (sessions and the bus reader).
@@ -37,6 +39,7 @@ pub struct CloseReason {
 impl CloseReason {
     pub const SLOW_CONSUMER: Self = Self { code: close::POLICY, reason: "slow consumer" };
     pub const DRAIN: Self = Self { code: close::SERVICE_RESTART, reason: "node draining" };
+    pub const REMOVED: Self = Self { code: close::REMOVED, reason: "removed" };
 }
 
 /// Lets the room (slow consumer) or the node (drain, shutdown) close one connection from
@@ -121,12 +124,52 @@ pub struct RoomInfo {
 /// What a room's owner is sent.
 #[derive(Debug)]
 pub(crate) enum Input {
-    Join { member: Member, reply: oneshot::Sender<Result<(), JoinError>> },
-    Leave { conn: u64 },
-    Publish { conn: u64, env: Envelope, id: Option<ClientId> },
-    Signal { conn: u64, body: Box<RawValue> },
+    Join {
+        member: Member,
+        reply: oneshot::Sender<Result<(), JoinError>>,
+    },
+    Leave {
+        conn: u64,
+    },
+    Publish {
+        conn: u64,
+        env: Envelope,
+        id: Option<ClientId>,
+    },
+    Signal {
+        conn: u64,
+        body: Box<RawValue>,
+    },
     Bus(Event),
     Inspect(oneshot::Sender<RoomInfo>),
+    /// A server publish (frames.rs built it); answered with its `seq` or why not.
+    Post {
+        env: Envelope,
+        reply: oneshot::Sender<Result<u64, PostError>>,
+    },
+    /// Who is connected here, one entry per user.
+    Members(oneshot::Sender<Vec<MemberInfo>>),
+    /// Closes every connection of `user` here with 4003; answered with how many.
+    Remove {
+        user: UserId,
+        reply: oneshot::Sender<usize>,
+    },
+    /// The messages of the history after `since`, at most `limit`, with the room's state.
+    Messages {
+        since: u64,
+        limit: usize,
+        reply: oneshot::Sender<(RoomInfo, Vec<Utf8Bytes>)>,
+    },
+}
+
+/// A user connected to a room on this node, as the server API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MemberInfo {
+    pub user: String,
+    /// Its connections here (tabs, devices).
+    pub connections: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub info: Option<Box<RawValue>>,
 }
 
 static NEXT_ROOM: AtomicU64 = AtomicU64::new(1);
@@ -145,6 +188,27 @@ impl RoomHandle {
     pub async fn info(&self) -> Option<RoomInfo> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Input::Inspect(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// The users connected here, or `None` when the room has just closed.
+    pub async fn members(&self) -> Option<Vec<MemberInfo>> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Input::Members(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Closes `user`'s connections here with 4003 `removed`; how many.
+    pub async fn remove(&self, user: UserId) -> Option<usize> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Input::Remove { user, reply }).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// The room's state and the history after `since` (at most `limit` messages).
+    pub async fn messages(&self, since: u64, limit: usize) -> Option<(RoomInfo, Vec<Utf8Bytes>)> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Input::Messages { since, limit, reply }).await.ok()?;
         rx.await.ok()
     }
 }
@@ -186,6 +250,8 @@ pub(crate) fn spawn(settings: Settings, shared: Shared) -> RoomHandle {
         shared,
         members: HashMap::new(),
         pending: HashMap::new(),
+        posts: HashMap::new(),
+        next_post: 0,
         lane: lane_tx,
         opened_at: Instant::now(),
         history_bytes: 0,
@@ -201,6 +267,9 @@ struct Owner {
     members: HashMap<u64, Member>,
     /// Joiners waiting for their welcome.
     pending: HashMap<u64, (Member, oneshot::Sender<Result<(), JoinError>>)>,
+    /// Server publishes waiting for their answer, by their [`POST`] conn.
+    posts: HashMap<Conn, oneshot::Sender<Result<u64, PostError>>>,
+    next_post: u64,
     lane: mpsc::Sender<BusOp>,
     opened_at: Instant,
     /// The history bytes last counted into the node's gauge.
@@ -267,19 +336,57 @@ impl Owner {
             Input::Signal { conn, body } => Some(Event::Signal { conn, body }),
             Input::Bus(ev) => Some(ev),
             Input::Inspect(reply) => {
-                let _ = reply.send(RoomInfo {
-                    room: self.handle.id.to_string(),
-                    members: self.core.members(),
-                    users: self.core.users(),
-                    seq: self.core.delivered(),
-                    epoch: self.core.epoch().to_string(),
-                    history: self.core.history().len(),
-                    history_from: self.core.history().first(),
-                    mode: self.core.mode().name(),
-                    remote_nodes: self.core.remote_nodes(),
-                });
+                let _ = reply.send(self.info());
                 None
             }
+            Input::Post { env, reply } => {
+                self.next_post += 1;
+                let post = POST | self.next_post;
+                self.posts.insert(post, reply);
+                Some(Event::Post { post, env: Envelope { conn: post, ..env } })
+            }
+            Input::Members(reply) => {
+                let mut by_user: std::collections::BTreeMap<&UserId, MemberInfo> =
+                    Default::default();
+                for m in self.members.values() {
+                    let e = by_user.entry(&m.user).or_insert_with(|| MemberInfo {
+                        user: m.user.to_string(),
+                        connections: 0,
+                        info: m.info.as_deref().and_then(|i| RawValue::from_string(i.into()).ok()),
+                    });
+                    e.connections += 1;
+                }
+                let _ = reply.send(by_user.into_values().collect());
+                None
+            }
+            Input::Remove { user, reply } => {
+                let n = self
+                    .members
+                    .values()
+                    .filter(|m| m.user == user && m.kill.kill(CloseReason::REMOVED))
+                    .count();
+                let _ = reply.send(n);
+                None
+            }
+            Input::Messages { since, limit, reply } => {
+                let frames = self.core.history().after(since, limit);
+                let _ = reply.send((self.info(), frames));
+                None
+            }
+        }
+    }
+
+    fn info(&self) -> RoomInfo {
+        RoomInfo {
+            room: self.handle.id.to_string(),
+            members: self.core.members(),
+            users: self.core.users(),
+            seq: self.core.delivered(),
+            epoch: self.core.epoch().to_string(),
+            history: self.core.history().len(),
+            history_from: self.core.history().first(),
+            mode: self.core.mode().name(),
+            remote_nodes: self.core.remote_nodes(),
         }
     }
 
@@ -356,6 +463,11 @@ impl Owner {
                     tracing::debug!(room = %self.handle.id, seq, "bus message already delivered");
                 }
                 Action::Mode { from, to } => self.mode_changed(from, to),
+                Action::Posted { post, result } => {
+                    if let Some(reply) = self.posts.remove(&post) {
+                        let _ = reply.send(result);
+                    }
+                }
                 Action::Close => closed = true,
             }
         }

@@ -19,7 +19,19 @@ use crate::frames;
 use crate::history::{History, Loaded, Policy};
 use crate::presence::{Change, Everyone, Presence};
 
+/// A member's connection on this node, or (with [`POST`] set) a server publish waiting
+/// for its answer: both publish the same way and are answered the same way, one as an
+/// `ack` frame, the other as [`Action::Posted`].
 pub type Conn = u64;
+
+/// The bit that marks a [`Conn`] as a server publish (the node's connections count up
+/// from 1 and never reach it).
+pub const POST: Conn = 1 << 63;
+
+/// Whether `conn` is a server publish rather than a member.
+pub fn is_post(conn: Conn) -> bool {
+    conn & POST != 0
+}
 
 /// The room's tunables (node config).
 #[derive(Debug, Clone)]
@@ -106,6 +118,13 @@ pub enum Event {
     Signal {
         conn: Conn,
         body: Box<RawValue>,
+    },
+    /// A message from no member (the server API): `post` has [`POST`] set and is answered
+    /// with [`Action::Posted`]. It is stamped like a member's message under the room's
+    /// mode; a room with no members stays open until its posts are answered.
+    Post {
+        post: Conn,
+        env: Envelope,
     },
     // Results of the bus operations the room asked for, in the order asked.
     /// `Register`: the other live holders, or `None` when the bus failed.
@@ -279,8 +298,23 @@ pub enum Action {
         from: Mode,
         to: Mode,
     },
+    /// A server publish is done: the `seq` it was stamped with (after the store took it,
+    /// for a durable room), or why not.
+    Posted {
+        post: Conn,
+        result: Result<u64, PostError>,
+    },
     /// The room is closed; the owner removes it.
     Close,
+}
+
+/// Why a server publish got no `seq`, or got one without the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PostError {
+    /// The room spans nodes and the bus is unavailable (or too much waits): not published.
+    Degraded,
+    /// A durable room delivered it as `seq` but the store could not take it.
+    NotStored(u64),
 }
 
 /// A joiner waiting for the room to open.
@@ -328,6 +362,8 @@ pub struct RoomCore {
     presence: Presence,
     joins: Vec<Joiner>,
     queued: VecDeque<Queued>,
+    /// Server publishes taken and not yet answered: the room stays open for them.
+    posts: usize,
     bus_up: bool,
     subscribed: bool,
     /// Holders whose sync a joining room waits for, until `deadline`.
@@ -368,6 +404,7 @@ impl RoomCore {
             presence: Presence::default(),
             joins: Vec::new(),
             queued: VecDeque::new(),
+            posts: 0,
             bus_up: true,
             subscribed: false,
             waiting: HashSet::new(),
@@ -446,6 +483,7 @@ impl RoomCore {
             Event::Leave { conn } => self.on_leave(conn, out),
             Event::Publish { conn, env, id } => self.on_publish(Queued { conn, env, id }, out),
             Event::Signal { conn, body } => self.on_signal(conn, body, out),
+            Event::Post { post, env } => self.on_post(post, env, now, out),
             Event::Registered(r) => self.on_registered(r, now, out),
             Event::Unregistered(r) => self.on_unregistered(r, out),
             Event::Subscribed(ok) => self.on_subscribed(ok, now, out),
@@ -554,8 +592,18 @@ impl RoomCore {
 
     // ---- publishing ----------------------------------------------------------------
 
+    fn on_post(&mut self, post: Conn, env: Envelope, now: Instant, out: &mut Vec<Action>) {
+        debug_assert!(is_post(post));
+        self.posts += 1;
+        if self.mode == Mode::Closed {
+            // A closed room takes nothing: open it again for the post.
+            self.open(now, out);
+        }
+        self.on_publish(Queued { conn: post, env, id: None }, out);
+    }
+
     fn on_publish(&mut self, q: Queued, out: &mut Vec<Action>) {
-        if !self.members.contains_key(&q.conn) {
+        if !is_post(q.conn) && !self.members.contains_key(&q.conn) {
             return;
         }
         match self.mode {
@@ -563,10 +611,10 @@ impl RoomCore {
             Mode::Spanning if !self.resync && self.bus_up => {
                 out.push(Action::Bus(BusOp::Publish { conn: q.conn, id: q.id, env: q.env }));
             }
-            Mode::Spanning if !self.bus_up => degraded(q.conn, out),
+            Mode::Spanning if !self.bus_up => self.degraded(q.conn, out),
             _ => {
                 if self.queued.len() >= self.cfg.max_queued {
-                    degraded(q.conn, out);
+                    self.degraded(q.conn, out);
                 } else {
                     self.queued.push_back(q);
                 }
@@ -587,9 +635,7 @@ impl RoomCore {
         }
         self.history.push(self.seq, self.now, frame.clone());
         out.push(Action::Deliver { to: To::All, frame });
-        if let Some(id) = q.id {
-            out.push(ack(q.conn, id, self.seq));
-        }
+        self.ack(q.conn, q.id, self.seq, out);
     }
 
     /// The store took (or could not take) this room's messages up to `upto`: the ones that
@@ -599,10 +645,10 @@ impl RoomCore {
             let Some(u) = self.unstored.pop_front() else { break };
             self.history.push(u.seq, self.now, u.frame.clone());
             out.push(Action::Deliver { to: To::All, frame: u.frame });
-            match (ok, u.id) {
-                (true, Some(id)) => out.push(ack(u.conn, id, u.seq)),
-                (false, _) => not_stored(u.conn, out),
-                _ => {}
+            if ok {
+                self.ack(u.conn, u.id, u.seq, out);
+            } else {
+                self.not_stored(u.conn, u.seq, out);
             }
         }
     }
@@ -624,10 +670,9 @@ impl RoomCore {
         seq: Option<u64>,
         out: &mut Vec<Action>,
     ) {
-        match (seq, id) {
-            (Some(seq), Some(id)) => out.push(ack(conn, id, seq)),
-            (Some(_), None) => {}
-            (None, _) => degraded(conn, out),
+        match seq {
+            Some(seq) => self.ack(conn, id, seq, out),
+            None => self.degraded(conn, out),
         }
     }
 
@@ -637,7 +682,7 @@ impl RoomCore {
         if self.spans() && self.bus_up {
             out.push(Action::Bus(BusOp::Send(frames::unsequenced(conn, &frame))));
         } else if self.spans() {
-            degraded(conn, out);
+            self.degraded(conn, out);
         } else {
             out.push(Action::Deliver { to: To::AllBut(conn), frame: frames::text(&frame) });
         }
@@ -839,6 +884,7 @@ impl RoomCore {
     fn settle(&mut self, now: Instant, out: &mut Vec<Action>) {
         if self.members.is_empty()
             && self.joins.is_empty()
+            && self.posts == 0
             && matches!(self.mode, Mode::Local | Mode::Spanning)
         {
             self.set_mode(Mode::Closing);
@@ -867,11 +913,11 @@ impl RoomCore {
         self.presence = Presence::default();
         self.synced.clear();
         self.next_repair = None;
-        if self.joins.is_empty() {
+        if self.joins.is_empty() && self.posts == 0 {
             self.set_mode(Mode::Closed);
             out.push(Action::Close);
         } else {
-            // Joiners came while closing: the room opens again, keeping its `seq`.
+            // Joiners or posts came while closing: the room opens again, keeping its `seq`.
             self.set_mode(Mode::Opening);
             out.push(Action::Bus(BusOp::Register));
         }
@@ -1120,7 +1166,7 @@ impl RoomCore {
 
     fn fail_queued(&mut self, out: &mut Vec<Action>) {
         for q in std::mem::take(&mut self.queued) {
-            degraded(q.conn, out);
+            self.degraded(q.conn, out);
         }
     }
 
@@ -1166,24 +1212,43 @@ fn presence_frame(c: &Change, to: To) -> Action {
     Action::Deliver { to, frame: frames::text(&frame) }
 }
 
-fn ack(conn: Conn, id: ClientId, seq: u64) -> Action {
-    Action::Deliver { to: To::One(conn), frame: frames::text(&ServerFrame::Ack { id, seq }) }
-}
+impl RoomCore {
+    /// Answers a publisher: an `ack` to a member that sent an `id`, the `seq` to a post.
+    fn ack(&mut self, conn: Conn, id: Option<ClientId>, seq: u64, out: &mut Vec<Action>) {
+        if is_post(conn) {
+            self.posted(conn, Ok(seq), out);
+        } else if let Some(id) = id {
+            let frame = frames::text(&ServerFrame::Ack { id, seq });
+            out.push(Action::Deliver { to: To::One(conn), frame });
+        }
+    }
 
-fn not_stored(conn: Conn, out: &mut Vec<Action>) {
-    let frame = frames::text(&ServerFrame::error(
-        ErrorCode::Degraded,
-        "the history store is unavailable; the message went out but is not acknowledged",
-    ));
-    out.push(Action::Deliver { to: To::One(conn), frame });
-}
+    fn not_stored(&mut self, conn: Conn, seq: u64, out: &mut Vec<Action>) {
+        if is_post(conn) {
+            return self.posted(conn, Err(PostError::NotStored(seq)), out);
+        }
+        let frame = frames::text(&ServerFrame::error(
+            ErrorCode::Degraded,
+            "the history store is unavailable; the message went out but is not acknowledged",
+        ));
+        out.push(Action::Deliver { to: To::One(conn), frame });
+    }
 
-fn degraded(conn: Conn, out: &mut Vec<Action>) {
-    let frame = frames::text(&ServerFrame::error(
-        ErrorCode::Degraded,
-        "room spans nodes and the bus is unavailable; the message was not published",
-    ));
-    out.push(Action::Deliver { to: To::One(conn), frame });
+    fn degraded(&mut self, conn: Conn, out: &mut Vec<Action>) {
+        if is_post(conn) {
+            return self.posted(conn, Err(PostError::Degraded), out);
+        }
+        let frame = frames::text(&ServerFrame::error(
+            ErrorCode::Degraded,
+            "room spans nodes and the bus is unavailable; the message was not published",
+        ));
+        out.push(Action::Deliver { to: To::One(conn), frame });
+    }
+
+    fn posted(&mut self, post: Conn, result: Result<u64, PostError>, out: &mut Vec<Action>) {
+        self.posts = self.posts.saturating_sub(1);
+        out.push(Action::Posted { post, result });
+    }
 }
 
 #[cfg(test)]

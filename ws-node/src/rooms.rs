@@ -17,7 +17,7 @@ use crate::bus::{Bus, BusEvent, Control, Envelope};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::room::{self, Input, JoinError, Member, RoomHandle, Shared};
-use crate::room_core::{Event, Settings};
+use crate::room_core::{Event, PostError, Settings};
 use crate::suspects::Suspects;
 
 /// Timing of the rooms' spanning protocol (node config).
@@ -208,6 +208,25 @@ impl Rooms {
                 Ok(Ok(())) => return Ok(Membership { room: h, conn: member.conn }),
                 Ok(Err(e)) => return Err(e),
                 // The room closed before it saw the join: try a new one.
+                Err(_) => tokio::task::yield_now().await,
+            }
+        }
+    }
+
+    /// Publishes a message from no member (the server API) into room `id`, opening the
+    /// room for it if needed; the `seq` it was stamped with, or why not. `env` is built by
+    /// [`crate::frames::message`].
+    pub async fn post(&self, id: &RoomId, env: Envelope) -> Result<u64, PostError> {
+        loop {
+            let h = self.get_or_open(id);
+            let (reply, answer) = oneshot::channel();
+            if h.tx.send(Input::Post { env: env.clone(), reply }).await.is_err() {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            match answer.await {
+                Ok(r) => return r,
+                // The room closed before it saw the post: try a new one.
                 Err(_) => tokio::task::yield_now().await,
             }
         }

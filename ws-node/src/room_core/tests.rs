@@ -456,3 +456,101 @@ fn what_the_channel_carries_while_the_history_is_read_is_merged_once() {
     assert_eq!((r.history().first(), r.history().last()), (Some(1), Some(4)));
     assert!(!out.iter().any(|a| matches!(a, Action::Gap { .. })), "{out:?}");
 }
+
+fn post(n: u64, body: &str) -> Event {
+    let raw = RawValue::from_string(format!("\"{body}\"")).unwrap();
+    let env = frames::message(POST | n, &RoomId::parse("r").unwrap(), &user("api"), 1, &raw, None);
+    Event::Post { post: POST | n, env }
+}
+
+fn posted(actions: &[Action]) -> Vec<(Conn, Result<u64, PostError>)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Posted { post, result } => Some((*post, *result)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_post_to_an_empty_room_opens_it_stamps_the_next_seq_and_closes_it_after() {
+    let t = Instant::now();
+    let mut r = RoomCore::new(settings("a"));
+    r.start(t);
+    let out = r.on(post(1, "shipped"), t);
+    assert!(posted(&out).is_empty(), "waits for the room to open: {out:?}");
+    r.on(Event::Registered(Some(vec![])), t);
+    let out = r.on(loaded(7), t);
+    assert_eq!(posted(&out), vec![(POST | 1, Ok(8))], "the room's next seq: {out:?}");
+    assert!(out.iter().any(|a| matches!(a, Action::Store { seq: 8, .. })), "kept in history");
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::Deliver { frame, .. } if frame.contains("ack"))),
+        "a post gets no ack frame: {out:?}"
+    );
+    assert_eq!(r.mode(), Mode::Closing, "nobody is here: it closes once answered");
+    let out = r.on(post(2, "again"), t);
+    assert!(posted(&out).is_empty(), "a post while closing waits");
+    let out = r.on(Event::Unregistered(Some(vec![])), t);
+    assert_eq!(r.mode(), Mode::Opening, "and opens the room again: {out:?}");
+    assert!(ops(&out).contains(&BusOp::Register));
+    r.on(Event::Registered(Some(vec![])), t);
+    let out = r.on(loaded(8), t);
+    assert_eq!(posted(&out), vec![(POST | 2, Ok(9))]);
+}
+
+#[test]
+fn a_post_to_a_member_room_is_delivered_to_all_with_the_next_seq() {
+    let t = Instant::now();
+    let mut r = RoomCore::new(settings("a"));
+    r.start(t);
+    r.on(join(1, "ann"), t);
+    r.on(Event::Registered(Some(vec![])), t);
+    r.on(loaded(0), t);
+    r.on(publish(1, "hi"), t);
+    let out = r.on(post(1, "from the back end"), t);
+    assert_eq!(posted(&out), vec![(POST | 1, Ok(2))]);
+    assert!(out.iter().any(|a| matches!(a, Action::Deliver { to: To::All, frame }
+        if frame.contains(r#""seq":2"#) && frame.contains("from the back end"))));
+    assert_eq!(r.mode(), Mode::Local);
+}
+
+#[test]
+fn a_post_to_a_spanning_room_goes_through_the_bus_and_is_answered_with_its_seq() {
+    let t = Instant::now();
+    let mut r = opening(t, "b");
+    r.on(Event::Subscribed(true), t);
+    let sync = Note::Sync { seq: 5, users: vec![(user("bob"), None)] }.envelope().head;
+    let out =
+        r.on(Event::BusFrame { seq: 0, origin: Arc::from("b"), conn: 0, frame: sync.into() }, t);
+    read_history(&mut r, out, 5, t);
+    assert_eq!(r.mode(), Mode::Spanning);
+    let out = r.on(post(3, "x"), t);
+    assert!(
+        ops(&out).iter().any(|o| matches!(o, BusOp::Publish { conn, .. } if *conn == POST | 3)),
+        "{out:?}"
+    );
+    assert!(posted(&out).is_empty(), "answered once the bus stamped it");
+    let out = r.on(Event::Published { conn: POST | 3, id: None, seq: Some(6) }, t);
+    assert_eq!(posted(&out), vec![(POST | 3, Ok(6))]);
+    r.on(Event::BusLost, t);
+    let out = r.on(post(4, "y"), t);
+    assert_eq!(posted(&out), vec![(POST | 4, Err(PostError::Degraded))]);
+}
+
+#[test]
+fn a_durable_room_answers_a_post_once_stored() {
+    let t = Instant::now();
+    for (ok, want) in [(true, Ok(1)), (false, Err(PostError::NotStored(1)))] {
+        let mut r = RoomCore::new(Settings { durable: true, ..settings("a") });
+        r.start(t);
+        r.on(post(1, "a"), t);
+        r.on(Event::Registered(Some(vec![])), t);
+        let out = r.on(loaded(0), t);
+        assert!(posted(&out).is_empty(), "not before the store has it: {out:?}");
+        assert_eq!(r.mode(), Mode::Local, "kept open while the post waits");
+        let out = r.on(Event::Persisted { upto: 1, ok }, t);
+        assert_eq!(posted(&out), vec![(POST | 1, want)]);
+        assert_eq!(r.mode(), Mode::Closing);
+    }
+}
