@@ -3,6 +3,7 @@
 //! certificates, and the shutdown helper.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod auth;
 pub mod config;
 pub mod http;

@@ -45,6 +45,8 @@ pub struct Metrics {
     /// Resumes answered with `recovered:true` / `recovered:false`.
     pub resumes_recovered: Counter,
     pub resumes_lost: Counter,
+    /// Server publishes (`/internal/rooms/{room}/publish`) this node stamped.
+    pub posts: Counter,
     errors: [Counter; ErrorCode::ALL.len()],
 }
 
@@ -118,6 +120,11 @@ impl Metrics {
             "wsnode_redis_publishes_avoided_total",
             "Messages delivered without Redis because their room is on this node only.",
             &self.redis_publishes_avoided,
+        );
+        e.counter(
+            "wsnode_posts_total",
+            "Server API publishes this node stamped (a retried id counts once).",
+            &self.posts,
         );
         e.counter("wsnode_redis_reconnects_total", "Redis reconnections.", &self.redis_reconnects);
         e.counter("wsnode_redis_errors_total", "Failed Redis operations.", &self.redis_errors);

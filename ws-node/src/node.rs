@@ -39,6 +39,8 @@ pub struct Node {
     pub config: Config,
     pub rooms: Arc<Rooms>,
     pub metrics: Arc<Metrics>,
+    /// Server publish ids seen lately (idempotency).
+    pub(crate) posts: crate::posts::Posts,
     pub(crate) kills: Kills,
     /// Cancelled when the node shuts down: sessions close with 1001.
     pub(crate) token: CancellationToken,
@@ -57,6 +59,7 @@ impl Node {
             config,
             rooms,
             metrics,
+            posts: Default::default(),
             kills: Kills::default(),
             token,
             tracker: TaskTracker::new(),

@@ -1,5 +1,6 @@
 //! The node's HTTP side on one listener: the WebSocket upgrade on `/ws`, and `/healthz`,
-//! `/readyz`, `/metrics`, `/admin/rooms`, `/admin/drain` as plain HTTP.
+//! `/readyz`, `/metrics`, `/admin/rooms`, `/admin/drain` as plain HTTP, and the routers'
+//! `/internal/*` calls ([`crate::internal`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,11 +69,14 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let svc_node = node.clone();
+    let Ok(peer) = stream.peer_addr() else { return };
     let svc = service_fn(move |req| {
         let node = svc_node.clone();
         async move {
             let r = if req.method() == Method::GET && req.uri().path() == "/admin/rooms" {
                 admin_rooms(&node, req).await
+            } else if crate::internal::owns(req.uri().path()) {
+                crate::internal::route(&node, peer, req).await
             } else {
                 route(&node, req)
             };
