@@ -27,7 +27,7 @@ fleet() {
   done
   for ((i = 0; i < routers; i++)); do
     ROUTER_PIDS+=("$(start "scale-router-$i" "$BIN/router" --listen "127.0.0.1:$PORT" --reuse-port \
-      --admin "127.0.0.1:$((18200 + i))" "${args[@]}" --health-timeout 2 --health-fall 5)")
+      --admin "127.0.0.1:$((18200 + i))" --api "127.0.0.1:$((18250 + i))" "${args[@]}" --health-timeout 2 --health-fall 5)")
     wait_http "http://127.0.0.1:$((18200 + i))/healthz"
   done
 }

@@ -158,6 +158,11 @@ impl Fleet {
             self.admin_url(),
             self.admin_url(),
         );
+        if let Some(api) = self.router.api_addr() {
+            out.push_str(&format!(
+                "  api:    http://{api}/api/rooms  (server API: POST /api/rooms/ROOM/publish; docs/api.md)\n"
+            ));
+        }
         for n in &self.nodes {
             out.push_str(&format!(
                 "  {}: ws://{}/ws  (http://{}/admin/rooms)\n",

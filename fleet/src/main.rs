@@ -105,6 +105,9 @@ struct Up {
     /// The router's admin API.
     #[arg(long, env = "FLEET_ADMIN", default_value = "127.0.0.1:9090")]
     admin: SocketAddr,
+    /// The server API for back ends (`/api/*`); needs --api-key off loopback.
+    #[arg(long, env = "FLEET_API", default_value = "127.0.0.1:9091")]
+    api: SocketAddr,
     /// Members one room may hold on each node; the next joiner is closed with 4009.
     #[arg(long, env = "FLEET_MAX_ROOM_MEMBERS", default_value_t = 10_000)]
     max_room_members: usize,
@@ -141,6 +144,7 @@ fn main() {
             let router = up.router.build(up.listen, up.admin, Vec::new());
             router
                 .and_then(|mut router| {
+                    router.api = Some(up.api);
                     // Router and nodes share this process: a hop secret nobody else knows.
                     if router.jwt.is_some() && router.hop_key.is_none() {
                         router.hop_key = Some(shared::auth::HopKey::random());

@@ -3,23 +3,17 @@
 //! when one is configured. Bad input gets 400 with `{"error": ...}`, an unknown node 404.
 //! Other GETs serve the admin UI's embedded files ([`crate::ui`]), which need no token.
 
-use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use shared::http::{Body, bearer_ok, json, json_error, metrics_text, query_param, text};
 use shared::ids::{NodeId, RoomId};
 use shared::listen::Acceptor;
-use tokio::net::TcpStream;
 
 use crate::Error;
 use crate::membership::{Member, NodeSpec, Source, Upsert, View};
@@ -31,34 +25,9 @@ use crate::{node_stats, upstream};
 const MAX_ADMIN_BODY: usize = 16 * 1024;
 
 /// Serves the admin API until shutdown.
-pub(crate) async fn serve(proxy: Arc<Proxy>, mut acceptor: Acceptor) {
-    loop {
-        let stream = tokio::select! {
-            _ = proxy.shutdown.token.cancelled() => break,
-            (s, _) = acceptor.accept(&proxy.metrics.refused_fd_limit) => s,
-        };
-        proxy.shutdown.tracker.spawn(serve_conn(proxy.clone(), stream));
-    }
-}
-
-async fn serve_conn(proxy: Arc<Proxy>, stream: TcpStream) {
-    let svc_proxy = proxy.clone();
-    let svc = service_fn(move |req| {
-        let proxy = svc_proxy.clone();
-        async move { Ok::<_, Infallible>(route(&proxy, req).await) }
-    });
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Some(proxy.config.header_timeout))
-        .serve_connection(TokioIo::new(stream), svc);
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => if let Err(e) = r { tracing::debug!("admin http: {e}") },
-        _ = proxy.shutdown.token.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
-        }
-    }
+pub(crate) async fn serve(proxy: Arc<Proxy>, acceptor: Acceptor) {
+    crate::plain_http::serve(proxy, acceptor, "admin", |p, req| async move { route(&p, req).await })
+        .await
 }
 
 async fn route(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {

@@ -75,6 +75,12 @@ pub struct Config {
     /// CA the nodes' certificates are checked against; `Some` = the router reaches every
     /// node over TLS (upgrades and probes), `None` = plain TCP.
     pub node_tls_ca: Option<std::path::PathBuf>,
+    /// The server API listener (`/api/*`); `None` = none. The binaries default it to
+    /// 127.0.0.1:9091.
+    pub api: Option<SocketAddr>,
+    /// Keys the server API takes; required when `api` is not loopback. With none, the API
+    /// takes every loopback caller as `api`.
+    pub api_keys: Vec<crate::api::ApiKey>,
 }
 
 impl Default for Config {
@@ -106,6 +112,8 @@ impl Default for Config {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             tls: None,
             node_tls_ca: None,
+            api: None,
+            api_keys: Vec::new(),
         }
     }
 }
@@ -133,6 +141,19 @@ impl Config {
                 "--admin {} is not a loopback address: set --admin-token",
                 self.admin
             )));
+        }
+        if let Some(api) = self.api
+            && !api.ip().is_loopback()
+            && self.api_keys.is_empty()
+        {
+            return Err(Error::config(format!(
+                "--api {api} is not a loopback address: set --api-key NAME=SECRET"
+            )));
+        }
+        let mut names: Vec<&str> = self.api_keys.iter().map(|k| k.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Error::config(format!("--api-key: name {} is given twice", w[0])));
         }
         let mut ids: Vec<&str> = self.nodes.iter().map(|n| n.id.as_str()).collect();
         ids.sort_unstable();
@@ -277,6 +298,11 @@ pub struct RouterArgs {
     /// are hashed over those nodes. Repeat per country.
     #[arg(long = "pools", env = "ROUTER_POOLS", value_delimiter = ';', value_parser = parse_pool)]
     pub pools: Vec<(String, Vec<String>)>,
+    /// A server API key NAME=SECRET (or NAME=env:VAR, NAME=file:PATH; 16 bytes at least):
+    /// back ends send `Authorization: Bearer SECRET`, and NAME is the `from` of what they
+    /// publish. Repeat for more. Required when --api is not loopback.
+    #[arg(long = "api-key", env = "ROUTER_API_KEY", value_delimiter = ',')]
+    pub api_keys: Vec<crate::api::ApiKey>,
     /// CIDR of a proxy in front of the router whose Forwarded / X-Forwarded-For are believed.
     #[arg(long = "trusted-proxy", env = "ROUTER_TRUSTED_PROXY", value_delimiter = ',')]
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -383,6 +409,8 @@ impl RouterArgs {
             geoip: self.geoip,
             pools: self.pools,
             trusted_proxies: self.trusted_proxies,
+            api: None,
+            api_keys: self.api_keys,
         })
     }
 }
@@ -416,6 +444,17 @@ mod tests {
         assert!(e.contains("--admin-token"), "{e}");
         c.admin_token = Some("t".into());
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn api_off_loopback_needs_a_key() {
+        let mut c = Config { api: Some("0.0.0.0:9091".parse().unwrap()), ..Config::default() };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("--api-key"), "{e}");
+        c.api_keys = vec!["orders=0123456789abcdef".parse().unwrap()];
+        c.validate().unwrap();
+        c.api_keys.push("orders=fedcba9876543210".parse().unwrap());
+        assert!(c.validate().unwrap_err().to_string().contains("given twice"));
     }
 
     #[test]

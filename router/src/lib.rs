@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+pub mod api;
 mod client_ip;
 pub mod config;
 mod connect;
@@ -15,6 +16,7 @@ pub mod membership;
 pub mod metrics;
 mod node_stats;
 pub mod placement;
+mod plain_http;
 mod proxy;
 pub mod ring;
 pub mod tls;
@@ -45,6 +47,7 @@ pub use ring::Ring;
 pub struct Router {
     proxy_addr: SocketAddr,
     admin_addr: SocketAddr,
+    api_addr: Option<SocketAddr>,
     membership: Arc<Membership>,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
@@ -68,6 +71,16 @@ impl Router {
         };
         let proxy_addr = bound(&listener, config.listen)?;
         let admin_addr = bound(&admin_listener, config.admin)?;
+        let api_listener = match config.api {
+            Some(addr) => {
+                let l = shared::listen::bind(addr, false)
+                    .map_err(|source| Error::Bind { addr, source })?;
+                let bound_at = bound(&l, addr)?;
+                Some((l, bound_at))
+            }
+            None => None,
+        };
+        let api_addr = api_listener.as_ref().map(|(_, a)| *a);
 
         let metrics = Arc::new(Metrics::default());
         let membership = Arc::new(Membership::new(
@@ -115,6 +128,9 @@ impl Router {
         let t = &shutdown.tracker;
         t.spawn(proxy::serve(proxy.clone(), Acceptor::new(listener)));
         t.spawn(admin::serve(proxy.clone(), Acceptor::new(admin_listener)));
+        if let Some((l, _)) = api_listener {
+            t.spawn(api::serve(proxy.clone(), Acceptor::new(l)));
+        }
         t.spawn(health::run(
             membership.clone(),
             metrics.clone(),
@@ -140,6 +156,7 @@ impl Router {
         tracing::info!(
             listen = %proxy_addr,
             admin = %admin_addr,
+            api = ?api_addr,
             nodes = membership.view().members.len(),
             generation = membership.generation(),
             "router serving"
@@ -147,6 +164,7 @@ impl Router {
         Ok(Self {
             proxy_addr,
             admin_addr,
+            api_addr,
             membership,
             metrics,
             shutdown,
@@ -169,6 +187,11 @@ impl Router {
     /// Where the admin API and metrics are.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// Where the server API is (`/api/*`), when it listens.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api_addr
     }
 
     /// The node table: add, remove, drain, or sync nodes from code (a registry, tests).

@@ -22,6 +22,9 @@ struct Cli {
     /// Address of the admin API and metrics.
     #[arg(long, env = "ROUTER_ADMIN", default_value = "127.0.0.1:9090")]
     admin: SocketAddr,
+    /// Address of the server API for back ends (`/api/*`); needs --api-key off loopback.
+    #[arg(long, env = "ROUTER_API", default_value = "127.0.0.1:9091")]
+    api: SocketAddr,
     /// A node at start: ID=HOST:PORT[@WEIGHT]; repeat for each (comma-separated in the env).
     #[arg(long = "node", env = "ROUTER_NODE", value_delimiter = ',')]
     nodes: Vec<NodeSpec>,
@@ -34,7 +37,11 @@ fn main() {
     let config =
         shared::config::args_with_file("ROUTER_").map_err(|e| e.to_string()).and_then(|argv| {
             let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| e.exit());
-            cli.router.into_config(cli.listen, cli.admin, cli.nodes).map_err(|e| e.to_string())
+            let mut c =
+                cli.router.build(cli.listen, cli.admin, cli.nodes).map_err(|e| e.to_string())?;
+            c.api = Some(cli.api);
+            c.validate().map_err(|e| e.to_string())?;
+            Ok(c)
         });
     let result = config.and_then(|c| run(c).map_err(|e| e.to_string()));
     if let Err(e) = result {

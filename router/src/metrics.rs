@@ -100,6 +100,9 @@ pub enum Refusal {
 
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// Server API requests answered 2xx.
+    pub api_ok: Counter,
+    api_errors: [Counter; shared::api::CODES.len()],
     /// Client connections open now (plain HTTP and tunnels).
     pub connections: Gauge,
     /// Upgraded tunnels open now.
@@ -170,6 +173,13 @@ impl Metrics {
         self.upgrades[o.index()].get()
     }
 
+    /// A server API refusal, by its code.
+    pub fn api_error(&self, code: &str) {
+        if let Some(i) = shared::api::CODES.iter().position(|c| *c == code) {
+            self.api_errors[i].inc();
+        }
+    }
+
     pub fn proxy_error(&self, c: Cause) {
         self.proxy_errors[c as usize].inc();
     }
@@ -191,6 +201,14 @@ impl Metrics {
         let mut e = Exposition::new();
         e.gauge("router_connections", "Client connections open now.", self.connections.get());
         e.gauge("router_tunnels", "Upgraded tunnels open now.", self.tunnels.get());
+        e.counter("router_api_ok_total", "Server API requests answered 2xx.", &self.api_ok);
+        e.labeled(
+            "router_api_errors_total",
+            "counter",
+            "Server API refusals by code.",
+            "code",
+            shared::api::CODES.iter().zip(&self.api_errors).map(|(c, n)| (*c, n.get())),
+        );
         e.labeled(
             "router_upgrades_total",
             "counter",

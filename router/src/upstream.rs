@@ -1,6 +1,7 @@
 //! Talking to a node: connecting under a timeout, over plain TCP or over TLS checked
 //! against `--node-tls-ca` (a [`Dialer`]), and one small HTTP/1.1 request outside the
-//! tunnel (health probes, the node's drain) with its whole exchange under a deadline.
+//! tunnel (health probes, the node's drain, the server API's calls) with its whole
+//! exchange under a deadline.
 
 use std::future::Future;
 use std::io;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
@@ -158,12 +159,15 @@ pub(crate) type ConnFuture = Pin<Box<dyn Future<Output = hyper::Result<()>> + Se
 /// Sends `req` while driving `conn`, whose result lands in `conn_done`. hyper hands the
 /// answer over before the connection future ends (an upgrade ends it at once), so the
 /// answer is awaited even after the connection is done; it fails if none came.
-pub(crate) async fn exchange(
-    sender: &mut SendRequest<Empty<Bytes>>,
-    req: Request<Empty<Bytes>>,
+pub(crate) async fn exchange<B>(
+    sender: &mut SendRequest<B>,
+    req: Request<B>,
     conn: &mut ConnFuture,
     conn_done: &mut Option<hyper::Result<()>>,
-) -> hyper::Result<Response<Incoming>> {
+) -> hyper::Result<Response<Incoming>>
+where
+    B: hyper::body::Body + 'static,
+{
     let send = sender.send_request(req);
     tokio::pin!(send);
     loop {
@@ -195,33 +199,47 @@ pub(crate) async fn request(
     bearer: Option<&str>,
     timeout: Duration,
 ) -> Result<(StatusCode, Bytes), Error> {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(token) = bearer {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let req = req
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| node_error(member, Cause::Protocol, format!("request: {e}")))?;
+    call(dialer, member, req, timeout, MAX_BODY).await
+}
+
+/// Sends `req` (its `Host` and `Connection: close` are set here) to `member` on a fresh
+/// connection, the whole exchange within `timeout`; the status and the body (at most
+/// `max_body` bytes).
+pub(crate) async fn call(
+    dialer: &Dialer,
+    member: &Member,
+    mut req: Request<Full<Bytes>>,
+    timeout: Duration,
+    max_body: usize,
+) -> Result<(StatusCode, Bytes), Error> {
     let addr = &member.spec.addr;
     let deadline = tokio::time::Instant::now() + timeout;
     let stream = dialer.connect(member, timeout).await?;
+    let h = req.headers_mut();
+    if let Ok(v) = http::HeaderValue::from_str(addr.as_str()) {
+        h.insert(header::HOST, v);
+    }
+    h.insert(header::CONNECTION, http::HeaderValue::from_static("close"));
     let exchange = async {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| (Cause::Protocol, format!("handshake: {e}")))?;
         let mut conn: ConnFuture = Box::pin(conn);
         let mut conn_done = None;
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::HOST, addr.as_str())
-            .header(header::CONNECTION, "close");
-        if let Some(token) = bearer {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let req = req
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| (Cause::Protocol, format!("request: {e}")))?;
         let resp = exchange(&mut sender, req, &mut conn, &mut conn_done)
             .await
             .map_err(|e| (Cause::Protocol, format!("request: {e}")))?;
         drop(sender);
         let status = resp.status();
         let (body, _) = tokio::join!(
-            Limited::new(resp.into_body(), MAX_BODY).collect(),
+            Limited::new(resp.into_body(), max_body).collect(),
             finish(conn, conn_done)
         );
         let body = body.map_err(|e| (Cause::Protocol, format!("body: {e}")))?.to_bytes();

@@ -11,7 +11,7 @@ use shared::testkit::{free_port, wait_until};
 
 fn router_bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_router"));
-    c.env_remove("ROUTER_CONFIG").env("RUST_LOG", "warn");
+    c.env_remove("ROUTER_CONFIG").env("RUST_LOG", "warn").env("ROUTER_API", "127.0.0.1:0");
     c
 }
 
@@ -21,8 +21,12 @@ fn bad_config_exits_2_with_one_line_before_binding() {
     std::fs::create_dir_all(&dir).unwrap();
     let bad_file = dir.join("bad.toml");
     std::fs::write(&bad_file, "vnodes = 0\n").unwrap();
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (&["--admin", "0.0.0.0:9"], "router: --admin 0.0.0.0:9 is not a loopback address"),
+        (
+            &["--api", "0.0.0.0:9"],
+            "router: --api 0.0.0.0:9 is not a loopback address: set --api-key",
+        ),
         (&["--node", "a=127.0.0.1:1", "--node", "a=127.0.0.1:2"], "router: --node: node id a"),
         (&["--config", bad_file.to_str().unwrap()], "router: --vnodes must be 1..=10000"),
         (&["--config", "/nonexistent/router.toml"], "router: config file /nonexistent/router.toml"),

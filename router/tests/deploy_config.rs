@@ -16,6 +16,7 @@ async fn the_example_config_runs_with_overrides() {
         .args(["--config", EXAMPLE])
         .env("ROUTER_LISTEN", format!("127.0.0.1:{port}"))
         .env("ROUTER_ADMIN", format!("127.0.0.1:{admin}"))
+        .env("ROUTER_API", "127.0.0.1:0")
         .env("ROUTER_REDIS", redis.url())
         .env("ROUTER_ADMIN_TOKEN", "s3cret")
         .env("RUST_LOG", "warn")

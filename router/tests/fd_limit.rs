@@ -44,7 +44,7 @@ impl LimitedRouter {
         let inherit = "exec {fd}</dev/null; ".repeat(extra);
         let script = format!(
             "ulimit -n 64 && {inherit}exec {bin} --listen 127.0.0.1:{port} \
-             --admin 127.0.0.1:{admin_port} --node node-a={} --max-connections 1000",
+             --admin 127.0.0.1:{admin_port} --api 127.0.0.1:0 --node node-a={} --max-connections 1000",
             node.addr
         );
         let child = Command::new("bash")

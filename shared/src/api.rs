@@ -46,7 +46,28 @@ pub fn check_id(id: &Option<ClientId>) -> Result<(), ApiError> {
     }
 }
 
-/// A refusal: its HTTP status, stable code, and one-line message.
+/// Every `code` the API answers with, so metrics show zeros before the first refusal.
+pub const CODES: [&str; 17] = [
+    "unauthorized",
+    "bad_room",
+    "bad_user",
+    "bad_from",
+    "bad_id",
+    "bad_json",
+    "bad_query",
+    "bad_rooms",
+    "body_too_large",
+    "not_found",
+    "method_not_allowed",
+    "forbidden",
+    "no_node",
+    "node_unavailable",
+    "degraded",
+    "not_stored",
+    "internal",
+];
+
+/// A refusal: its HTTP status, stable code (one of [`CODES`]), and one-line message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct ApiError {

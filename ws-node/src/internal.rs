@@ -36,7 +36,8 @@ pub async fn route(node: &Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -
         ["internal", "rooms", room, ..] => match RoomId::parse(&percent_decode(room)) {
             Ok(r) => r,
             Err(e) => {
-                return ApiError::new(StatusCode::BAD_REQUEST, "bad_room", e.to_string()).response();
+                return ApiError::new(StatusCode::BAD_REQUEST, "bad_room", e.to_string())
+                    .response();
             }
         },
         _ => return ApiError::not_found(format!("no such endpoint: {path}")).response(),

@@ -38,7 +38,7 @@ export async function startFleet(args = []) {
   if (!existsSync(bin)) {
     throw new Error(`no fleet binary at ${bin}: run \`cargo build --bin fleet\` or set FLEET_BIN`);
   }
-  const child = spawn(bin, ["up", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", ...args], {
+  const child = spawn(bin, ["up", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--api", "127.0.0.1:0", ...args], {
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn" },
   });

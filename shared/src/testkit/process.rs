@@ -95,10 +95,18 @@ impl RouterProcess {
         let (addr, admin): (SocketAddr, SocketAddr) =
             (([127, 0, 0, 1], free_port()).into(), ([127, 0, 0, 1], free_port()).into());
         let mut cmd = Command::new(workspace_bin("router"));
-        cmd.args(["--listen", &addr.to_string(), "--admin", &admin.to_string()])
-            .args(args)
-            .env_remove("ROUTER_CONFIG")
-            .env("RUST_LOG", "warn");
+        // `--api` on a port of its own: the default (9091) would collide between routers.
+        cmd.args([
+            "--listen",
+            &addr.to_string(),
+            "--admin",
+            &admin.to_string(),
+            "--api",
+            "127.0.0.1:0",
+        ])
+        .args(args)
+        .env_remove("ROUTER_CONFIG")
+        .env("RUST_LOG", "warn");
         let r = Self { process: Process::spawn(cmd), addr, admin };
         wait_until(Duration::from_secs(15), "the router's admin API", || async move {
             http(admin, "GET", "/healthz", &[], "").await.is_ok()
