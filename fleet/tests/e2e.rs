@@ -34,6 +34,7 @@ async fn up_with(nodes: usize, health: HealthConfig) -> Fleet {
     let router = router::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin: "127.0.0.1:0".parse().unwrap(),
+        api: Some("127.0.0.1:0".parse().unwrap()),
         health,
         drain_window: Some(Duration::from_millis(200)),
         shutdown_grace: Duration::from_secs(5),
@@ -296,6 +297,8 @@ async fn the_banner_names_every_url() {
     assert!(b.contains(&format!("http://{}/admin/ring", f.router.admin_addr())), "{b}");
     assert!(b.contains(&format!("chat:   http://{}/ ", f.router.proxy_addr())), "{b}");
     assert!(b.contains(&format!("admin:  http://{}/ ", f.router.admin_addr())), "{b}");
+    let api = f.router.api_addr().expect("fleet up serves the API");
+    assert!(b.contains(&format!("api:    http://{api}/api/rooms ")), "{b}");
     for n in &f.nodes {
         assert!(b.contains(&format!("{}: ws://{}/ws", n.id, n.addr)), "{b}");
     }
