@@ -304,3 +304,17 @@ async fn the_banner_names_every_url() {
     }
     f.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_server_api_of_fleet_up_publishes_into_a_room() {
+    let f = up(3).await;
+    let api = f.router.api_addr().expect("fleet up serves the API");
+    let (mut c, _) = WsClient::join(&url(&f, "status:u42", "u42")).await;
+    let (status, v) =
+        admin(api, "POST", "/api/rooms/status:u42/publish", r#"{"body":"passed 12/12"}"#).await;
+    assert_eq!((status, v["seq"].as_u64()), (200, Some(1)), "{v}");
+    let m = c.recv_type("message").await;
+    assert_eq!((m["body"].as_str(), m["from"].as_str()), (Some("passed 12/12"), Some("api")));
+    c.close().await;
+    f.shutdown().await;
+}
