@@ -283,3 +283,34 @@ async fn a_node_with_a_hop_secret_takes_internal_calls_only_signed() {
     assert_eq!((status, v["seq"].as_u64()), (200, Some(1)), "signed by the router: {v}");
     assert_eq!(v["node"], "node-a");
 }
+
+#[tokio::test]
+async fn over_redis_a_durable_spanning_room_answers_once_stored_and_reaches_both_nodes() {
+    let redis = shared::testkit::RedisServer::start().await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut nodes = Vec::new();
+    for id in ["node-a", "node-b"] {
+        let cfg =
+            ws_node::Config { node_id: id.into(), durable_ack: true, ..ws_node::Config::default() };
+        nodes.push(TestNode::on_redis(cfg, &redis.url(), stop.clone()).await);
+    }
+    let mut c = config(&nodes.iter().collect::<Vec<_>>());
+    c.api = Some("127.0.0.1:0".parse().unwrap());
+    let router = router::Router::start(c).unwrap();
+    let api = router.api_addr().unwrap();
+    let (mut ann, _) = join(&format!("ws://{}/ws?room=d:1&user=ann", nodes[0].addr)).await;
+    let (mut bob, w) = join(&format!("ws://{}/ws?room=d:1&user=bob", nodes[1].addr)).await;
+    assert_eq!(w["members"], json!(["ann", "bob"]), "the room spans over Redis: {w}");
+    let (status, v) =
+        admin(api, "POST", "/api/rooms/d:1/publish", &[], r#"{"body":"stored","id":7}"#).await;
+    assert_eq!((status, v["seq"].as_u64()), (200, Some(1)), "{v}");
+    for c in [&mut ann, &mut bob] {
+        assert_eq!(c.recv_type("message").await["seq"], 1);
+    }
+    let log = redis.command(&["XLEN", "roomfleet:{d:1}:log"]).await;
+    assert!(log.contains(":1"), "the message is in the room's Redis stream: {log}");
+    let (_, again) =
+        admin(api, "POST", "/api/rooms/d:1/publish", &[], r#"{"body":"stored","id":7}"#).await;
+    assert_eq!(again, v, "a retry gets the first answer");
+    stop.cancel();
+}

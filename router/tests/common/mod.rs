@@ -31,13 +31,36 @@ impl TestNode {
     }
 
     pub async fn with_config(config: ws_node::Config, hub: &LocalHub) -> Self {
+        let bus: Arc<LocalBus> = Arc::new(hub.bus(&config.node_id));
+        Self::with_bus(config, bus).await
+    }
+
+    /// A node on a bus of the test's choice (a `RedisBus` on the test's Redis).
+    pub async fn with_bus(config: ws_node::Config, bus: Arc<dyn ws_node::Bus>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let id = config.node_id.clone();
-        let bus: Arc<LocalBus> = Arc::new(hub.bus(&id));
         let node = Node::new(config, bus);
         let serving = Some(tokio::spawn(ws_node::serve(node.clone(), listener)));
         Self { id, addr, node, serving }
+    }
+
+    /// A node with `config` on a `RedisBus` of `redis_url`, once it is connected.
+    pub async fn on_redis(
+        config: ws_node::Config,
+        redis_url: &str,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Self {
+        let bus =
+            ws_node::RedisBus::start(&config.node_id, ws_node::RedisConfig::new(redis_url), stop)
+                .unwrap();
+        let b = bus.clone();
+        shared::testkit::wait_until(STEP, "the node to connect to redis", || {
+            let b = b.clone();
+            async move { b.is_connected() }
+        })
+        .await;
+        Self::with_bus(config, bus).await
     }
 
     pub fn spec(&self) -> NodeSpec {
