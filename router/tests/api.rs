@@ -128,11 +128,14 @@ async fn a_publish_into_a_spanning_room_reaches_the_members_on_every_node() {
     assert_eq!(users, [("ann", owner.as_str()), ("bob", other.id.as_str())]);
 }
 
+/// Method, path, key, body, and the status and code the API answers.
+type Case = (&'static str, &'static str, Option<&'static str>, &'static str, u16, &'static str);
+
 #[tokio::test]
 async fn keys_and_bad_input_get_json_errors_with_stable_codes() {
     let s = with_api(1).await;
     let body = r#"{"body":1}"#;
-    let cases: [(&str, &str, Option<&str>, &str, u16, &str); 11] = [
+    let cases: [Case; 11] = [
         ("POST", "/api/rooms/r/publish", None, body, 401, "unauthorized"),
         ("POST", "/api/rooms/r/publish", Some("wrong-key-0123456789"), body, 401, "unauthorized"),
         ("GET", "/api/rooms", None, "", 401, "unauthorized"),
