@@ -81,6 +81,8 @@ pub struct Config {
     /// Keys the server API takes; required when `api` is not loopback. With none, the API
     /// takes every loopback caller as `api`.
     pub api_keys: Vec<crate::api::ApiKey>,
+    /// Read the Redis inbox (`--inbox`) and publish its entries.
+    pub inbox: Option<crate::inbox::InboxConfig>,
 }
 
 impl Default for Config {
@@ -114,6 +116,7 @@ impl Default for Config {
             node_tls_ca: None,
             api: None,
             api_keys: Vec::new(),
+            inbox: None,
         }
     }
 }
@@ -184,6 +187,13 @@ impl Config {
         }
         if self.policy == PolicyName::Geo && self.geoip.is_none() {
             return Err(Error::config("--policy geo needs --geoip FILE.mmdb"));
+        }
+        if let Some(i) = &self.inbox {
+            redis::Client::open(i.redis.as_str())
+                .map_err(|e| Error::config(format!("--redis {}: {e}", i.redis)))?;
+            if i.claim_idle.is_zero() {
+                return Err(Error::config("--inbox-claim-idle must be above 0"));
+            }
         }
         if let Some(d) = &self.discovery {
             redis::Client::open(d.redis.as_str())
@@ -281,7 +291,7 @@ pub struct RouterArgs {
     /// registry the nodes keep with --advertise; needs --redis).
     #[arg(long, env = "ROUTER_DISCOVERY", value_enum, default_value_t = DiscoveryKind::Static)]
     pub discovery: DiscoveryKind,
-    /// Redis URL of the node registry (`--discovery redis`).
+    /// Redis URL of the node registry (`--discovery redis`) and of the inbox (`--inbox`).
     #[arg(long, env = "ROUTER_REDIS")]
     pub redis: Option<String>,
     /// Prefix of the registry's keys and channel: the nodes' --redis-prefix.
@@ -303,6 +313,17 @@ pub struct RouterArgs {
     /// publish. Repeat for more. Required when --api is not loopback.
     #[arg(long = "api-key", env = "ROUTER_API_KEY", value_delimiter = ',')]
     pub api_keys: Vec<crate::api::ApiKey>,
+    /// Read the Redis inbox `{prefix}:inbox` (needs --redis) in the consumer group
+    /// `routers` and publish its entries like the server API does.
+    #[arg(long, env = "ROUTER_INBOX")]
+    pub inbox: bool,
+    /// This router's consumer name in the inbox group (default: router-PID-RANDOM); keep
+    /// it unique per router.
+    #[arg(long, env = "ROUTER_INBOX_CONSUMER")]
+    pub inbox_consumer: Option<String>,
+    /// Seconds an inbox entry stays pending with a silent router before another claims it.
+    #[arg(long, env = "ROUTER_INBOX_CLAIM_IDLE", value_parser = parse_secs, default_value = "10")]
+    pub inbox_claim_idle: Duration,
     /// CIDR of a proxy in front of the router whose Forwarded / X-Forwarded-For are believed.
     #[arg(long = "trusted-proxy", env = "ROUTER_TRUSTED_PROXY", value_delimiter = ',')]
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -395,14 +416,14 @@ impl RouterArgs {
             },
             shutdown_grace: self.shutdown_grace,
             drain_window: self.drain_window,
-            discovery: match (self.discovery, self.redis) {
+            discovery: match (self.discovery, self.redis.clone()) {
                 (DiscoveryKind::Static, _) => None,
                 (DiscoveryKind::Redis, None) => {
                     return Err(Error::config("--discovery redis needs --redis URL"));
                 }
                 (DiscoveryKind::Redis, Some(redis)) => Some(crate::discovery::Discovery {
                     redis,
-                    prefix: self.redis_prefix,
+                    prefix: self.redis_prefix.clone(),
                     interval: self.discovery_interval,
                 }),
             },
@@ -411,6 +432,18 @@ impl RouterArgs {
             trusted_proxies: self.trusted_proxies,
             api: None,
             api_keys: self.api_keys,
+            inbox: match (self.inbox, &self.redis) {
+                (false, _) => None,
+                (true, None) => return Err(Error::config("--inbox needs --redis URL")),
+                (true, Some(redis)) => Some(crate::inbox::InboxConfig {
+                    redis: redis.clone(),
+                    prefix: self.redis_prefix.clone(),
+                    consumer: self.inbox_consumer.clone().unwrap_or_else(|| {
+                        format!("router-{}-{:08x}", std::process::id(), fastrand::u32(..))
+                    }),
+                    claim_idle: self.inbox_claim_idle,
+                }),
+            },
         })
     }
 }

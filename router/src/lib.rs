@@ -11,6 +11,7 @@ mod connect;
 pub mod discovery;
 mod error;
 pub mod health;
+pub mod inbox;
 mod limits;
 pub mod membership;
 pub mod metrics;
@@ -149,6 +150,9 @@ impl Router {
         }
         if let Some(jwt) = &proxy.config.jwt {
             jwt.spawn_reloader(shutdown.token.clone());
+        }
+        if let Some(i) = proxy.config.inbox.clone() {
+            t.spawn(inbox::run(proxy.clone(), i, shutdown.token.clone()));
         }
         if let Some(d) = discovery {
             t.spawn(discovery::run(membership.clone(), metrics.clone(), d, shutdown.token.clone()));

@@ -103,6 +103,14 @@ pub struct Metrics {
     /// Server API requests answered 2xx.
     pub api_ok: Counter,
     api_errors: [Counter; shared::api::CODES.len()],
+    /// Inbox entries published (and acknowledged).
+    pub inbox_published: Counter,
+    /// Inbox entries moved to the dead-letter stream.
+    pub inbox_dead: Counter,
+    /// Inbox entries claimed from a silent consumer.
+    pub inbox_claimed: Counter,
+    /// Inbox connections lost or commands failed.
+    pub inbox_errors: Counter,
     /// Client connections open now (plain HTTP and tunnels).
     pub connections: Gauge,
     /// Upgraded tunnels open now.
@@ -202,6 +210,26 @@ impl Metrics {
         e.gauge("router_connections", "Client connections open now.", self.connections.get());
         e.gauge("router_tunnels", "Upgraded tunnels open now.", self.tunnels.get());
         e.counter("router_api_ok_total", "Server API requests answered 2xx.", &self.api_ok);
+        e.counter(
+            "router_inbox_published_total",
+            "Redis inbox entries published and acknowledged.",
+            &self.inbox_published,
+        );
+        e.counter(
+            "router_inbox_dead_total",
+            "Redis inbox entries moved to the dead-letter stream.",
+            &self.inbox_dead,
+        );
+        e.counter(
+            "router_inbox_claimed_total",
+            "Redis inbox entries claimed from a router that left them pending.",
+            &self.inbox_claimed,
+        );
+        e.counter(
+            "router_inbox_errors_total",
+            "Redis inbox failures (reconnected).",
+            &self.inbox_errors,
+        );
         e.labeled(
             "router_api_errors_total",
             "counter",
