@@ -104,7 +104,11 @@ async fn publish(
         .posts
         .once(room, key, || async {
             let env = crate::frames::message(0, room, &from, unix_ms(), &p.body, p.id.as_ref());
-            rooms.post(room, env).await
+            let r = rooms.post(room, env).await;
+            if r.is_ok() {
+                node.metrics.posts.inc();
+            }
+            r
         })
         .await
         .map_err(|e| match e {
@@ -119,7 +123,6 @@ async fn publish(
                 ),
             ),
         })?;
-    node.metrics.posts.inc();
     Ok(Published { seq, node: node.config.node_id.clone() })
 }
 
