@@ -317,3 +317,32 @@ async fn over_redis_a_durable_spanning_room_answers_once_stored_and_reaches_both
     assert_eq!(again, v, "a retry gets the first answer");
     stop.cancel();
 }
+
+#[tokio::test]
+async fn a_durable_publish_the_store_could_not_take_is_not_delivered_again_on_retry() {
+    let mut redis = shared::testkit::RedisServer::start().await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let cfg = ws_node::Config {
+        node_id: "node-a".into(),
+        durable_ack: true,
+        ..ws_node::Config::default()
+    };
+    let node = TestNode::on_redis(cfg, &redis.url(), stop.clone()).await;
+    let mut c = config(&[&node]);
+    c.api = Some("127.0.0.1:0".parse().unwrap());
+    let router = router::Router::start(c).unwrap();
+    let api = router.api_addr().unwrap();
+    let (mut ann, _) = join(&format!("ws://{}/ws?room=d:2&user=ann", node.addr)).await;
+    redis.kill();
+    let body = r#"{"body":"late","id":"x-1"}"#;
+    let (status, v) = admin(api, "POST", "/api/rooms/d:2/publish", &[], body).await;
+    assert_eq!((status, v["code"].as_str()), (503, Some("not_stored")), "{v}");
+    let m = ann.recv_type("message").await;
+    assert_eq!((m["seq"].as_u64(), m["id"].as_str()), (Some(1), Some("x-1")), "delivered: {m}");
+    let (status, again) = admin(api, "POST", "/api/rooms/d:2/publish", &[], body).await;
+    assert_eq!((status, again["seq"].as_u64()), (200, Some(1)), "the first seq: {again}");
+    let (_, next) = admin(api, "POST", "/api/rooms/d:2/publish", &[], r#"{"body":"next"}"#).await;
+    assert_eq!(next["code"], "not_stored", "{next}");
+    assert_eq!(ann.recv_type("message").await["seq"], 2, "x-1 did not come twice");
+    stop.cancel();
+}

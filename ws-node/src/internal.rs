@@ -100,29 +100,36 @@ async fn publish(
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_from", format!("from: {e}")))?;
     let key = p.id.as_ref().map(|id| serde_json::to_string(id).unwrap_or_default());
     let rooms = &node.rooms;
+    // A message that went out but was not stored keeps its `seq` for a retry (it must not
+    // go out twice); only this first call says it was not stored.
+    let unstored = std::sync::atomic::AtomicBool::new(false);
     let seq = node
         .posts
         .once(room, key, || async {
             let env = crate::frames::message(0, room, &from, unix_ms(), &p.body, p.id.as_ref());
-            let r = rooms.post(room, env).await;
-            if r.is_ok() {
-                node.metrics.posts.inc();
+            match rooms.post(room, env).await {
+                Ok(seq) => {
+                    node.metrics.posts.inc();
+                    Ok(seq)
+                }
+                Err(PostError::NotStored(seq)) => {
+                    node.metrics.posts.inc();
+                    unstored.store(true, std::sync::atomic::Ordering::Relaxed);
+                    Ok(seq)
+                }
+                Err(PostError::Degraded) => Err(ApiError::unavailable(
+                    "degraded",
+                    "the room spans nodes and the bus is unavailable; the message was not published",
+                )),
             }
-            r
         })
-        .await
-        .map_err(|e| match e {
-            PostError::Degraded => ApiError::unavailable(
-                "degraded",
-                "the room spans nodes and the bus is unavailable; the message was not published",
-            ),
-            PostError::NotStored(seq) => ApiError::unavailable(
-                "not_stored",
-                format!(
-                    "the message went out as seq {seq} but the history store could not take it"
-                ),
-            ),
-        })?;
+        .await?;
+    if unstored.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(ApiError::unavailable(
+            "not_stored",
+            format!("the message went out as seq {seq} but the history store could not take it"),
+        ));
+    }
     Ok(Published { seq, node: node.config.node_id.clone() })
 }
 
