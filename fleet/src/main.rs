@@ -108,6 +108,12 @@ struct Up {
     /// The server API for back ends (`/api/*`); needs --api-key off loopback.
     #[arg(long, env = "FLEET_API", default_value = "127.0.0.1:9091")]
     api: SocketAddr,
+    /// The nodes' webhooks: [EVENTS@]http://HOST:PORT/PATH (see ws-node --webhook).
+    #[arg(long = "webhook", env = "FLEET_WEBHOOK", value_delimiter = ';')]
+    webhooks: Vec<ws_node::hooks::Webhook>,
+    /// HMAC-SHA256 key the webhooks are signed with (itself, env:VAR or file:PATH).
+    #[arg(long, env = "FLEET_WEBHOOK_SECRET", value_parser = ws_node::hooks::secret)]
+    webhook_secret: Option<std::sync::Arc<[u8]>>,
     /// Members one room may hold on each node; the next joiner is closed with 4009.
     #[arg(long, env = "FLEET_MAX_ROOM_MEMBERS", default_value_t = 10_000)]
     max_room_members: usize,
@@ -158,6 +164,8 @@ fn main() {
                         jwt: router.jwt.clone(),
                         hop_key: router.hop_key.clone(),
                         max_room_members: up.max_room_members,
+                        webhooks: up.webhooks.clone(),
+                        webhook_secret: up.webhook_secret.clone(),
                         ..ws_node::Config::default()
                     },
                     router,

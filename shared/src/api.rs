@@ -109,6 +109,30 @@ impl ApiError {
     }
 }
 
+/// A secret given on the command line as itself, `env:VAR` (that variable's value) or
+/// `file:PATH` (the file's text, trimmed); `what` names it in the error.
+pub fn secret(what: &str, v: &str) -> Result<String, String> {
+    if let Some(var) = v.strip_prefix("env:") {
+        std::env::var(var).map_err(|_| format!("{what} env:{var}: variable not set"))
+    } else if let Some(path) = v.strip_prefix("file:") {
+        Ok(std::fs::read_to_string(path)
+            .map_err(|e| format!("{what} file:{path}: {e}"))?
+            .trim()
+            .to_string())
+    } else {
+        Ok(v.to_string())
+    }
+}
+
+/// The `x-roomfleet-signature` of a webhook body: `sha256=` and the hex HMAC-SHA256 of
+/// the body with the webhook secret.
+pub fn sign_webhook(secret: &[u8], body: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let tag = ring::hmac::sign(&key, body);
+    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
 /// An answer from any result whose error is an [`ApiError`].
 pub fn answer<T: Serialize>(r: Result<T, ApiError>) -> http::Response<Body> {
     match r {

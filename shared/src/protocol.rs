@@ -12,6 +12,8 @@ pub const MAX_CLIENT_ID_LEN: usize = 64;
 
 /// Close codes the servers use (RFC 6455 where one fits, 4xxx for our own).
 pub mod close {
+    /// A normal close (the client's own, or its connection simply ended).
+    pub const NORMAL: u16 = 1000;
     /// The node is shutting down; reconnect (through the router) later.
     pub const GOING_AWAY: u16 = 1001;
     /// A text frame that is not valid UTF-8 (RFC 6455 section 7.4.1).

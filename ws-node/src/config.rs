@@ -111,6 +111,10 @@ pub struct Config {
     pub durable_ack: bool,
     /// How often the node appends new history to the store (one round trip per flush).
     pub history_flush: Duration,
+    /// Where this node POSTs the room changes it raises ([`crate::hooks`]).
+    pub webhooks: Vec<crate::hooks::Webhook>,
+    /// The HMAC-SHA256 key webhook bodies are signed with; `None` = unsigned.
+    pub webhook_secret: Option<Arc<[u8]>>,
 }
 
 impl Config {
@@ -164,6 +168,8 @@ impl Default for Config {
             max_recovery: 500,
             durable_ack: false,
             history_flush: Duration::from_millis(10),
+            webhooks: Vec::new(),
+            webhook_secret: None,
         }
     }
 }

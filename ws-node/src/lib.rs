@@ -8,6 +8,7 @@ pub mod bus;
 pub mod config;
 mod frames;
 pub mod history;
+pub mod hooks;
 mod internal;
 pub mod metrics;
 mod node;

@@ -103,6 +103,15 @@ struct Args {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "WSNODE_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
+    /// Where to POST the room changes this node raises: [EVENTS@]http://HOST:PORT/PATH,
+    /// EVENTS a comma list of room.occupied, room.vacated, member.joined, member.left
+    /// (default all). Repeat for more (`;`-separated in the env).
+    #[arg(long = "webhook", env = "WSNODE_WEBHOOK", value_delimiter = ';')]
+    webhooks: Vec<ws_node::hooks::Webhook>,
+    /// HMAC-SHA256 key of the webhooks' `x-roomfleet-signature` (itself, env:VAR or
+    /// file:PATH; 16 bytes at least).
+    #[arg(long, env = "WSNODE_WEBHOOK_SECRET")]
+    webhook_secret: Option<String>,
     /// Seconds after which a silent node is pruned from room sets.
     #[arg(long, env = "WSNODE_HEARTBEAT_TTL", default_value = "10", value_parser = parse_secs)]
     heartbeat_ttl: Duration,
@@ -226,6 +235,11 @@ impl Args {
                     Some(Arc::new(shared::tls::Tls::load(files)?))
                 }
                 _ => None,
+            },
+            webhooks: self.webhooks.clone(),
+            webhook_secret: match &self.webhook_secret {
+                Some(s) => Some(ws_node::hooks::secret(s).map_err(anyhow::Error::msg)?),
+                None => None,
             },
             ..d
         })

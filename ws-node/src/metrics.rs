@@ -47,6 +47,12 @@ pub struct Metrics {
     pub resumes_lost: Counter,
     /// Server publishes (`/internal/rooms/{room}/publish`) this node stamped.
     pub posts: Counter,
+    /// Webhook deliveries answered 2xx, tried again, refused for good (4xx), and events
+    /// dropped because the queue was full.
+    pub webhooks_sent: Counter,
+    pub webhook_retries: Counter,
+    pub webhooks_failed: Counter,
+    pub webhooks_dropped: Counter,
     errors: [Counter; ErrorCode::ALL.len()],
 }
 
@@ -120,6 +126,26 @@ impl Metrics {
             "wsnode_redis_publishes_avoided_total",
             "Messages delivered without Redis because their room is on this node only.",
             &self.redis_publishes_avoided,
+        );
+        e.counter(
+            "wsnode_webhooks_sent_total",
+            "Webhook deliveries answered 2xx.",
+            &self.webhooks_sent,
+        );
+        e.counter(
+            "wsnode_webhook_retries_total",
+            "Webhook deliveries tried again.",
+            &self.webhook_retries,
+        );
+        e.counter(
+            "wsnode_webhooks_failed_total",
+            "Webhook events the receiver refused for good (4xx but 408 and 429).",
+            &self.webhooks_failed,
+        );
+        e.counter(
+            "wsnode_webhooks_dropped_total",
+            "Webhook events dropped because the queue was full.",
+            &self.webhooks_dropped,
         );
         e.counter(
             "wsnode_posts_total",

@@ -54,7 +54,7 @@ impl Node {
     pub fn new(config: Config, bus: Arc<dyn Bus>) -> Arc<Self> {
         let metrics = Arc::new(Metrics::default());
         let token = CancellationToken::new();
-        let rooms = Rooms::new(&config, bus, metrics.clone());
+        let rooms = Rooms::new(&config, bus, metrics.clone(), token.clone());
         Arc::new(Self {
             config,
             rooms,

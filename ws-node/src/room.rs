@@ -18,9 +18,10 @@ use tokio_util::sync::CancellationToken;
 use crate::appender::{self, Appender};
 use crate::bus::{Bus, BusError, Control, Envelope, LoadRequest};
 use crate::history::{Loaded, new_epoch};
+use crate::hooks::{HookEvent, Hooks};
 use crate::metrics::Metrics;
 use crate::room_core::{
-    Action, BusOp, Conn, Event, Mode, POST, PostError, RoomCore, Settings, To, Welcome,
+    Action, BusOp, Conn, Event, Hook, Mode, POST, PostError, RoomCore, Settings, To, Welcome,
 };
 use crate::suspects::Suspects;
 
@@ -221,6 +222,10 @@ pub(crate) struct Shared {
     pub suspects: Arc<Suspects>,
     /// The node's history writer.
     pub appender: Appender,
+    /// The node's webhooks.
+    pub hooks: Arc<Hooks>,
+    /// This node's id, for the events it raises.
+    pub node: Arc<str>,
     /// Called once the room has closed, to take it out of the node's rooms.
     pub on_close: Arc<dyn Fn(&RoomHandle) + Send + Sync>,
 }
@@ -252,6 +257,7 @@ pub(crate) fn spawn(settings: Settings, shared: Shared) -> RoomHandle {
         pending: HashMap::new(),
         posts: HashMap::new(),
         next_post: 0,
+        left: None,
         lane: lane_tx,
         opened_at: Instant::now(),
         history_bytes: 0,
@@ -270,6 +276,8 @@ struct Owner {
     /// Server publishes waiting for their answer, by their [`POST`] conn.
     posts: HashMap<Conn, oneshot::Sender<Result<u64, PostError>>>,
     next_post: u64,
+    /// Why the connection of the leave being applied was closed, for `member.left`.
+    left: Option<CloseReason>,
     lane: mpsc::Sender<BusOp>,
     opened_at: Instant,
     /// The history bytes last counted into the node's gauge.
@@ -328,7 +336,7 @@ impl Owner {
                 Some(ev)
             }
             Input::Leave { conn } => {
-                self.members.remove(&conn);
+                self.left = self.members.remove(&conn).and_then(|m| m.kill.reason());
                 self.pending.remove(&conn);
                 Some(Event::Leave { conn })
             }
@@ -374,6 +382,42 @@ impl Owner {
                 None
             }
         }
+    }
+
+    /// Sends a room change to the webhooks that want it.
+    fn hook(&self, h: Hook) {
+        let hooks = &self.shared.hooks;
+        if hooks.is_empty() {
+            return;
+        }
+        let mut e = HookEvent {
+            id: format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
+            event: "",
+            room: self.handle.id.to_string(),
+            node: self.shared.node.to_string(),
+            ts: shared::protocol::unix_ms(),
+            user: None,
+            info: None,
+            code: None,
+            reason: None,
+        };
+        match h {
+            Hook::Occupied => e.event = "room.occupied",
+            Hook::Vacated => e.event = "room.vacated",
+            Hook::Joined { user, info } => {
+                e.event = "member.joined";
+                e.user = Some(user.to_string());
+                e.info = info.and_then(|i| RawValue::from_string(i.to_string()).ok());
+            }
+            Hook::Left { user } => {
+                let why = self.left.unwrap_or(CloseReason { code: close::NORMAL, reason: "" });
+                e.event = "member.left";
+                e.user = Some(user.to_string());
+                e.code = Some(why.code);
+                e.reason = Some(why.reason.to_string());
+            }
+        }
+        hooks.emit(&e);
     }
 
     fn info(&self) -> RoomInfo {
@@ -463,6 +507,7 @@ impl Owner {
                     tracing::debug!(room = %self.handle.id, seq, "bus message already delivered");
                 }
                 Action::Mode { from, to } => self.mode_changed(from, to),
+                Action::Hook(h) => self.hook(h),
                 Action::Posted { post, result } => {
                     if let Some(reply) = self.posts.remove(&post) {
                         let _ = reply.send(result);

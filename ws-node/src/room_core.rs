@@ -304,8 +304,28 @@ pub enum Action {
         post: Conn,
         result: Result<u64, PostError>,
     },
+    /// A change of the room as the whole fleet sees it, told where it happened (so once
+    /// across the fleet): for webhooks.
+    Hook(Hook),
     /// The room is closed; the owner removes it.
     Close,
+}
+
+/// A room change for webhooks. Each is raised only by the node where it happened: a
+/// member's own node raises its join and leave, and occupied / vacated when that join or
+/// leave made the room non-empty or empty across every node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hook {
+    Occupied,
+    Vacated,
+    Joined {
+        user: UserId,
+        info: Option<Arc<str>>,
+    },
+    /// The owner adds the close code and reason of the member's last connection.
+    Left {
+        user: UserId,
+    },
 }
 
 /// Why a server publish got no `seq`, or got one without the store.
@@ -537,7 +557,14 @@ impl RoomCore {
             out.push(Action::Refuse { conn });
             return;
         }
+        let was_empty = self.presence.everyone().is_empty();
         let (first_here, change) = self.presence.join_local(&user, info.clone());
+        if was_empty {
+            out.push(Action::Hook(Hook::Occupied));
+        }
+        if change.is_some() {
+            out.push(Action::Hook(Hook::Joined { user: user.clone(), info: info.clone() }));
+        }
         self.members.insert(conn, user.clone());
         let last = self.delivered();
         self.history.trim(self.now);
@@ -576,6 +603,10 @@ impl RoomCore {
         let (last_here, change) = self.presence.leave_local(&user);
         if let Some(c) = change {
             out.push(presence_frame(&c, To::All));
+            out.push(Action::Hook(Hook::Left { user: user.clone() }));
+            if self.presence.everyone().is_empty() {
+                out.push(Action::Hook(Hook::Vacated));
+            }
         }
         if last_here && self.spans() {
             out.push(Action::Bus(BusOp::Send(

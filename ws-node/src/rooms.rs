@@ -55,6 +55,7 @@ pub struct Rooms {
     /// The node's config, for each new room's history policy.
     config: Config,
     appender: Appender,
+    hooks: Arc<crate::hooks::Hooks>,
     me: Weak<Rooms>,
 }
 
@@ -105,8 +106,19 @@ impl Drop for Membership {
 
 impl Rooms {
     /// The rooms of a node, with the history writer they share.
-    pub fn new(config: &Config, bus: Arc<dyn Bus>, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(
+        config: &Config,
+        bus: Arc<dyn Bus>,
+        metrics: Arc<Metrics>,
+        stop: CancellationToken,
+    ) -> Arc<Self> {
         let timers = RoomTimers::of(config);
+        let hooks = Arc::new(crate::hooks::Hooks::start(
+            &config.webhooks,
+            config.webhook_secret.clone(),
+            metrics.clone(),
+            stop,
+        ));
         let appender = Appender::start(bus.clone(), config.history_flush, metrics.clone());
         Arc::new_cyclic(|me| Self {
             map: Mutex::new(HashMap::new()),
@@ -118,6 +130,7 @@ impl Rooms {
             timers,
             config: config.clone(),
             appender,
+            hooks,
             me: me.clone(),
         })
     }
@@ -172,6 +185,8 @@ impl Rooms {
             metrics: self.metrics.clone(),
             suspects: self.suspects.clone(),
             appender: self.appender.clone(),
+            hooks: self.hooks.clone(),
+            node: self.node_id.clone(),
             on_close: Arc::new(move |h: &RoomHandle| {
                 if let Some(rooms) = me.upgrade() {
                     rooms.remove(h);

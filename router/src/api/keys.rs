@@ -51,17 +51,7 @@ impl std::str::FromStr for ApiKey {
     fn from_str(s: &str) -> Result<Self, String> {
         let (name, v) =
             s.split_once('=').ok_or_else(|| "--api-key takes NAME=SECRET".to_string())?;
-        let secret = if let Some(var) = v.strip_prefix("env:") {
-            std::env::var(var)
-                .map_err(|_| format!("--api-key {name}=env:{var}: variable not set"))?
-        } else if let Some(path) = v.strip_prefix("file:") {
-            std::fs::read_to_string(path)
-                .map_err(|e| format!("--api-key {name}=file:{path}: {e}"))?
-                .trim()
-                .to_string()
-        } else {
-            v.to_string()
-        };
+        let secret = shared::api::secret(&format!("--api-key {name}="), v)?;
         ApiKey::new(name, secret.as_bytes())
     }
 }

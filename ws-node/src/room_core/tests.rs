@@ -554,3 +554,45 @@ fn a_durable_room_answers_a_post_once_stored() {
         assert_eq!(r.mode(), Mode::Closing);
     }
 }
+
+fn hooks(actions: &[Action]) -> Vec<Hook> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Hook(h) => Some(h.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn hooks_are_raised_where_the_change_happened_once_for_the_fleet() {
+    let t = Instant::now();
+    let mut r = opening(t, "b");
+    r.on(Event::Subscribed(true), t);
+    let note = |n: Note| Event::BusFrame {
+        seq: 0,
+        origin: Arc::from("b"),
+        conn: 0,
+        frame: n.envelope().head.into(),
+    };
+    // bob is on node b: the room is not empty, so ann's join raises no occupied here.
+    let out = r.on(note(Note::Sync { seq: 0, users: vec![(user("bob"), None)] }), t);
+    let out = read_history(&mut r, out, 0, t);
+    assert_eq!(hooks(&out), vec![Hook::Joined { user: user("ann"), info: None }]);
+    // bob leaving is node b's to raise.
+    let out = r.on(note(Note::Presence { user: user("bob"), present: false, info: None }), t);
+    assert!(hooks(&out).is_empty(), "{out:?}");
+    let out = r.on(join(2, "ann"), t);
+    assert!(hooks(&out).is_empty(), "a second tab is no join: {out:?}");
+    r.on(Event::Leave { conn: 2 }, t);
+    let out = r.on(Event::Leave { conn: 1 }, t);
+    assert_eq!(hooks(&out), vec![Hook::Left { user: user("ann") }, Hook::Vacated]);
+
+    let mut alone = RoomCore::new(settings("a"));
+    alone.start(t);
+    alone.on(join(1, "cy"), t);
+    alone.on(Event::Registered(Some(vec![])), t);
+    let out = alone.on(loaded(0), t);
+    assert_eq!(hooks(&out), vec![Hook::Occupied, Hook::Joined { user: user("cy"), info: None }]);
+}
