@@ -511,7 +511,7 @@ impl HopKey {
         let tag = URL_SAFE_NO_PAD.decode(t).map_err(|_| "malformed")?;
         hmac::verify(&self.0, &payload, &tag).map_err(|_| "bad signature")?;
         let hop: Hop<'_> = serde_json::from_slice(&payload).map_err(|_| "malformed")?;
-        if hop.until < unix_ms() {
+        if hop.until <= unix_ms() {
             return Err(if node.is_some() { "expired" } else { "stale" });
         }
         if hop.room != room.as_str() {

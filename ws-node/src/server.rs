@@ -54,22 +54,23 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
 /// The TLS handshake when the node has a certificate (bounded by the header timeout), then
 /// the connection's requests.
 async fn serve_tcp(node: Arc<Node>, stream: TcpStream) {
-    let Some(tls) = &node.config.tls else { return serve_http(node, stream).await };
+    let Ok(peer) = stream.peer_addr() else { return };
+    let Some(tls) = &node.config.tls else { return serve_http(node, stream, peer).await };
     let handshake = tls.acceptor().accept(stream);
     match tokio::time::timeout(node.config.header_timeout, handshake).await {
-        Ok(Ok(s)) => serve_http(node, s).await,
+        Ok(Ok(s)) => serve_http(node, s, peer).await,
         Ok(Err(e)) => tracing::debug!("TLS handshake: {e}"),
         Err(_) => tracing::debug!("TLS handshake timed out"),
     }
 }
 
 /// One HTTP connection: requests until it closes, upgrades, or the node shuts down.
-async fn serve_http<I>(node: Arc<Node>, stream: I)
+/// `peer` is the TCP peer, which `/internal/*` checks.
+async fn serve_http<I>(node: Arc<Node>, stream: I, peer: std::net::SocketAddr)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let svc_node = node.clone();
-    let Ok(peer) = stream.peer_addr() else { return };
     let svc = service_fn(move |req| {
         let node = svc_node.clone();
         async move {
