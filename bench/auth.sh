@@ -45,7 +45,7 @@ fleet() {
   for i in 2 3; do
     for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$((base + i))") 2>/dev/null && break; sleep 0.1; done
   done
-  ROUTER_PID[$name]=$(start "auth-$name-router" "$BIN/router" --listen "127.0.0.1:$base" \
+  ROUTER_PID[$name]=$(start "auth-$name-router" "$BIN/router" --api 127.0.0.1:0 --listen "127.0.0.1:$base" \
     --admin "127.0.0.1:$((base + 1))" --node "node-2=127.0.0.1:$((base + 2))" \
     --node "node-3=127.0.0.1:$((base + 3))" "${rflags[@]}")
   NODE_PIDS[$name]=$pids

@@ -23,7 +23,7 @@ for i in 0 1 2; do
     --redis "$REDIS" --advertise "127.0.0.1:$port" --max-connections 19000)
   wait_http "http://127.0.0.1:$port/healthz"
 done
-ROUTER=$(start failover-router "$BIN/router" --listen "127.0.0.1:$RT" --admin "127.0.0.1:$((RT + 1))" \
+ROUTER=$(start failover-router "$BIN/router" --api 127.0.0.1:0 --listen "127.0.0.1:$RT" --admin "127.0.0.1:$((RT + 1))" \
   --discovery redis --redis "$REDIS" --max-connections-per-ip 0)
 for i in $(seq 100); do
   n=$(curl -fsS "http://127.0.0.1:$((RT + 1))/admin/ring" | python3 -c 'import json,sys; print(sum(1 for n in json.load(sys.stdin)["nodes"] if n["healthy"] and not n["draining"] and n["share"] > 0))' 2>/dev/null || echo 0)

@@ -21,12 +21,12 @@ NODE=17201; ROUTER=17202; ADMIN=17203; NGX=17204; HAP=17205; GEO=17206; GADMIN=1
 start ws-node "$BIN/ws-node" --listen 127.0.0.1:$NODE --node-id node-a \
   --publish-rate 100000 --publish-burst 100000 >/dev/null
 wait_http "http://127.0.0.1:$NODE/healthz"
-ROUTER_PID=$(start router "$BIN/router" --listen 127.0.0.1:$ROUTER --admin 127.0.0.1:$ADMIN \
+ROUTER_PID=$(start router "$BIN/router" --api 127.0.0.1:0 --listen 127.0.0.1:$ROUTER --admin 127.0.0.1:$ADMIN \
   --node node-a=127.0.0.1:$NODE)
 wait_http "http://127.0.0.1:$ADMIN/healthz"
 # A geo router over a generated database mapping the load's source range to one country.
 "$BIN/examples/write_testdb" "$OUT/bench-geo.mmdb" 127.1.0.0/16=DE 127.2.0.0/16=US
-GEO_PID=$(start router-geo "$BIN/router" --listen 127.0.0.1:$GEO --admin 127.0.0.1:$GADMIN \
+GEO_PID=$(start router-geo "$BIN/router" --api 127.0.0.1:0 --listen 127.0.0.1:$GEO --admin 127.0.0.1:$GADMIN \
   --node node-a=127.0.0.1:$NODE --policy geo --geoip "$OUT/bench-geo.mmdb")
 wait_http "http://127.0.0.1:$GADMIN/healthz"
 

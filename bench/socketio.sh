@@ -22,7 +22,7 @@ for i in 0 1 2; do
   args+=(--node "node-$i=127.0.0.1:$((18300 + i))")
   wait_http "http://127.0.0.1:$((18300 + i))/healthz"
 done
-PIDS_RF+=("$(start sio-router "$BIN/router" --listen 127.0.0.1:18310 --admin 127.0.0.1:18311 "${args[@]}")")
+PIDS_RF+=("$(start sio-router "$BIN/router" --api 127.0.0.1:0 --listen 127.0.0.1:18310 --admin 127.0.0.1:18311 "${args[@]}")")
 wait_http "http://127.0.0.1:18311/healthz"
 PIDS_SIO=()
 for i in 0 1; do

@@ -57,6 +57,9 @@ fn router(node: &str, node_port: u16, ca: &str, health_fall: &str) -> RouterProc
         &format!("127.0.0.1:{port}"),
         "--admin",
         &format!("127.0.0.1:{admin}"),
+        // An API port of its own: two routers of this test on the default would collide.
+        "--api",
+        "127.0.0.1:0",
         "--node",
         &format!("{node}=127.0.0.1:{node_port}"),
         "--node-tls-ca",
