@@ -1,7 +1,10 @@
 //! Delivery correctness, judged from a stream of events: per receiver, `seq` contiguous from
 //! `welcome.seq + 1` with no gap, duplicate or reorder; per room, one order (every receiver
 //! and every ack agree on which publish got which `seq`); per sender, every publish acked.
-//! Without `seq` (Socket.IO) it checks each sender's counter per receiver instead.
+//! Without `seq` (Socket.IO) it checks each sender's counter per receiver instead. With
+//! `--reconnect` a receiver lives over many sessions and [`reconnects`] judges it instead.
+
+mod reconnects;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -27,8 +30,19 @@ pub enum Event {
     Published { room: Room, sender: Conn, counter: u64 },
     /// The server acknowledged `sender`'s publish `counter` as `seq`.
     Ack { room: Room, sender: Conn, counter: u64, seq: u64 },
-    /// `conn` was closed or broke before the end of the run: its tail is not judged.
+    /// `conn` was closed or broke before the end of the run: its tail is not judged (with
+    /// `--reconnect`: this session ended; a [`Event::Session`] may follow).
     Closed { conn: Conn },
+    /// `--reconnect` only, instead of `Welcome`: `conn` was welcomed, first or again. `since`
+    /// is the `seq` it resumed from (None: a first connect, or no epoch to resume with).
+    Session {
+        conn: Conn,
+        room: Room,
+        seq: u64,
+        epoch: Option<String>,
+        recovered: bool,
+        since: Option<u64>,
+    },
 }
 
 /// The kinds of failure a run can show.
@@ -43,6 +57,8 @@ pub enum Kind {
     Reorder,
     /// A publish was never acknowledged: the server dropped it for everyone.
     Unacked,
+    /// `--reconnect`: a receiver lost its connection and was not back by the end of the run.
+    NotBack,
 }
 
 /// Failures of one kind in one room.
@@ -66,11 +82,41 @@ pub struct Verdict {
     pub unacked: u64,
     /// Sorted by room then kind.
     pub failures: Vec<RoomFailure>,
+    /// Welcomes after reconnects (`--reconnect` runs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumes: Option<Resumes>,
+}
+
+/// What the receivers' reconnects came to (`--reconnect`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Resumes {
+    /// Resumes whose welcome said `recovered:true` (the missed messages follow).
+    pub recovered: u64,
+    /// Resumes whose welcome said `recovered:false`: what was missed is lost.
+    pub not_recovered: u64,
+    /// Reconnects without `since`/`epoch` (the server's welcome carried no epoch).
+    pub fresh: u64,
+    /// Receivers that lost their connection and were not back by the end.
+    pub not_back: u64,
+    /// Publishes whose session broke before their ack: not judged (the client does not
+    /// resend them), unless some receiver got them.
+    pub cut: u64,
+}
+
+impl Resumes {
+    fn add(&mut self, o: &Resumes) {
+        self.recovered += o.recovered;
+        self.not_recovered += o.not_recovered;
+        self.fresh += o.fresh;
+        self.not_back += o.not_back;
+        self.cut += o.cut;
+    }
 }
 
 impl Verdict {
     pub fn is_clean(&self) -> bool {
         self.loss + self.duplicate + self.reorder + self.unacked == 0
+            && self.resumes.is_none_or(|r| r.not_back == 0)
     }
 
     /// Folds another shard's verdict in.
@@ -83,7 +129,42 @@ impl Verdict {
         self.unacked += other.unacked;
         self.failures.extend(other.failures.iter().cloned());
         self.failures.sort_by_key(|f| (f.room, f.kind));
+        match (&mut self.resumes, &other.resumes) {
+            (Some(a), Some(b)) => a.add(b),
+            (a @ None, Some(b)) => *a = Some(*b),
+            (_, None) => {}
+        }
     }
+
+    /// The verdict of `failures` (one entry per room and kind) over so many receivers.
+    fn of(receivers: u64, messages: u64, failures: Failures) -> Self {
+        let mut verdict = Verdict { receivers, messages, ..Verdict::default() };
+        for ((room, kind), (count, example)) in failures {
+            match kind {
+                Kind::Loss => verdict.loss += count,
+                Kind::Duplicate => verdict.duplicate += count,
+                Kind::Reorder => verdict.reorder += count,
+                Kind::Unacked => verdict.unacked += count,
+                Kind::NotBack => {}
+            }
+            verdict.failures.push(RoomFailure { room, kind, count, example });
+        }
+        verdict
+    }
+}
+
+/// Failures by room and kind: a count and the first example.
+type Failures = BTreeMap<(Room, Kind), (u64, String)>;
+
+fn record(
+    failures: &mut Failures,
+    room: Room,
+    kind: Kind,
+    count: u64,
+    example: impl FnOnce() -> String,
+) {
+    let entry = failures.entry((room, kind)).or_insert_with(|| (0, example()));
+    entry.0 += count;
 }
 
 /// Gap bookkeeping over one increasing sequence (room `seq`, or one sender's counter).
@@ -198,7 +279,9 @@ pub struct Checker {
     messages: u64,
     receivers: HashMap<Conn, Receiver>,
     rooms: HashMap<Room, RoomState>,
-    failures: BTreeMap<(Room, Kind), (u64, String)>,
+    failures: Failures,
+    /// Set with `--reconnect`: receivers are judged across their sessions there instead.
+    across: Option<Box<reconnects::AcrossReconnects>>,
 }
 
 impl Checker {
@@ -212,28 +295,22 @@ impl Checker {
         Self::default()
     }
 
+    /// A checker for `--reconnect` runs: receivers are judged over all their sessions.
+    pub fn across_reconnects() -> Self {
+        Self { acks: true, across: Some(Box::default()), ..Self::default() }
+    }
+
     fn fail(&mut self, room: Room, kind: Kind, count: u64, example: impl FnOnce() -> String) {
-        let entry = self.failures.entry((room, kind)).or_insert_with(|| (0, example()));
-        entry.0 += count;
+        record(&mut self.failures, room, kind, count, example);
     }
 
     pub fn feed(&mut self, event: Event) {
+        if let Some(across) = &mut self.across {
+            return across.feed(event);
+        }
         self.events += 1;
         match event {
-            Event::Welcome { conn, room, seq } => {
-                self.rooms.entry(room).or_default();
-                self.receivers.insert(
-                    conn,
-                    Receiver {
-                        room,
-                        joined_at: Some(self.events),
-                        welcome_seq: seq,
-                        seqs: seq.map(|s| Track::starting_at(s + 1)),
-                        by_sender: HashMap::new(),
-                        closed: false,
-                    },
-                );
-            }
+            Event::Welcome { conn, room, seq } => self.welcome(conn, room, seq),
             Event::Message { conn, room, seq, sender, counter } => {
                 self.message(conn, room, seq, sender, counter)
             }
@@ -262,7 +339,24 @@ impl Checker {
                     r.closed = true;
                 }
             }
+            // Only --reconnect runs send these; here one is a first welcome.
+            Event::Session { conn, room, seq, .. } => self.welcome(conn, room, Some(seq)),
         }
+    }
+
+    fn welcome(&mut self, conn: Conn, room: Room, seq: Option<u64>) {
+        self.rooms.entry(room).or_default();
+        self.receivers.insert(
+            conn,
+            Receiver {
+                room,
+                joined_at: Some(self.events),
+                welcome_seq: seq,
+                seqs: seq.map(|s| Track::starting_at(s + 1)),
+                by_sender: HashMap::new(),
+                closed: false,
+            },
+        );
     }
 
     fn message(&mut self, conn: Conn, room: Room, seq: Option<u64>, sender: Conn, counter: u64) {
@@ -352,6 +446,9 @@ impl Checker {
     /// Judges what is still missing once the run has drained: gaps never filled, tails cut
     /// short (receivers still connected only) and publishes never acknowledged.
     pub fn finish(mut self) -> Verdict {
+        if let Some(across) = self.across {
+            return across.finish();
+        }
         let mut losses: Vec<(Room, u64, String)> = Vec::new();
         for (&conn, r) in &self.receivers {
             let Some(state) = self.rooms.get(&r.room) else { continue };
@@ -412,21 +509,7 @@ impl Checker {
         for (room, n, example) in unacked {
             self.fail(room, Kind::Unacked, n, || example);
         }
-        let mut verdict = Verdict {
-            receivers: self.receivers.len() as u64,
-            messages: self.messages,
-            ..Verdict::default()
-        };
-        for ((room, kind), (count, example)) in self.failures {
-            match kind {
-                Kind::Loss => verdict.loss += count,
-                Kind::Duplicate => verdict.duplicate += count,
-                Kind::Reorder => verdict.reorder += count,
-                Kind::Unacked => verdict.unacked += count,
-            }
-            verdict.failures.push(RoomFailure { room, kind, count, example });
-        }
-        verdict
+        Verdict::of(self.receivers.len() as u64, self.messages, self.failures)
     }
 }
 

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::access::AccessArgs;
 use crate::dialect::Dialect;
 use crate::progress::ProgressMode;
+use crate::reconnect::Backoff;
 use crate::run::RunConfig;
 use crate::scenario::{Dist, Shard};
 use crate::target::{Target, parse_src_ips};
@@ -107,6 +108,52 @@ pub struct RunArgs {
     pub no_bar: bool,
     #[command(flatten)]
     pub access: AccessArgs,
+    #[command(flatten)]
+    pub reconnect: ReconnectArgs,
+}
+
+/// `--reconnect` and its back-off (Socket.IO's and Centrifugo's clients' shape).
+#[derive(Debug, Args)]
+pub struct ReconnectArgs {
+    /// Come back after every close or break (drain, shutdown, crash, refused upgrade) and
+    /// resume with since/epoch; loss is then judged across reconnects.
+    #[arg(long, env = "LOADTEST_RECONNECT")]
+    pub reconnect: bool,
+    /// Seconds before the first attempt after a close; doubles per failed attempt.
+    #[arg(long, env = "LOADTEST_RECONNECT_DELAY", default_value_t = 0.5)]
+    pub reconnect_delay: f64,
+    /// Longest back-off in seconds.
+    #[arg(long, env = "LOADTEST_RECONNECT_DELAY_MAX", default_value_t = 5.0)]
+    pub reconnect_delay_max: f64,
+    /// Each delay is scaled by a random factor in 1 ± this.
+    #[arg(long, env = "LOADTEST_RECONNECT_JITTER", default_value_t = 0.5)]
+    pub reconnect_jitter: f64,
+    /// Failed attempts in a row after which a connection gives up.
+    #[arg(long, env = "LOADTEST_RECONNECT_ATTEMPTS", default_value_t = 20)]
+    pub reconnect_attempts: u32,
+}
+
+impl ReconnectArgs {
+    fn backoff(&self, dialect: Dialect) -> anyhow::Result<Option<Backoff>> {
+        if !self.reconnect {
+            return Ok(None);
+        }
+        if dialect != Dialect::Native {
+            bail!("--reconnect needs --dialect native (Socket.IO has no seq to resume from)");
+        }
+        if !(self.reconnect_jitter.is_finite() && (0.0..=1.0).contains(&self.reconnect_jitter)) {
+            bail!("--reconnect-jitter {}: expected 0 to 1", self.reconnect_jitter);
+        }
+        if self.reconnect_attempts == 0 {
+            bail!("--reconnect-attempts must be at least 1");
+        }
+        Ok(Some(Backoff {
+            first: secs(self.reconnect_delay, "reconnect-delay")?,
+            max: secs(self.reconnect_delay_max, "reconnect-delay-max")?,
+            jitter: self.reconnect_jitter,
+            attempts: self.reconnect_attempts,
+        }))
+    }
 }
 
 fn secs(v: f64, flag: &str) -> anyhow::Result<Duration> {
@@ -155,6 +202,7 @@ impl RunArgs {
             shard: self.shard,
             prefix: self.prefix.clone(),
             progress: if self.no_bar { ProgressMode::Lines } else { ProgressMode::Auto },
+            reconnect: self.reconnect.backoff(self.dialect)?,
         };
         crate::scenario::room_sizes(config.conns, config.rooms, config.dist)?;
         Ok(config)
@@ -203,5 +251,19 @@ mod tests {
         assert!(bad.run.config().is_err());
         let bad = Cli::try_parse_from(["loadtest", "--conns", "3", "--rooms", "5"]).unwrap();
         assert!(bad.run.config().is_err());
+    }
+
+    #[test]
+    fn reconnect_flags_default_to_the_browser_clients_back_off() {
+        let cli = Cli::try_parse_from(["loadtest"]).unwrap();
+        assert_eq!(cli.run.config().unwrap().reconnect, None);
+        let cli = Cli::try_parse_from(["loadtest", "--reconnect"]).unwrap();
+        assert_eq!(cli.run.config().unwrap().reconnect, Some(Backoff::default()));
+        let cli =
+            Cli::try_parse_from(["loadtest", "--reconnect", "--dialect", "socketio"]).unwrap();
+        assert!(cli.run.config().is_err());
+        let cli =
+            Cli::try_parse_from(["loadtest", "--reconnect", "--reconnect-jitter", "2"]).unwrap();
+        assert!(cli.run.config().is_err());
     }
 }

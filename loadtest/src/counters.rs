@@ -13,5 +13,7 @@ pub struct Counters {
     pub alive: AtomicU64,
     pub published: AtomicU64,
     pub acked: AtomicU64,
+    /// Publishes whose connection broke before their ack (`--reconnect`).
+    pub cut: AtomicU64,
     pub delivered: AtomicU64,
 }

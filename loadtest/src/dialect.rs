@@ -38,7 +38,8 @@ pub struct Stamp {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Incoming {
     /// roomfleet `welcome`, or the Socket.IO ack of our `join`: the member is in the room.
-    Joined { seq: Option<u64> },
+    /// `epoch` and `recovered` come from servers that keep history (resume with them).
+    Joined { seq: Option<u64>, epoch: Option<String>, recovered: bool },
     /// A room message; `stamp` is None when another client sent a body of its own.
     Message { seq: Option<u64>, stamp: Option<Stamp> },
     /// The server sequenced our publish `id` (our counter) as `seq`.
@@ -73,6 +74,8 @@ struct NativeFrame<'a> {
     body: Option<&'a RawValue>,
     id: Option<serde_json::Value>,
     code: Option<String>,
+    epoch: Option<String>,
+    recovered: Option<bool>,
 }
 
 fn stamp_of(raw: &RawValue) -> Option<Stamp> {
@@ -86,7 +89,11 @@ pub fn parse_native(text: &str) -> Incoming {
         return Incoming::Other;
     };
     match &*frame.kind {
-        "welcome" => Incoming::Joined { seq: frame.seq },
+        "welcome" => Incoming::Joined {
+            seq: frame.seq,
+            epoch: frame.epoch,
+            recovered: frame.recovered.unwrap_or(false),
+        },
         "message" => Incoming::Message { seq: frame.seq, stamp: frame.body.and_then(stamp_of) },
         "ack" => match (frame.id.as_ref().and_then(serde_json::Value::as_u64), frame.seq) {
             (Some(id), Some(seq)) => Incoming::Ack { id, seq },
@@ -111,7 +118,9 @@ pub fn parse_socketio(text: &str) -> Incoming {
         Some(b'0') => Incoming::Connected,
         Some(b'1') => Incoming::Disconnect,
         Some(b'4') => Incoming::Error { code: "connect_error".into() },
-        Some(b'3') if sio[1..].starts_with(JOIN_ACK_ID) => Incoming::Joined { seq: None },
+        Some(b'3') if sio[1..].starts_with(JOIN_ACK_ID) => {
+            Incoming::Joined { seq: None, epoch: None, recovered: false }
+        }
         Some(b'2') => {
             let Ok(args) = serde_json::from_str::<Vec<&RawValue>>(&sio[1..]) else {
                 return Incoming::Other;
@@ -197,7 +206,13 @@ mod tests {
             parse_native(
                 r#"{"type":"welcome","room":"r","user":"u","node":"n","members":["u"],"seq":4}"#
             ),
-            Incoming::Joined { seq: Some(4) }
+            Incoming::Joined { seq: Some(4), epoch: None, recovered: false }
+        );
+        assert_eq!(
+            parse_native(
+                r#"{"type":"welcome","room":"r","user":"u","node":"n","members":["u"],"seq":4,"epoch":"e-1","recovered":true}"#
+            ),
+            Incoming::Joined { seq: Some(4), epoch: Some("e-1".into()), recovered: true }
         );
         assert_eq!(
             parse_native(r#"{"type":"ack","id":7,"seq":9}"#),
@@ -219,7 +234,10 @@ mod tests {
         assert_eq!(parse_socketio(r#"0{"sid":"a","pingInterval":25000}"#), Incoming::Open);
         assert_eq!(parse_socketio("2"), Incoming::Ping);
         assert_eq!(parse_socketio(r#"40{"sid":"b"}"#), Incoming::Connected);
-        assert_eq!(parse_socketio(r#"430["ok"]"#), Incoming::Joined { seq: None });
+        assert_eq!(
+            parse_socketio(r#"430["ok"]"#),
+            Incoming::Joined { seq: None, epoch: None, recovered: false }
+        );
         let b = body(4, 5, 6, 0);
         let stamp = Some(Stamp { s: 4, c: 5, t: 6 });
         assert_eq!(

@@ -106,6 +106,29 @@ pub struct Cpu {
     pub total_s: f64,
 }
 
+/// How connections came back after a close (`--reconnect` runs only).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Reconnects {
+    /// Attempts to come back, successful or not.
+    pub attempts: u64,
+    /// Attempts that got a welcome.
+    pub back: u64,
+    /// Failed attempts by cause (`refused`, `http_503`, `timeout`, ...).
+    pub failures: BTreeMap<String, u64>,
+    /// Connections that used up `--reconnect-attempts`.
+    pub gave_up: u64,
+    /// Time to re-home: from the close (or break) to the next welcome, back-off included.
+    pub rehome_us: Latency,
+    /// From the dial of the attempt that got in to its welcome.
+    pub connect_us: Latency,
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Self::of(&new_histogram())
+    }
+}
+
 /// One run (or several merged shards).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -142,10 +165,30 @@ pub struct Report {
     /// End-to-end latency of measured deliveries: receive time minus the body's send stamp.
     pub latency_us: Latency,
     pub check: Verdict,
+    /// Present with `--reconnect`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconnect: Option<Reconnects>,
     pub cpu: Cpu,
     pub wall_s: f64,
     /// No loss, duplicate, reorder or unacked publish.
     pub ok: bool,
+}
+
+impl Reconnects {
+    fn merged(mut self, o: &Reconnects) -> anyhow::Result<Self> {
+        self.attempts += o.attempts;
+        self.back += o.back;
+        add_maps(&mut self.failures, &o.failures);
+        self.gave_up += o.gave_up;
+        for (mine, theirs) in
+            [(&mut self.rehome_us, &o.rehome_us), (&mut self.connect_us, &o.connect_us)]
+        {
+            let mut h = mine.histogram()?;
+            h.add(theirs.histogram()?).context("merging reconnect latency")?;
+            *mine = Latency::of(&h);
+        }
+        Ok(self)
+    }
 }
 
 fn add_maps(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
@@ -201,6 +244,10 @@ impl Report {
             out.deliveries_per_s += r.deliveries_per_s;
             latency.add(r.latency_us.histogram()?).context("merging latency")?;
             out.check.merge(&r.check);
+            out.reconnect = match (out.reconnect.take(), &r.reconnect) {
+                (Some(a), Some(b)) => Some(a.merged(b)?),
+                (a, b) => a.or_else(|| b.clone()),
+            };
             out.cpu.user_s += r.cpu.user_s;
             out.cpu.system_s += r.cpu.system_s;
             out.cpu.total_s += r.cpu.total_s;
@@ -255,6 +302,37 @@ impl Report {
             ),
         );
         let v = &self.check;
+        if let (Some(r), Some(w)) = (&self.reconnect, &v.resumes) {
+            let causes: Vec<String> = r.failures.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            row(
+                "reconnects",
+                format!(
+                    "{} back of {} attempts (failed {}; gave up {}, not back {})",
+                    r.back,
+                    r.attempts,
+                    causes.join(" "),
+                    r.gave_up,
+                    w.not_back
+                ),
+            );
+            row(
+                "resumed welcomes",
+                format!(
+                    "recovered {} / not recovered {} / without epoch {} (publishes cut {})",
+                    w.recovered, w.not_recovered, w.fresh, w.cut
+                ),
+            );
+            let h = &r.rehome_us.summary;
+            row(
+                "re-home close->welcome",
+                format!("p50 {} p99 {} max {}", ms(h.p50), ms(h.p99), ms(h.max)),
+            );
+            let h = &r.connect_us.summary;
+            row(
+                "re-home dial->welcome",
+                format!("p50 {} p99 {} max {}", ms(h.p50), ms(h.p99), ms(h.max)),
+            );
+        }
         row(
             "loss / dup / reorder",
             format!(
@@ -326,6 +404,7 @@ pub(crate) mod tests {
             deliveries_per_s: values.len() as f64,
             latency_us: Latency::of(&h),
             check: Verdict { receivers: 9, ..Verdict::default() },
+            reconnect: None,
             cpu: Cpu { user_s: 0.5, system_s: 0.25, total_s: 0.75 },
             wall_s: 2.0,
             ok: true,

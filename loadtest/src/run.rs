@@ -1,6 +1,7 @@
 //! One run: connect the shard's connections at `--connect-rate`, publish for warmup +
 //! duration, drain, close, and fold what every connection saw into a [`Report`]. Connection
-//! tasks only observe; one collector thread owns the histograms and the checker.
+//! tasks only observe; one collector thread owns the histograms and the checker. With
+//! `--reconnect` a connection that closes or breaks comes back (back-off, resume) until the end.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -22,7 +23,8 @@ pub use crate::counters::Counters;
 use crate::cpu;
 use crate::dialect::{self, Dialect, Incoming};
 use crate::progress::{Progress, ProgressMode};
-use crate::report::{Connect, Latency, REPORT_VERSION, Report, new_histogram};
+use crate::reconnect::{Backoff, ResumePoint};
+use crate::report::{Connect, Latency, REPORT_VERSION, Reconnects, Report, new_histogram};
 use crate::scenario::{Dist, Plan, Shard, room_name, user_name};
 use crate::target::Target;
 
@@ -59,6 +61,8 @@ pub struct RunConfig {
     pub progress: ProgressMode,
     /// Tokens and TLS, when the fleet wants them.
     pub access: Access,
+    /// `--reconnect`: come back after a close with this back-off and resume.
+    pub reconnect: Option<Backoff>,
 }
 
 impl RunConfig {
@@ -85,6 +89,7 @@ impl RunConfig {
             prefix: "lt".into(),
             progress: ProgressMode::Quiet,
             access: Access::default(),
+            reconnect: None,
         })
     }
 }
@@ -101,12 +106,27 @@ enum Phase {
 /// What connections tell the collector.
 enum Note {
     Check(Event),
-    Delivery { event: Event, sent_us: u64, recv_us: u64 },
+    Delivery {
+        event: Event,
+        sent_us: u64,
+        recv_us: u64,
+    },
     Foreign,
-    Connected { us: u64 },
+    Connected {
+        us: u64,
+    },
     ConnectFailed(String),
     Disconnected(String),
     ServerError(String),
+    /// `--reconnect`: back in after a close: close to welcome, and dial to welcome, in µs.
+    Rehomed {
+        us: u64,
+        connect_us: u64,
+    },
+    /// `--reconnect`: one attempt to come back failed.
+    ReconnectFailed(String),
+    /// `--reconnect`: a connection stopped trying (attempts used up).
+    GaveUp,
 }
 
 struct Shared {
@@ -155,8 +175,15 @@ async fn dial(target: SocketAddr, src: Option<IpAddr>) -> Result<TcpStream, Stri
     Ok(stream)
 }
 
-/// Reads until the member is in the room; returns `welcome.seq`.
-async fn join(ws: &mut Ws, dialect: Dialect, room: &str) -> Result<Option<u64>, String> {
+/// What a welcome (or Socket.IO's join ack) said.
+struct Welcome {
+    seq: Option<u64>,
+    epoch: Option<String>,
+    recovered: bool,
+}
+
+/// Reads until the member is in the room.
+async fn join(ws: &mut Ws, dialect: Dialect, room: &str) -> Result<Welcome, String> {
     // Bounded by the caller's connect timeout, and in count: a server chatting forever
     // before the welcome is a failure too.
     for _ in 0..64 {
@@ -174,7 +201,9 @@ async fn join(ws: &mut Ws, dialect: Dialect, room: &str) -> Result<Option<u64>, 
             Dialect::Socketio => dialect::parse_socketio(&text),
         };
         let reply = match incoming {
-            Incoming::Joined { seq } => return Ok(seq),
+            Incoming::Joined { seq, epoch, recovered } => {
+                return Ok(Welcome { seq, epoch, recovered });
+            }
             Incoming::Error { code } => return Err(format!("error_{code}")),
             Incoming::Open => dialect::SIO_CONNECT.to_owned(),
             Incoming::Connected => dialect::socketio_join(room),
@@ -187,17 +216,20 @@ async fn join(ws: &mut Ws, dialect: Dialect, room: &str) -> Result<Option<u64>, 
     Err("no_welcome".into())
 }
 
-async fn open(sh: &Shared, conn: usize) -> Result<(Ws, Option<u64>), String> {
+/// Dials and joins; `resume` is the `&since=..&epoch=..` of a comeback.
+async fn open(sh: &Shared, conn: usize, resume: Option<&str>) -> Result<(Ws, Welcome), String> {
     let cfg = &sh.cfg;
     let seat = sh.plan.seats[conn];
     let room = room_name(&cfg.prefix, seat.room);
     let user = user_name(&cfg.prefix, conn);
-    let url = cfg.access.url(cfg.target.request_url(cfg.dialect, &room, &user), &user, &room)?;
+    let mut request = cfg.target.request_url(cfg.dialect, &room, &user);
+    request.push_str(resume.unwrap_or_default());
+    let url = cfg.access.url(request, &user, &room)?;
     let src = (!cfg.src_ips.is_empty()).then(|| cfg.src_ips[conn % cfg.src_ips.len()]);
     let stream = dial(cfg.target.addr, src).await?;
     let mut ws = cfg.access.handshake(&url, stream, ws_config()).await.map_err(|e| ws_cause(&e))?;
-    let seq = join(&mut ws, cfg.dialect, &room).await?;
-    Ok((ws, seq))
+    let welcome = join(&mut ws, cfg.dialect, &room).await?;
+    Ok((ws, welcome))
 }
 
 async fn tick(ticker: &mut Option<Interval>) {
@@ -209,14 +241,23 @@ async fn tick(ticker: &mut Option<Interval>) {
     }
 }
 
-/// One connection from dial to close.
+/// A connection's publishing, kept across its sessions.
+struct Publisher {
+    sender: bool,
+    ticker: Option<Interval>,
+    counter: u64,
+    /// Publishes of this session not acked yet: cut when the session breaks.
+    outstanding: u64,
+}
+
+/// One connection from dial to close; with `--reconnect`, over all its sessions.
 async fn connection(sh: Arc<Shared>, conn: usize, permit: tokio::sync::OwnedSemaphorePermit) {
     let c = &sh.counters;
     c.attempted.fetch_add(1, Relaxed);
     let started = Instant::now();
-    let opened = tokio::time::timeout(sh.cfg.connect_timeout, open(&sh, conn)).await;
+    let opened = tokio::time::timeout(sh.cfg.connect_timeout, open(&sh, conn, None)).await;
     drop(permit);
-    let (mut ws, welcome_seq) = match opened {
+    let (mut ws, welcome) = match opened {
         Ok(Ok(ok)) => ok,
         Ok(Err(cause)) => return fail(&sh, cause).await,
         Err(_) => return fail(&sh, "timeout".into()).await,
@@ -224,40 +265,94 @@ async fn connection(sh: Arc<Shared>, conn: usize, permit: tokio::sync::OwnedSema
     let us = started.elapsed().as_micros() as u64;
     let room = sh.plan.seats[conn].room;
     let me = conn as u32;
-    let _ = sh.notes.send(Note::Check(Event::Welcome { conn: me, room, seq: welcome_seq })).await;
+    let mut point = ResumePoint::default();
+    let first = match sh.cfg.reconnect {
+        None => Event::Welcome { conn: me, room, seq: welcome.seq },
+        Some(_) => {
+            point.welcomed(welcome.seq.unwrap_or(0), welcome.epoch.clone(), welcome.recovered);
+            session_event(me, room, welcome, None)
+        }
+    };
+    let _ = sh.notes.send(Note::Check(first)).await;
     let _ = sh.notes.send(Note::Connected { us }).await;
     c.connected.fetch_add(1, Relaxed);
     c.alive.fetch_add(1, Relaxed);
 
-    let sender = sh.cfg.rate > 0.0 && sh.plan.is_sender(conn);
+    let mut publisher = Publisher {
+        sender: sh.cfg.rate > 0.0 && sh.plan.is_sender(conn),
+        ticker: None,
+        counter: 0,
+        outstanding: 0,
+    };
     let mut phase = sh.phase.clone();
-    let mut ticker: Option<Interval> = None;
-    let mut counter = 0u64;
-    let broken = loop {
+    // Bounded: every pass needs a new welcome, and comebacks stop at the run's end.
+    loop {
+        let broken = session(&sh, &mut ws, me, room, &mut publisher, &mut phase, &mut point).await;
+        c.alive.fetch_sub(1, Relaxed);
+        let Some(cause) = broken else { return goodbye(&sh, ws).await };
+        c.cut.fetch_add(std::mem::take(&mut publisher.outstanding), Relaxed);
+        let _ = sh.notes.send(Note::Check(Event::Closed { conn: me })).await;
+        let _ = sh.notes.send(Note::Disconnected(cause)).await;
+        let Some(backoff) = sh.cfg.reconnect else { return };
+        let closed = Instant::now();
+        let Some((back, welcome, connect_us)) =
+            comeback(&sh, conn, &backoff, &point, &mut phase).await
+        else {
+            return;
+        };
+        ws = back;
+        let since = point.epoch.is_some().then_some(point.seq);
+        point.welcomed(welcome.seq.unwrap_or(0), welcome.epoch.clone(), welcome.recovered);
+        let _ = sh.notes.send(Note::Check(session_event(me, room, welcome, since))).await;
+        let us = closed.elapsed().as_micros() as u64;
+        let _ = sh.notes.send(Note::Rehomed { us, connect_us }).await;
+        c.alive.fetch_add(1, Relaxed);
+    }
+}
+
+fn session_event(conn: u32, room: u32, w: Welcome, since: Option<u64>) -> Event {
+    let seq = w.seq.unwrap_or(0);
+    Event::Session { conn, room, seq, epoch: w.epoch, recovered: w.recovered, since }
+}
+
+/// Publishes and reads until the run closes (None) or the connection breaks (its cause).
+async fn session(
+    sh: &Shared,
+    ws: &mut Ws,
+    me: u32,
+    room: u32,
+    p: &mut Publisher,
+    phase: &mut watch::Receiver<Phase>,
+    point: &mut ResumePoint,
+) -> Option<String> {
+    let c = &sh.counters;
+    loop {
         match *phase.borrow_and_update() {
-            Phase::Publishing if sender && ticker.is_none() => {
+            Phase::Publishing if p.sender && p.ticker.is_none() => {
                 let period = Duration::from_secs_f64(1.0 / sh.cfg.rate);
                 // Spread senders over the period so the room does not get bursts.
-                let offset = period.mul_f64((conn % 1000) as f64 / 1000.0);
+                let offset = period.mul_f64((me % 1000) as f64 / 1000.0);
                 let mut t = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
                 t.set_missed_tick_behavior(MissedTickBehavior::Delay);
-                ticker = Some(t);
+                p.ticker = Some(t);
             }
             Phase::Publishing => {}
-            Phase::Connecting | Phase::Draining => ticker = None,
-            Phase::Closing => break None,
+            Phase::Connecting | Phase::Draining => p.ticker = None,
+            Phase::Closing => return None,
         }
         tokio::select! {
-            changed = phase.changed() => if changed.is_err() { break None },
-            () = tick(&mut ticker) => {
+            changed = phase.changed() => if changed.is_err() { return None },
+            () = tick(&mut p.ticker) => {
                 let sent_us = now_us();
-                let body = dialect::body(me, counter, sent_us, sh.cfg.size);
-                let frame = dialect::publish(sh.cfg.dialect, counter, &body);
-                let _ = sh.notes.send(Note::Check(Event::Published { room, sender: me, counter })).await;
-                counter += 1;
+                let body = dialect::body(me, p.counter, sent_us, sh.cfg.size);
+                let frame = dialect::publish(sh.cfg.dialect, p.counter, &body);
+                let published = Event::Published { room, sender: me, counter: p.counter };
+                let _ = sh.notes.send(Note::Check(published)).await;
+                p.counter += 1;
+                p.outstanding += 1;
                 c.published.fetch_add(1, Relaxed);
                 if let Err(e) = ws.send(Message::text(frame)).await {
-                    break Some(ws_cause(&e));
+                    return Some(ws_cause(&e));
                 }
             }
             frame = ws.next() => {
@@ -268,42 +363,84 @@ async fn connection(sh: Arc<Shared>, conn: usize, permit: tokio::sync::OwnedSema
                             Dialect::Native => dialect::parse_native(&text),
                             Dialect::Socketio => dialect::parse_socketio(&text),
                         };
-                        if let Some(cause) = handle(&sh, &mut ws, me, room, incoming, recv_us).await {
-                            break Some(cause);
+                        match incoming {
+                            Incoming::Message { seq: Some(seq), .. } => point.got(seq),
+                            Incoming::Ack { .. } => p.outstanding = p.outstanding.saturating_sub(1),
+                            _ => {}
+                        }
+                        if let Some(cause) = handle(sh, ws, me, room, incoming, recv_us).await {
+                            return Some(cause);
                         }
                     }
                     Some(Ok(Message::Close(f))) => {
-                        break Some(f.map_or("close".into(), |f| format!("close_{}", u16::from(f.code))));
+                        return Some(f.map_or("close".into(), |f| format!("close_{}", u16::from(f.code))));
                     }
                     Some(Ok(_)) => {}
-                    Some(Err(e)) => break Some(ws_cause(&e)),
-                    None => break Some("eof".into()),
+                    Some(Err(e)) => return Some(ws_cause(&e)),
+                    None => return Some("eof".into()),
                 }
             }
         }
-    };
-    c.alive.fetch_sub(1, Relaxed);
-    match broken {
-        Some(cause) => {
-            let _ = sh.notes.send(Note::Check(Event::Closed { conn: me })).await;
-            let _ = sh.notes.send(Note::Disconnected(cause)).await;
+    }
+}
+
+/// The client's own close at the end of the run.
+async fn goodbye(sh: &Shared, mut ws: Ws) {
+    let bye = async {
+        if sh.cfg.dialect == Dialect::Socketio {
+            let _ = ws.send(Message::text("41")).await;
         }
-        None => {
-            let bye = async {
-                if sh.cfg.dialect == Dialect::Socketio {
-                    let _ = ws.send(Message::text("41")).await;
-                }
-                let _ = ws.close(None).await;
-                // Bounded: the server's close reply, or at most 64 late frames.
-                for _ in 0..64 {
-                    if !matches!(ws.next().await, Some(Ok(_))) {
-                        break;
-                    }
-                }
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(2), bye).await;
+        let _ = ws.close(None).await;
+        // Bounded: the server's close reply, or at most 64 late frames.
+        for _ in 0..64 {
+            if !matches!(ws.next().await, Some(Ok(_))) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), bye).await;
+}
+
+/// Comes back after a close: waits the back-off, dials with the resume point, at most
+/// `backoff.attempts` times and never past the run's end. Returns the new connection, its
+/// welcome and how long the successful attempt took (µs).
+async fn comeback(
+    sh: &Shared,
+    conn: usize,
+    backoff: &Backoff,
+    point: &ResumePoint,
+    phase: &mut watch::Receiver<Phase>,
+) -> Option<(Ws, Welcome, u64)> {
+    let resume = point.query();
+    for n in 0..backoff.attempts {
+        let wait = tokio::time::sleep(backoff.delay(n, fastrand::f64()));
+        tokio::pin!(wait);
+        // Bounded by the run: the wait ends early when the run closes.
+        loop {
+            if *phase.borrow_and_update() == Phase::Closing {
+                return None;
+            }
+            tokio::select! {
+                () = &mut wait => break,
+                changed = phase.changed() => if changed.is_err() { return None },
+            }
+        }
+        let started = Instant::now();
+        let timeout = sh.cfg.connect_timeout;
+        match tokio::time::timeout(timeout, open(sh, conn, resume.as_deref())).await {
+            Ok(Ok((ws, welcome))) => {
+                return Some((ws, welcome, started.elapsed().as_micros() as u64));
+            }
+            Ok(Err(cause)) => {
+                let _ = sh.notes.send(Note::ReconnectFailed(cause)).await;
+            }
+            Err(_) => {
+                let _ = sh.notes.send(Note::ReconnectFailed("timeout".into())).await;
+            }
         }
     }
+    let _ = sh.notes.send(Note::GaveUp).await;
+    None
 }
 
 /// Acts on one parsed frame; returns a cause when the connection is over.
@@ -359,15 +496,20 @@ struct Collected {
     disconnects: BTreeMap<String, u64>,
     server_errors: BTreeMap<String, u64>,
     delivered_measured: u64,
+    reconnects: Option<Reconnects>,
+    rehome: Histogram<u64>,
+    reconnect_latency: Histogram<u64>,
 }
 
 /// Runs until every sender of `notes` is gone (the end of the run).
 fn collect(
     mut notes: mpsc::Receiver<Note>,
     dialect: Dialect,
+    reconnect: bool,
     measure_from_us: Arc<AtomicU64>,
 ) -> Collected {
     let mut checker = match dialect {
+        _ if reconnect => Checker::across_reconnects(),
         Dialect::Native => Checker::new(),
         Dialect::Socketio => Checker::without_acks(),
     };
@@ -379,6 +521,9 @@ fn collect(
         disconnects: BTreeMap::new(),
         server_errors: BTreeMap::new(),
         delivered_measured: 0,
+        reconnects: reconnect.then(Reconnects::default),
+        rehome: new_histogram(),
+        reconnect_latency: new_histogram(),
     };
     while let Some(note) = notes.blocking_recv() {
         match note {
@@ -395,7 +540,30 @@ fn collect(
             Note::ConnectFailed(cause) => *out.connect_failures.entry(cause).or_default() += 1,
             Note::Disconnected(cause) => *out.disconnects.entry(cause).or_default() += 1,
             Note::ServerError(code) => *out.server_errors.entry(code).or_default() += 1,
+            Note::Rehomed { us, connect_us } => {
+                out.rehome.saturating_record(us.max(1));
+                out.reconnect_latency.saturating_record(connect_us.max(1));
+                if let Some(r) = &mut out.reconnects {
+                    r.attempts += 1;
+                    r.back += 1;
+                }
+            }
+            Note::ReconnectFailed(cause) => {
+                if let Some(r) = &mut out.reconnects {
+                    r.attempts += 1;
+                    *r.failures.entry(cause).or_default() += 1;
+                }
+            }
+            Note::GaveUp => {
+                if let Some(r) = &mut out.reconnects {
+                    r.gave_up += 1;
+                }
+            }
         }
+    }
+    if let Some(r) = &mut out.reconnects {
+        r.rehome_us = Latency::of(&out.rehome);
+        r.connect_us = Latency::of(&out.reconnect_latency);
     }
     out.verdict = checker.finish();
     out
@@ -413,9 +581,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     let collector = {
         let m = measure_from.clone();
         let dialect = cfg.dialect;
+        let reconnect = cfg.reconnect.is_some();
         std::thread::Builder::new()
             .name("loadtest-collector".into())
-            .spawn(move || collect(notes_rx, dialect, m))?
+            .spawn(move || collect(notes_rx, dialect, reconnect, m))?
     };
     let (phase_tx, phase_rx) = watch::channel(Phase::Connecting);
     let counters = Arc::new(Counters::default());
@@ -518,6 +687,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         },
         latency_us: Latency::of(&collected.latency),
         check: collected.verdict,
+        reconnect: collected.reconnects,
         cpu: crate::report::Cpu {
             user_s: cpu_after.user_s - cpu_before.user_s,
             system_s: cpu_after.system_s - cpu_before.system_s,
@@ -549,8 +719,9 @@ async fn drain(cfg: &RunConfig, c: &Counters) {
             last = now;
             quiet_since = tokio::time::Instant::now();
         }
-        let acked =
-            cfg.dialect != Dialect::Native || c.acked.load(Relaxed) >= c.published.load(Relaxed);
+        // Publishes cut by a broken session (--reconnect) will never be acked.
+        let settled = c.acked.load(Relaxed) + c.cut.load(Relaxed);
+        let acked = cfg.dialect != Dialect::Native || settled >= c.published.load(Relaxed);
         if acked && quiet_since.elapsed() >= Duration::from_millis(300) {
             return;
         }
