@@ -26,7 +26,7 @@ done
 ROUTER=$(start failover-router "$BIN/router" --api 127.0.0.1:0 --listen "127.0.0.1:$RT" --admin "127.0.0.1:$((RT + 1))" \
   --discovery redis --redis "$REDIS" --max-connections-per-ip 0)
 for i in $(seq 100); do
-  n=$(curl -fsS "http://127.0.0.1:$((RT + 1))/admin/ring" | python3 -c 'import json,sys; print(sum(1 for n in json.load(sys.stdin)["nodes"] if n["healthy"] and not n["draining"] and n["share"] > 0))' 2>/dev/null || echo 0)
+  n=$(ring_ready "http://127.0.0.1:$((RT + 1))")
   [ "$n" = 3 ] && break; sleep 0.1
 done
 

@@ -72,3 +72,28 @@ for k in sys.argv[2].split("."):
     v=v[int(k)] if isinstance(v,list) else v[k]
 print(v)' "$1" "$2"
 }
+
+# free_ports N: N distinct loopback ports nobody listens on right now.
+free_ports() {
+  python3 -c 'import socket,sys
+s=[socket.socket() for _ in range(int(sys.argv[1]))]
+for x in s: x.bind(("127.0.0.1",0))
+print(" ".join(str(x.getsockname()[1]) for x in s))' "$1"
+}
+
+# wait_exit PID [SECONDS]: until the process is gone.
+wait_exit() {
+  local pid=$1 t=${2:-30} i
+  for ((i = 0; i < t * 10; i++)); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  echo "process $pid still running after ${t}s" >&2
+  return 1
+}
+
+# ring_ready ADMIN_URL: how many nodes the router would place on (healthy, not draining).
+ring_ready() {
+  curl -fsS "$1/admin/ring" 2>/dev/null | python3 -c 'import json,sys
+print(sum(1 for n in json.load(sys.stdin)["nodes"] if n["healthy"] and not n["draining"] and n["share"] > 0))' 2>/dev/null || echo 0
+}
