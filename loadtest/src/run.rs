@@ -290,10 +290,10 @@ async fn connection(sh: Arc<Shared>, conn: usize, permit: tokio::sync::OwnedSema
         let broken = session(&sh, &mut ws, me, room, &mut publisher, &mut phase, &mut point).await;
         c.alive.fetch_sub(1, Relaxed);
         let Some(cause) = broken else { return goodbye(&sh, ws).await };
-        c.cut.fetch_add(std::mem::take(&mut publisher.outstanding), Relaxed);
         let _ = sh.notes.send(Note::Check(Event::Closed { conn: me })).await;
         let _ = sh.notes.send(Note::Disconnected(cause)).await;
         let Some(backoff) = sh.cfg.reconnect else { return };
+        c.cut.fetch_add(std::mem::take(&mut publisher.outstanding), Relaxed);
         let closed = Instant::now();
         let Some((back, welcome, connect_us)) =
             comeback(&sh, conn, &backoff, &point, &mut phase).await
