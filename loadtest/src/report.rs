@@ -303,7 +303,11 @@ impl Report {
         );
         let v = &self.check;
         if let (Some(r), Some(w)) = (&self.reconnect, &v.resumes) {
-            let causes: Vec<String> = r.failures.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let mut causes: Vec<String> =
+                r.failures.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            if causes.is_empty() {
+                causes.push("none".into());
+            }
             row(
                 "reconnects",
                 format!(
