@@ -55,7 +55,7 @@ fleet_up() {
   RUNS=()
   for i in 0 1 2; do node_start $i; done
   for j in 0 1; do
-    ROUTER[$j]=$(start "chaos-$MODE-router$j" "$BIN/router" --listen "127.0.0.1:${RT[$j]}" \
+    ROUTER[$j]=$(start "chaos-$MODE-router$j" "$BIN/router" --api 127.0.0.1:0 --listen "127.0.0.1:${RT[$j]}" \
       --admin "127.0.0.1:${RA[$j]}" --discovery redis --redis "redis://127.0.0.1:$RPORT" \
       --max-connections-per-ip 0)
   done
