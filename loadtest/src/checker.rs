@@ -98,8 +98,8 @@ pub struct Resumes {
     pub fresh: u64,
     /// Receivers that lost their connection and were not back by the end.
     pub not_back: u64,
-    /// Publishes whose session broke before their ack: not judged (the client does not
-    /// resend them), unless some receiver got them.
+    /// Publishes whose session broke before their ack: never judged (the client does not
+    /// resend them, and nobody knows whether they were stamped).
     pub cut: u64,
 }
 
