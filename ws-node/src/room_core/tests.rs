@@ -72,6 +72,41 @@ fn read_history(r: &mut RoomCore, mut out: Vec<Action>, seq: u64, t: Instant) ->
     out
 }
 
+/// Node `from`'s sync note on the room's channel.
+fn sync_from(from: &str, seq: u64, users: &[&str]) -> Event {
+    let users = users.iter().map(|u| (user(u), None)).collect();
+    let frame = Note::Sync { seq, users }.envelope().head.into();
+    Event::BusFrame { seq: 0, origin: Arc::from(from), conn: 0, frame }
+}
+
+/// A stamped message frame with `seq` (what the bus or the store hands a room).
+fn message_frame(seq: u64) -> Utf8Bytes {
+    let f = format!(r#"{{"type":"message","room":"r","from":"x","seq":{seq},"ts":1,"body":1}}"#);
+    Utf8Bytes::from(f)
+}
+
+/// The frames an event's actions deliver, as text.
+fn delivered(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Deliver { frame, .. } => Some(frame.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A room on node `a` spanning with `b`, whose sync said `seq` and `users`; member 1 (ann)
+/// is welcomed.
+fn spanning(t: Instant, seq: u64, users: &[&str]) -> RoomCore {
+    let mut r = opening(t, "b");
+    r.on(Event::Subscribed(true), t);
+    let out = r.on(sync_from("b", seq, users), t);
+    read_history(&mut r, out, seq, t);
+    assert_eq!(r.mode(), Mode::Spanning);
+    r
+}
+
 /// A room on node `a` whose member 1 (ann) waits while it opens; the bus said `holder`
 /// holds the room too.
 fn opening(t: Instant, holder: &str) -> RoomCore {
@@ -172,9 +207,7 @@ fn seq_never_moves_backwards_when_a_sync_reports_a_lower_one() {
     r.on(Event::Subscribed(true), t);
     let frame = Utf8Bytes::from_static(r#"{"type":"message","seq":9}"#);
     r.on(Event::BusFrame { seq: 9, origin: Arc::from("c"), conn: 5, frame }, t);
-    let sync = Note::Sync { seq: 4, users: vec![] }.envelope().head;
-    let out =
-        r.on(Event::BusFrame { seq: 0, origin: Arc::from("b"), conn: 0, frame: sync.into() }, t);
+    let out = r.on(sync_from("b", 4, &[]), t);
     let out = read_history(&mut r, out, 4, t);
     assert_eq!(r.seq(), 9, "the old handshake set seq = 4");
     match out.iter().find(|a| matches!(a, Action::Admit { .. })) {
@@ -186,13 +219,7 @@ fn seq_never_moves_backwards_when_a_sync_reports_a_lower_one() {
 #[test]
 fn after_a_redis_restart_the_bus_seq_is_raised_before_anyone_publishes() {
     let t = Instant::now();
-    let mut r = opening(t, "b");
-    r.on(Event::Subscribed(true), t);
-    let sync = Note::Sync { seq: 41, users: vec![(user("bob"), None)] }.envelope().head;
-    let out =
-        r.on(Event::BusFrame { seq: 0, origin: Arc::from("b"), conn: 0, frame: sync.into() }, t);
-    read_history(&mut r, out, 41, t);
-    assert_eq!(r.mode(), Mode::Spanning);
+    let mut r = spanning(t, 41, &["bob"]);
     r.on(Event::BusLost, t);
     let out = r.on(Event::BusRestored, t);
     assert_eq!(ops(&out), vec![BusOp::Register, BusOp::RaiseSeq(41), BusOp::CatchUp { after: 41 }]);
@@ -266,25 +293,12 @@ fn a_member_of_two_nodes_is_one_presence() {
 #[test]
 fn a_gap_on_the_bus_is_caught_up_from_the_log_in_order() {
     let t = Instant::now();
-    let mut r = opening(t, "b");
-    r.on(Event::Subscribed(true), t);
-    let sync = Note::Sync { seq: 0, users: vec![] }.envelope().head;
-    let out =
-        r.on(Event::BusFrame { seq: 0, origin: Arc::from("b"), conn: 0, frame: sync.into() }, t);
-    read_history(&mut r, out, 0, t);
+    let mut r = spanning(t, 0, &[]);
     let msg = |s: u64| Event::BusFrame {
         seq: s,
         origin: Arc::from("b"),
         conn: 9,
         frame: Utf8Bytes::from(format!("m{s}")),
-    };
-    let delivered = |out: &[Action]| -> Vec<String> {
-        out.iter()
-            .filter_map(|a| match a {
-                Action::Deliver { frame, .. } => Some(frame.to_string()),
-                _ => None,
-            })
-            .collect()
     };
     assert_eq!(delivered(&r.on(msg(1), t)), ["m1"]);
     let out = r.on(msg(4), t);
@@ -374,10 +388,7 @@ fn a_reopened_room_continues_the_stored_epoch_and_seq() {
     r.start(t);
     r.on(resume(1, "ann", 40, "e"), t);
     r.on(Event::Registered(Some(vec![])), t);
-    let frame = |s: u64| {
-        let f = format!(r#"{{"type":"message","room":"r","from":"x","seq":{s},"ts":1,"body":1}}"#);
-        (s, t, Utf8Bytes::from(f))
-    };
+    let frame = |s: u64| (s, t, message_frame(s));
     let l =
         crate::history::Loaded { epoch: "e".into(), seq: 42, entries: vec![frame(41), frame(42)] };
     let out = r.on(Event::HistoryLoaded(l), t);
@@ -408,25 +419,11 @@ fn a_durable_room_delivers_and_acks_only_once_stored() {
     r.on(publish(1, "b"), t);
     let out = r.on(join(2, "bob"), t);
     assert_eq!(welcome_of(&out).0.seq, 0, "a joiner's welcome is before what waits");
-    let out = r.on(Event::Persisted { upto: 1, ok: true }, t);
-    let frames: Vec<String> = out
-        .iter()
-        .filter_map(|a| match a {
-            Action::Deliver { frame, .. } => Some(frame.to_string()),
-            _ => None,
-        })
-        .collect();
+    let frames = delivered(&r.on(Event::Persisted { upto: 1, ok: true }, t));
     assert_eq!(frames.len(), 2, "message 1 and its ack: {frames:?}");
     assert!(frames[1].contains(r#""type":"ack""#));
     // The store failing: the message still goes out, with an error instead of an ack.
-    let out = r.on(Event::Persisted { upto: 2, ok: false }, t);
-    let frames: Vec<String> = out
-        .iter()
-        .filter_map(|a| match a {
-            Action::Deliver { frame, .. } => Some(frame.to_string()),
-            _ => None,
-        })
-        .collect();
+    let frames = delivered(&r.on(Event::Persisted { upto: 2, ok: false }, t));
     assert!(frames[0].contains(r#""seq":2"#) && frames[1].contains("degraded"), "{frames:?}");
     assert_eq!(r.delivered(), 2);
 }
@@ -436,14 +433,9 @@ fn what_the_channel_carries_while_the_history_is_read_is_merged_once() {
     let t = Instant::now();
     let mut r = opening(t, "b");
     r.on(Event::Subscribed(true), t);
-    let sync = Note::Sync { seq: 2, users: vec![] }.envelope().head;
-    let out =
-        r.on(Event::BusFrame { seq: 0, origin: Arc::from("b"), conn: 0, frame: sync.into() }, t);
+    let out = r.on(sync_from("b", 2, &[]), t);
     assert!(ops(&out).iter().any(|o| matches!(o, BusOp::LoadHistory { .. })));
-    let msg = |s: u64| {
-        let f = format!(r#"{{"type":"message","room":"r","from":"x","seq":{s},"ts":1,"body":1}}"#);
-        Utf8Bytes::from(f)
-    };
+    let msg = message_frame;
     // 3 is in the store and on the channel; 4 only on the channel.
     for s in [3, 4] {
         r.on(Event::BusFrame { seq: s, origin: Arc::from("b"), conn: 9, frame: msg(s) }, t);
@@ -518,13 +510,7 @@ fn a_post_to_a_member_room_is_delivered_to_all_with_the_next_seq() {
 #[test]
 fn a_post_to_a_spanning_room_goes_through_the_bus_and_is_answered_with_its_seq() {
     let t = Instant::now();
-    let mut r = opening(t, "b");
-    r.on(Event::Subscribed(true), t);
-    let sync = Note::Sync { seq: 5, users: vec![(user("bob"), None)] }.envelope().head;
-    let out =
-        r.on(Event::BusFrame { seq: 0, origin: Arc::from("b"), conn: 0, frame: sync.into() }, t);
-    read_history(&mut r, out, 5, t);
-    assert_eq!(r.mode(), Mode::Spanning);
+    let mut r = spanning(t, 5, &["bob"]);
     let out = r.on(post(3, "x"), t);
     assert!(
         ops(&out).iter().any(|o| matches!(o, BusOp::Publish { conn, .. } if *conn == POST | 3)),
