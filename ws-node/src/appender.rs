@@ -1,8 +1,8 @@
 //! The node's history writer: every message a room stamps itself is queued here and
 //! appended to the store in batches, one round trip for all of the node's rooms per flush
 //! interval (never one per message). A batch the store refuses is kept and retried, with
-//! back-off, so a Redis restart loses no history the rooms still hold; each room is told
-//! how far its history is stored (durable rooms deliver and ack only then).
+//! back-off, so a Redis restart loses no history the rooms still hold. Durable rooms are
+//! told how far their history is stored: they deliver and ack only then.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,8 +32,9 @@ pub(crate) struct Entry {
     pub policy: Policy,
     pub seq: u64,
     pub frame: Utf8Bytes,
-    /// The room's owner, told how far the store holds its history.
-    pub(crate) owner: mpsc::Sender<Input>,
+    /// The owner of a durable room, told how far the store holds its history (its
+    /// messages wait for that); `None` for the others, which nothing waits on.
+    pub(crate) owner: Option<mpsc::Sender<Input>>,
 }
 
 enum Msg {
@@ -85,7 +86,7 @@ struct Pending {
     epoch: Arc<str>,
     policy: Policy,
     entries: Vec<(u64, Utf8Bytes)>,
-    owner: mpsc::Sender<Input>,
+    owner: Option<mpsc::Sender<Input>>,
 }
 
 async fn run(
@@ -198,7 +199,9 @@ async fn flush(bus: &dyn Bus, metrics: &Metrics, pending: &mut HashMap<RoomId, P
     for (room, ok) in rooms.into_iter().zip(took.into_iter().chain(std::iter::repeat(false))) {
         let Some(p) = pending.get(&room) else { continue };
         let upto = p.entries.last().map_or(0, |e| e.0);
-        tell(&p.owner, Event::Persisted { upto, ok });
+        if let Some(owner) = &p.owner {
+            tell(owner, Event::Persisted { upto, ok });
+        }
         if ok {
             metrics.history_appends.add(p.entries.len() as u64);
             pending.remove(&room);

@@ -482,7 +482,7 @@ impl Owner {
                     policy: self.core.history().policy(),
                     seq,
                     frame,
-                    owner: self.handle.tx.clone(),
+                    owner: self.core.durable().then(|| self.handle.tx.clone()),
                 }),
                 Action::Refuse { conn } => {
                     if let Some((_, reply)) = self.pending.remove(&conn) {

@@ -462,6 +462,10 @@ impl RoomCore {
     pub fn everyone(&self) -> &Everyone {
         self.presence.everyone()
     }
+    /// Whether its messages go out only once stored.
+    pub fn durable(&self) -> bool {
+        self.cfg.durable
+    }
     pub fn epoch(&self) -> &Arc<str> {
         &self.epoch
     }
