@@ -74,6 +74,9 @@ fn query(t: &WsTarget, id: Option<&Identity>, ticket: Option<&str>) -> String {
     if let Some(r) = &t.resume {
         q.push_str(&format!("&since={}&epoch={}", r.since, r.epoch));
     }
+    if t.history > 0 {
+        q.push_str(&format!("&history={}", t.history));
+    }
     if let Some(ticket) = ticket {
         // Base64url and '.': nothing to escape.
         q.push_str(&format!("&ticket={ticket}"));

@@ -23,7 +23,13 @@ pub enum IdError {
     BadEpoch,
     #[error("since and epoch go together: a resume needs both")]
     HalfResume,
+    #[error("history must be a count from 0 to {MAX_HISTORY}")]
+    BadHistory,
 }
+
+/// Most messages a first connect may ask for with `history=N`; the room's own
+/// `max_recovery` and what it holds may give fewer.
+pub const MAX_HISTORY: usize = 1000;
 
 fn allowed(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-')
@@ -134,6 +140,9 @@ pub struct WsTarget {
     pub user: Option<UserId>,
     /// `since` and `epoch`, when the client resumes.
     pub resume: Option<Resume>,
+    /// `history=N`: the last N messages after the welcome of a first connect (0: none;
+    /// a resume ignores it).
+    pub history: usize,
 }
 
 /// Parses the query string of `GET /ws?room=R&user=U`. IDs use only unreserved characters,
@@ -143,6 +152,7 @@ pub fn parse_ws_query(query: Option<&str>) -> Result<WsTarget, IdError> {
     let mut user = None;
     let mut since = None;
     let mut epoch = None;
+    let mut history = None;
     for pair in query.unwrap_or("").split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k {
@@ -150,6 +160,7 @@ pub fn parse_ws_query(query: Option<&str>) -> Result<WsTarget, IdError> {
             "user" => user = Some(v),
             "since" => since = Some(v),
             "epoch" => epoch = Some(v),
+            "history" => history = Some(v),
             _ => {}
         }
     }
@@ -172,7 +183,17 @@ pub fn parse_ws_query(query: Option<&str>) -> Result<WsTarget, IdError> {
         }
         _ => return Err(IdError::HalfResume),
     };
-    Ok(WsTarget { room, user, resume })
+    let history = match history {
+        None => 0,
+        Some(h) if !h.is_empty() && h.bytes().all(|b| b.is_ascii_digit()) => {
+            match h.parse::<usize>() {
+                Ok(n) if n <= MAX_HISTORY => n,
+                _ => return Err(IdError::BadHistory),
+            }
+        }
+        Some(_) => return Err(IdError::BadHistory),
+    };
+    Ok(WsTarget { room, user, resume, history })
 }
 
 #[cfg(test)]
@@ -221,5 +242,18 @@ mod tests {
         assert_eq!(bad("room=r&since=99999999999999999999999&epoch=e"), IdError::BadSince);
         assert_eq!(bad("room=r&since=1&epoch="), IdError::BadEpoch);
         assert_eq!(bad("room=r&since=1&epoch=a%20b"), IdError::BadEpoch);
+    }
+
+    #[test]
+    fn parses_a_history_count() {
+        let h = |q: &str| parse_ws_query(Some(q)).map(|t| t.history);
+        assert_eq!(h("room=r"), Ok(0));
+        assert_eq!(h("room=r&history=20"), Ok(20));
+        assert_eq!(h("room=r&history=0"), Ok(0));
+        assert_eq!(h(&format!("room=r&history={MAX_HISTORY}")), Ok(MAX_HISTORY));
+        for bad in ["", "-1", "1x", "+3", "1001", "99999999999999999999999", "%31"] {
+            assert_eq!(h(&format!("room=r&history={bad}")), Err(IdError::BadHistory), "{bad}");
+        }
+        assert_eq!(h("room=r&history"), Err(IdError::BadHistory));
     }
 }

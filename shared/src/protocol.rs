@@ -62,6 +62,8 @@ pub enum ErrorCode {
     Forbidden,
     /// A `refresh` token that is invalid, for another `sub`, not later, or not for this room.
     BadToken,
+    /// A `read` marker above the room's current `seq`: nobody can have read that far.
+    BadRead,
 }
 
 impl ErrorCode {
@@ -78,11 +80,12 @@ impl ErrorCode {
             Self::Internal => "internal",
             Self::Forbidden => "forbidden",
             Self::BadToken => "bad_token",
+            Self::BadRead => "bad_read",
         }
     }
 
     /// Every code, for metrics labels and docs.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         Self::BadJson,
         Self::UnknownType,
         Self::BinaryUnsupported,
@@ -94,6 +97,7 @@ impl ErrorCode {
         Self::Internal,
         Self::Forbidden,
         Self::BadToken,
+        Self::BadRead,
     ];
 }
 
@@ -114,6 +118,8 @@ pub enum ClientFrame {
     Signal { body: Box<RawValue> },
     /// A later token for the same `sub`, so the connection outlives the first one's `exp`.
     Refresh { token: String },
+    /// The user has read the room up to `seq`; the other members get a `read` frame.
+    Read { seq: u64 },
 }
 
 /// What is wrong with a client's text frame.
@@ -131,6 +137,7 @@ struct RawClientFrame<'a> {
     body: Option<Box<RawValue>>,
     id: Option<Box<RawValue>>,
     token: Option<String>,
+    seq: Option<Box<RawValue>>,
 }
 
 impl ClientFrame {
@@ -156,6 +163,13 @@ impl ClientFrame {
                 None => Err(FrameError {
                     code: ErrorCode::BadJson,
                     message: "refresh needs a string token".into(),
+                }),
+            },
+            "read" => match raw.seq.as_deref().map(|s| s.get().parse::<u64>()) {
+                Some(Ok(seq)) => Ok(Self::Read { seq }),
+                _ => Err(FrameError {
+                    code: ErrorCode::BadJson,
+                    message: "read needs seq, an unsigned integer".into(),
                 }),
             },
             other => Err(FrameError {
@@ -208,6 +222,8 @@ pub enum ServerFrame {
     /// First frame: who is in the room (every node) and the last `seq` before this member.
     /// `info` holds the members that carry one (from their token), by user. `epoch` names
     /// the room's history; `recovered` says a resume's missed messages follow, in order.
+    /// `reads` holds the read markers the room knows, by user; `history` says how many of
+    /// the room's last messages (up to `seq`) follow on a first connect with `history=N`.
     Welcome {
         room: RoomId,
         user: UserId,
@@ -218,6 +234,10 @@ pub enum ServerFrame {
         recovered: bool,
         #[serde(skip_serializing_if = "Option::is_none", default)]
         info: Option<std::collections::BTreeMap<UserId, Box<RawValue>>>,
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        reads: Option<std::collections::BTreeMap<UserId, u64>>,
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        history: Option<usize>,
     },
     /// A published message, to every member including the sender.
     Message {
@@ -241,6 +261,8 @@ pub enum ServerFrame {
     },
     /// An ephemeral relay (typing, cursors): not sequenced, not acknowledged.
     Signal { from: UserId, body: Box<RawValue> },
+    /// `user` has read the room up to `seq` (its marker only ever rises).
+    Read { user: UserId, seq: u64 },
     /// Something the client sent could not be processed; `code` is stable.
     Error { code: ErrorCode, message: String },
 }
@@ -289,6 +311,10 @@ mod tests {
             ClientFrame::parse(r#"{"type":"refresh","token":"a.b.c"}"#),
             Ok(ClientFrame::Refresh { token }) if token == "a.b.c"
         ));
+        assert!(matches!(
+            ClientFrame::parse(r#"{"type":"read","seq":12}"#),
+            Ok(ClientFrame::Read { seq: 12 })
+        ));
     }
 
     #[test]
@@ -301,6 +327,14 @@ mod tests {
         assert_eq!(code(r#"{"type":"publish","id":-1}"#), ErrorCode::BadId);
         let long = format!(r#"{{"type":"publish","id":"{}"}}"#, "x".repeat(65));
         assert_eq!(code(&long), ErrorCode::BadId);
+        for bad in [
+            r#"{"type":"read"}"#,
+            r#"{"type":"read","seq":-1}"#,
+            r#"{"type":"read","seq":"3"}"#,
+            r#"{"type":"read","seq":1.5}"#,
+        ] {
+            assert_eq!(code(bad), ErrorCode::BadJson, "{bad}");
+        }
     }
 
     #[test]
@@ -317,6 +351,8 @@ mod tests {
             m.to_json(),
             r#"{"type":"message","room":"r","from":"u","seq":3,"ts":10,"body":{"a":1}}"#
         );
+        let r = ServerFrame::Read { user: UserId::parse("u").unwrap(), seq: 4 };
+        assert_eq!(r.to_json(), r#"{"type":"read","user":"u","seq":4}"#);
         let e = ServerFrame::error(ErrorCode::RateLimited, "slow down");
         assert_eq!(e.to_json(), r#"{"type":"error","code":"rate_limited","message":"slow down"}"#);
         for code in ErrorCode::ALL {

@@ -59,11 +59,19 @@ pub enum Control {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "note", rename_all = "snake_case")]
 pub enum Note {
-    /// "I span this room from here on; these are my users, and my last `seq`." Every
-    /// message of the sender after this note comes through the bus.
-    Sync { seq: u64, users: Vec<(UserId, Option<String>)> },
+    /// "I span this room from here on; these are my users, my last `seq`, and the read
+    /// markers I know." Every message of the sender after this note comes through the bus.
+    /// `reads` is absent from nodes that predate read markers.
+    Sync {
+        seq: u64,
+        users: Vec<(UserId, Option<String>)>,
+        #[serde(default)]
+        reads: Vec<(UserId, u64)>,
+    },
     /// A user appeared on (or vanished from) the sender's members.
     Presence { user: UserId, present: bool, info: Option<String> },
+    /// A user of the sender's read the room up to `seq` (markers only rise: idempotent).
+    Read { user: UserId, seq: u64 },
 }
 
 impl Note {

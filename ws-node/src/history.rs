@@ -155,6 +155,12 @@ impl History {
         self.entries.iter().skip(skip).take(limit).map(|e| e.frame.clone()).collect()
     }
 
+    /// The newest `n` messages up to `last` (a first connect's `history=N`), oldest first.
+    pub fn newest(&self, last: u64, n: usize) -> Vec<Utf8Bytes> {
+        let end = self.entries.partition_point(|e| e.seq <= last);
+        self.entries.range(end.saturating_sub(n)..end).map(|e| e.frame.clone()).collect()
+    }
+
     /// The messages after `since` up to `last` (the room's last delivered `seq`), when the
     /// history holds every one of them and they are at most `max`; `None` otherwise.
     pub fn replay(&self, since: u64, last: u64, max: usize) -> Option<Vec<Utf8Bytes>> {
@@ -196,6 +202,10 @@ mod tests {
         assert_eq!(x.replay(0, 5, 100).unwrap().len(), 5);
         assert!(x.replay(6, 5, 100).is_none(), "since ahead of the room");
         assert!(x.replay(1, 5, 3).is_none(), "more than max_recovery missed");
+        assert_eq!(x.newest(5, 2), vec![f(4), f(5)]);
+        assert_eq!(x.newest(4, 2), vec![f(3), f(4)]);
+        assert_eq!(x.newest(5, 99).len(), 5);
+        assert!(x.newest(5, 0).is_empty());
     }
 
     #[test]

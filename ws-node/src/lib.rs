@@ -10,6 +10,7 @@ mod frames;
 pub mod history;
 pub mod hooks;
 mod internal;
+pub mod markers;
 pub mod metrics;
 mod node;
 mod posts;

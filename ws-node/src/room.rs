@@ -99,6 +99,8 @@ pub struct Member {
     pub kill: Arc<Kill>,
     /// Where the connection asks to resume from (`since`/`epoch`).
     pub resume: Option<Resume>,
+    /// `history=N`: how many of the room's last messages a first connect asks for.
+    pub history: usize,
 }
 
 /// Why a join was refused after the upgrade.
@@ -140,6 +142,10 @@ pub(crate) enum Input {
     Signal {
         conn: u64,
         body: Box<RawValue>,
+    },
+    Read {
+        conn: u64,
+        seq: u64,
     },
     Bus(Event),
     Inspect(oneshot::Sender<RoomInfo>),
@@ -331,6 +337,7 @@ impl Owner {
                     user: member.user.clone(),
                     info: member.info.clone(),
                     resume: member.resume.clone(),
+                    history: member.history,
                 };
                 self.pending.insert(member.conn, (member, reply));
                 Some(ev)
@@ -342,6 +349,7 @@ impl Owner {
             }
             Input::Publish { conn, env, id } => Some(Event::Publish { conn, env, id }),
             Input::Signal { conn, body } => Some(Event::Signal { conn, body }),
+            Input::Read { conn, seq } => Some(Event::Read { conn, seq }),
             Input::Bus(ev) => Some(ev),
             Input::Inspect(reply) => {
                 let _ = reply.send(self.info());

@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::bus::{Envelope, Note, stamp};
 use crate::frames;
 use crate::history::{History, Loaded, Policy};
+use crate::markers::{Markers, Reads, Snapshot};
 use crate::presence::{Change, Everyone, Presence};
 
 /// A member's connection on this node, or (with [`POST`] set) a server publish waiting
@@ -54,6 +55,8 @@ pub struct Settings {
     pub max_recovery: usize,
     /// A message this room stamps goes out (and is acked) only once the store holds it.
     pub durable: bool,
+    /// Users whose read (and delivered) markers the room keeps at most.
+    pub max_markers: usize,
 }
 
 /// Where the room's events are ordered.
@@ -105,9 +108,16 @@ pub enum Event {
         user: UserId,
         info: Option<Arc<str>>,
         resume: Option<Resume>,
+        /// `history=N` of a first connect: the last N messages follow the welcome.
+        history: usize,
     },
     Leave {
         conn: Conn,
+    },
+    /// A member says its user has read the room up to `seq`.
+    Read {
+        conn: Conn,
+        seq: u64,
     },
     /// A member's message, pre-serialized without its `seq` (frames.rs).
     Publish {
@@ -228,6 +238,9 @@ pub struct Welcome {
     pub epoch: Arc<str>,
     pub recovered: bool,
     pub members: Everyone,
+    pub reads: Reads,
+    /// How many of the room's last messages follow (`history=N`), 0 for none.
+    pub history: usize,
 }
 
 impl Welcome {
@@ -250,6 +263,9 @@ impl Welcome {
             epoch: self.epoch.to_string(),
             recovered: self.recovered,
             info: (!info.is_empty()).then_some(info),
+            reads: (!self.reads.is_empty())
+                .then(|| self.reads.iter().map(|(u, s)| (u.clone(), *s)).collect()),
+            history: (self.history > 0).then_some(self.history),
         }
         .to_json()
     }
@@ -263,7 +279,7 @@ pub enum Action {
         frame: Utf8Bytes,
     },
     /// Admit the joiner: its welcome is the first frame it gets, then the messages it
-    /// missed (a recovered resume), then live ones.
+    /// missed (a recovered resume) or asked for (`history=N`), then live ones.
     Admit {
         conn: Conn,
         welcome: Box<Welcome>,
@@ -344,6 +360,7 @@ struct Joiner {
     user: UserId,
     info: Option<Arc<str>>,
     resume: Option<Resume>,
+    history: usize,
 }
 
 /// A publish waiting for the room to settle.
@@ -380,6 +397,8 @@ pub struct RoomCore {
     now: Instant,
     members: HashMap<Conn, UserId>,
     presence: Presence,
+    /// Read markers (every node's users) and delivered markers (this node's).
+    markers: Markers,
     joins: Vec<Joiner>,
     queued: VecDeque<Queued>,
     /// Server publishes taken and not yet answered: the room stays open for them.
@@ -413,6 +432,7 @@ impl RoomCore {
     pub fn new(cfg: Settings) -> Self {
         Self {
             history: History::new(cfg.history),
+            markers: Markers::new(cfg.max_markers),
             cfg,
             mode: Mode::Opening,
             seq: 0,
@@ -476,6 +496,11 @@ impl RoomCore {
     pub fn delivered(&self) -> u64 {
         self.unstored.front().map_or(self.seq, |u| u.seq - 1)
     }
+    /// Every user's read marker, and the delivered marker of this node's users (for the
+    /// archive and the server API).
+    pub fn markers(&self) -> Snapshot {
+        self.markers.snapshot(self.presence.local_users().iter().map(|(u, _)| u), self.delivered())
+    }
 
     /// When the owner must send [`Event::Tick`] next.
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -501,10 +526,11 @@ impl RoomCore {
 
     fn step(&mut self, ev: Event, now: Instant, out: &mut Vec<Action>) {
         match ev {
-            Event::Join { conn, user, info, resume } => {
-                self.on_join(Joiner { conn, user, info, resume }, now, out)
+            Event::Join { conn, user, info, resume, history } => {
+                self.on_join(Joiner { conn, user, info, resume, history }, now, out)
             }
             Event::Leave { conn } => self.on_leave(conn, out),
+            Event::Read { conn, seq } => self.on_read(conn, seq, out),
             Event::Publish { conn, env, id } => self.on_publish(Queued { conn, env, id }, out),
             Event::Signal { conn, body } => self.on_signal(conn, body, out),
             Event::Post { post, env } => self.on_post(post, env, now, out),
@@ -556,7 +582,7 @@ impl RoomCore {
     }
 
     fn admit(&mut self, j: Joiner, out: &mut Vec<Action>) {
-        let Joiner { conn, user, info, resume } = j;
+        let Joiner { conn, user, info, resume, history } = j;
         if self.members.len() >= self.cfg.max_members {
             out.push(Action::Refuse { conn });
             return;
@@ -572,19 +598,28 @@ impl RoomCore {
         self.members.insert(conn, user.clone());
         let last = self.delivered();
         self.history.trim(self.now);
-        let replay = resume
-            .filter(|r| *r.epoch == *self.epoch)
-            .and_then(|r| self.history.replay(r.since, last, self.cfg.max_recovery));
+        let (recovered, replay) = match resume {
+            Some(r) if *r.epoch == *self.epoch => {
+                match self.history.replay(r.since, last, self.cfg.max_recovery) {
+                    Some(replay) => (true, replay),
+                    None => (false, Vec::new()),
+                }
+            }
+            Some(_) => (false, Vec::new()),
+            // A first connect: the room's last messages, as many as held and allowed.
+            None => (false, self.history.newest(last, history.min(self.cfg.max_recovery))),
+        };
         let welcome = Welcome {
             room: self.cfg.room.clone(),
             user: user.clone(),
             node: self.cfg.node.clone(),
             seq: last,
             epoch: self.epoch.clone(),
-            recovered: replay.is_some(),
+            recovered,
             members: self.presence.everyone().clone(),
+            reads: self.markers.reads().clone(),
+            history: if recovered { 0 } else { replay.len() },
         };
-        let replay = replay.unwrap_or_default();
         out.push(Action::Admit { conn, welcome: Box::new(welcome), replay });
         if let Some(c) = change {
             out.push(presence_frame(&c, To::AllBut(conn)));
@@ -605,6 +640,11 @@ impl RoomCore {
         let Some(user) = self.members.remove(&conn) else { return };
         self.queued.retain(|q| q.conn != conn);
         let (last_here, change) = self.presence.leave_local(&user);
+        if last_here {
+            let delivered = self.delivered();
+            let presence = &self.presence;
+            self.markers.left(&user, delivered, |u| presence.everyone().contains_key(u));
+        }
         if let Some(c) = change {
             out.push(presence_frame(&c, To::All));
             out.push(Action::Hook(Hook::Left { user: user.clone() }));
@@ -616,6 +656,53 @@ impl RoomCore {
             out.push(Action::Bus(BusOp::Send(
                 Note::Presence { user, present: false, info: None }.envelope(),
             )));
+        }
+    }
+
+    /// A member's read marker: checked against what the room delivered, kept when it rises,
+    /// told to the other members here and (through the channel) on every node.
+    fn on_read(&mut self, conn: Conn, seq: u64, out: &mut Vec<Action>) {
+        let Some(user) = self.members.get(&conn).cloned() else { return };
+        let last = self.delivered();
+        if seq > last {
+            let why = format!("read seq {seq} is above the room's seq {last}");
+            let frame = frames::text(&ServerFrame::error(ErrorCode::BadRead, why));
+            out.push(Action::Deliver { to: To::One(conn), frame });
+            return;
+        }
+        let presence = &self.presence;
+        if !self.markers.read(&user, seq, |u| presence.everyone().contains_key(u)) {
+            return;
+        }
+        let frame = frames::text(&ServerFrame::Read { user: user.clone(), seq });
+        out.push(Action::Deliver { to: To::AllBut(conn), frame });
+        if self.spans() && self.bus_up {
+            out.push(Action::Bus(BusOp::Send(Note::Read { user, seq }.envelope())));
+        }
+        // Otherwise the next sync carries it: a switch, a restore and a span all sync.
+    }
+
+    /// A read marker from another node. One above what this node delivered (a message it
+    /// lost and is catching up, a history being read) waits until it has, so a member
+    /// never hears of a read before the message: see [`RoomCore::release_reads`].
+    fn remote_read(&mut self, user: UserId, seq: u64, out: &mut Vec<Action>) {
+        if seq > self.delivered() {
+            self.markers.hold(&user, seq);
+            return;
+        }
+        let presence = &self.presence;
+        if self.markers.read(&user, seq, |u| presence.everyone().contains_key(u))
+            && !self.members.is_empty()
+        {
+            let frame = frames::text(&ServerFrame::Read { user, seq });
+            out.push(Action::Deliver { to: To::All, frame });
+        }
+    }
+
+    /// Applies the other nodes' markers that waited for this node to deliver their `seq`.
+    fn release_reads(&mut self, out: &mut Vec<Action>) {
+        for (user, seq) in self.markers.release(self.delivered()) {
+            self.remote_read(user, seq, out);
         }
     }
 
@@ -855,7 +942,8 @@ impl RoomCore {
     fn sync(&self, out: &mut Vec<Action>) {
         let users =
             self.presence.local_users().into_iter().map(|(u, i)| (u, i.map(|i| i.to_string())));
-        let note = Note::Sync { seq: self.seq, users: users.collect() };
+        let reads = self.markers.reads().iter().map(|(u, s)| (u.clone(), *s)).collect();
+        let note = Note::Sync { seq: self.seq, users: users.collect(), reads };
         out.push(Action::Bus(BusOp::Send(note.envelope())));
     }
 
@@ -917,6 +1005,7 @@ impl RoomCore {
 
     /// After every event: an empty room closes; a settled room sends what waited.
     fn settle(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.release_reads(out);
         if self.members.is_empty()
             && self.joins.is_empty()
             && self.posts == 0
@@ -949,6 +1038,8 @@ impl RoomCore {
         self.synced.clear();
         self.next_repair = None;
         if self.joins.is_empty() && self.posts == 0 {
+            // Every user has left: their markers go with the room (the archive keeps them).
+            self.markers.clear();
             self.set_mode(Mode::Closed);
             out.push(Action::Close);
         } else {
@@ -1012,7 +1103,7 @@ impl RoomCore {
         }
         let Ok(note) = serde_json::from_str::<Note>(frame.as_str()) else { return };
         match note {
-            Note::Sync { seq, users } => {
+            Note::Sync { seq, users, reads } => {
                 let users = users.into_iter().map(|(u, i)| (u, i.map(Arc::from))).collect();
                 for c in self.presence.replace_remote(origin, users) {
                     out.push(presence_frame(&c, To::All));
@@ -1021,6 +1112,9 @@ impl RoomCore {
                 self.waiting.remove(origin);
                 if self.mode == Mode::Opening {
                     self.seq = self.seq.max(seq);
+                }
+                for (user, at) in reads {
+                    self.remote_read(user, at, out);
                 }
                 self.alone_since = None;
                 self.opened_if_synced(out);
@@ -1032,6 +1126,7 @@ impl RoomCore {
                     out.push(presence_frame(&c, To::All));
                 }
             }
+            Note::Read { user, seq } => self.remote_read(user, seq, out),
         }
     }
 

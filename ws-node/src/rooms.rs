@@ -20,6 +20,10 @@ use crate::room::{self, Input, JoinError, Member, RoomHandle, Shared};
 use crate::room_core::{Event, PostError, Settings};
 use crate::suspects::Suspects;
 
+/// Users whose read and delivered markers a room keeps at most; past it, the lowest
+/// marker of a user who is not in the room makes way.
+pub const MAX_MARKERS: usize = 10_000;
+
 /// Timing of the rooms' spanning protocol (node config).
 #[derive(Debug, Clone)]
 pub struct RoomTimers {
@@ -84,6 +88,10 @@ impl Membership {
 
     pub async fn signal(&self, body: Box<RawValue>) {
         let _ = self.room.tx.send(Input::Signal { conn: self.conn, body }).await;
+    }
+
+    pub async fn read(&self, seq: u64) {
+        let _ = self.room.tx.send(Input::Read { conn: self.conn, seq }).await;
     }
 }
 
@@ -177,6 +185,7 @@ impl Rooms {
             max_queued: MAX_QUEUED,
             history: self.config.history_of(id.as_str()),
             max_recovery: self.config.max_recovery,
+            max_markers: MAX_MARKERS,
             durable: self.config.durable_ack,
         };
         let me = self.me.clone();

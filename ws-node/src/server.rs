@@ -173,7 +173,7 @@ fn upgrade(node: &Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
     node.metrics.upgrades.inc();
     let user = match &access {
         Some(id) => id.user.clone(),
-        None => target.user.unwrap_or_else(anonymous_user),
+        None => target.user.clone().unwrap_or_else(anonymous_user),
     };
     let subprotocol = shared::auth::offers_subprotocol(req.headers());
     let cfg = WebSocketConfig::default()
@@ -192,8 +192,7 @@ fn upgrade(node: &Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
                     Some(cfg),
                 )
                 .await;
-                let (room, resume) = (target.room, target.resume);
-                crate::session::run(session_node, ws, room, user, access, resume, conn).await;
+                crate::session::run(session_node, ws, target, user, access, conn).await;
             }
             Err(e) => {
                 session_node.release_slot();

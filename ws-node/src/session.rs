@@ -9,7 +9,7 @@ use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use shared::auth::{Identity, Rights, unix_secs};
-use shared::ids::{Resume, RoomId, UserId};
+use shared::ids::{RoomId, UserId, WsTarget};
 use shared::protocol::{ClientFrame, ErrorCode, ServerFrame, close, unix_ms};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -52,23 +52,24 @@ impl Drop for ConnGuard {
 }
 
 /// Serves one upgraded connection until it closes. The caller reserved its slot.
+/// `target` says the room and how the connection starts (resume, history);
 /// `access` is the verified identity when auth is on: its `info` goes to the member list,
 /// its rights and `exp` are enforced here.
 pub(crate) async fn run(
     node: Arc<Node>,
     mut ws: Ws,
-    room_id: RoomId,
+    target: WsTarget,
     user: UserId,
     access: Option<Identity>,
-    resume: Option<Resume>,
     conn: u64,
 ) {
+    let WsTarget { room: room_id, resume, history, .. } = target;
     let _guard = ConnGuard(node.clone());
     let cfg = &node.config;
     let (tx, mut rx) = mpsc::channel(cfg.outbound_queue.max(2));
     let kill = Arc::new(Kill::child_of(&node.token));
     let info = access.as_ref().and_then(|a| a.info.as_deref()).map(|i| Arc::from(i.get()));
-    let member = Member { conn, user, info, tx, kill: kill.clone(), resume };
+    let member = Member { conn, user, info, tx, kill: kill.clone(), resume, history };
     node.kills.insert(conn, kill.clone());
     let joined = tokio::select! {
         j = node.rooms.join(&room_id, member.clone()) => j,
@@ -263,6 +264,7 @@ async fn handle(node: &Arc<Node>, room: &Membership, member: &Member, frame: Cli
             node.metrics.signals.inc();
             room.signal(body).await;
         }
+        ClientFrame::Read { seq } => room.read(seq).await,
         // Answered in the loop, which owns the connection's identity and expiry.
         ClientFrame::Refresh { .. } => {}
     }

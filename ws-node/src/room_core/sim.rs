@@ -1,8 +1,9 @@
 //! A deterministic world for property tests: one room on three nodes, each a [`RoomCore`],
 //! over a simulated bus (node set, `seq`, log, history store, channel, control) that can
 //! lose its Pub/Sub frames, duplicate control messages, restart empty, and lose a node.
-//! Members leave and resume elsewhere with `since`/`epoch`. Random event sequences are
-//! checked against docs/protocol.md's guarantees.
+//! Members leave, resume elsewhere with `since`/`epoch`, join with `history=N`, and mark
+//! what they read. Random event sequences are checked against docs/protocol.md's
+//! guarantees, read markers included (they only rise, never pass the room's `seq`).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -16,6 +17,10 @@ const NODES: usize = 3;
 #[derive(Debug, Clone)]
 enum Step {
     Join(usize),
+    /// A first connect on node `n` asking for `h` messages of history.
+    JoinWithHistory(usize, usize),
+    /// Member `k` of node `n` reads up to its last message, plus `over` (refused if > 0).
+    Read(usize, usize, u64),
     Leave(usize, usize),
     /// Member `k` of node `n` reconnects to node `m` with `since`/`epoch`.
     Resume(usize, usize, usize),
@@ -37,6 +42,9 @@ enum Step {
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         3 => (0..NODES).prop_map(Step::Join),
+        1 => (0..NODES, 0..8usize).prop_map(|(n, h)| Step::JoinWithHistory(n, h)),
+        3 => (0..NODES, 0..4usize, prop_oneof![4 => Just(0u64), 1 => 1..3u64])
+            .prop_map(|(n, k, o)| Step::Read(n, k, o)),
         1 => (0..NODES, 0..4usize).prop_map(|(n, k)| Step::Leave(n, k)),
         2 => (0..NODES, 0..4usize, 0..NODES).prop_map(|(n, k, m)| Step::Resume(n, k, m)),
         6 => (0..NODES, 0..4usize).prop_map(|(n, k)| Step::Publish(n, k)),
@@ -59,6 +67,10 @@ struct Member {
     /// The resume it connected with.
     resume: Option<Resume>,
     user: String,
+    /// The read markers it was told (welcome, then `read` frames), by user.
+    reads: BTreeMap<String, u64>,
+    /// `bad_read` errors it got.
+    bad_reads: usize,
 }
 
 #[derive(Debug)]
@@ -77,6 +89,8 @@ struct Node {
     dead: bool,
     /// Channels the node's bus resubscribes after a reconnect.
     wants_sub: bool,
+    /// The read markers the node's core held after the last step (reset when it closes).
+    reads: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -140,6 +154,7 @@ impl World {
             history: crate::history::Policy { size: 50, ttl: Duration::from_secs(300) },
             max_recovery: 100,
             durable: false,
+            max_markers: 100,
         }
     }
 
@@ -170,6 +185,16 @@ impl World {
                         }
                         match v["type"].as_str() {
                             Some("message") => m.seqs.push(v["seq"].as_u64().unwrap()),
+                            Some("read") => {
+                                let (u, s) =
+                                    (v["user"].as_str().unwrap(), v["seq"].as_u64().unwrap());
+                                let before = m.reads.insert(u.to_owned(), s);
+                                assert!(
+                                    before.is_none_or(|b| b < s),
+                                    "read {u} {s} after {before:?}"
+                                );
+                            }
+                            Some("error") if v["code"] == "bad_read" => m.bad_reads += 1,
                             Some("ack") if to == To::One(*c) => {
                                 self.acked.push((n, v["seq"].as_u64().unwrap()))
                             }
@@ -184,6 +209,7 @@ impl World {
                 Action::Admit { conn, welcome, replay } => {
                     if let Some(m) = node.members.get_mut(&conn) {
                         m.epoch = Some(welcome.epoch.clone());
+                        m.reads = welcome.reads.iter().map(|(u, s)| (u.to_string(), *s)).collect();
                         match (&m.resume, welcome.recovered) {
                             (Some(r), true) => {
                                 self.recovered += 1;
@@ -194,9 +220,19 @@ impl World {
                                     m.seqs.push(v["seq"].as_u64().unwrap());
                                 }
                             }
-                            _ => {
+                            (Some(_), false) => {
                                 assert!(replay.is_empty(), "a replay without recovered:true");
                                 m.welcome = Some(welcome.seq);
+                            }
+                            (None, _) => {
+                                // History on join: the room's last messages up to its seq.
+                                assert_eq!(replay.len(), welcome.history);
+                                m.welcome = Some(welcome.seq - replay.len() as u64);
+                                for f in &replay {
+                                    let v: serde_json::Value =
+                                        serde_json::from_str(f.as_str()).unwrap();
+                                    m.seqs.push(v["seq"].as_u64().unwrap());
+                                }
                             }
                         }
                     }
@@ -391,7 +427,29 @@ impl World {
         match s {
             Step::Join(n) if !self.nodes[n].dead => {
                 let user = format!("u{}", self.next_conn % 5);
-                self.join(n, user, None, base);
+                self.join(n, user, None, 0, base);
+            }
+            Step::JoinWithHistory(n, h) if !self.nodes[n].dead => {
+                let user = format!("u{}", self.next_conn % 5);
+                self.join(n, user, None, h, base);
+            }
+            Step::Read(n, k, over) => {
+                let node = &self.nodes[n];
+                let Some((&conn, m)) =
+                    node.members.iter().filter(|(_, m)| m.welcome.is_some()).nth(k)
+                else {
+                    return;
+                };
+                let seen = m.seqs.last().copied().or(m.welcome).unwrap_or(0);
+                let refused = m.bad_reads;
+                self.feed(n, Event::Read { conn, seq: seen + over }, base);
+                if over > 0 {
+                    let m = &self.nodes[n].members[&conn];
+                    let room = self.nodes[n].core.as_ref().map_or(0, |c| c.delivered());
+                    if seen + over > room {
+                        assert_eq!(m.bad_reads, refused + 1, "a read above the room's seq");
+                    }
+                }
             }
             Step::Leave(n, k) => {
                 let Some(conn) = self.nodes[n].members.keys().nth(k).copied() else { return };
@@ -405,7 +463,7 @@ impl World {
                 let user = old.user.clone();
                 self.nodes[n].members.remove(&conn);
                 self.feed(n, Event::Leave { conn }, base);
-                self.join(m, user, Some(Resume { since, epoch: epoch.to_string() }), base);
+                self.join(m, user, Some(Resume { since, epoch: epoch.to_string() }), 0, base);
             }
             Step::Publish(n, k) => {
                 let node = &self.nodes[n];
@@ -465,7 +523,14 @@ impl World {
     }
 
     /// A new connection on node `n` (opening the room there if needed).
-    fn join(&mut self, n: usize, user: String, resume: Option<Resume>, base: Instant) {
+    fn join(
+        &mut self,
+        n: usize,
+        user: String,
+        resume: Option<Resume>,
+        history: usize,
+        base: Instant,
+    ) {
         let conn = self.next_conn;
         self.next_conn += 1;
         let m = Member { resume: resume.clone(), user: user.clone(), ..Member::default() };
@@ -477,7 +542,32 @@ impl World {
             self.apply(n, out);
         }
         let user = UserId::parse(&user).unwrap();
-        self.feed(n, Event::Join { conn, user, info: None, resume }, base);
+        self.feed(n, Event::Join { conn, user, info: None, resume, history }, base);
+    }
+
+    /// After every step: each node's read markers only rose, and none is above the `seq`
+    /// the node delivered.
+    fn check_reads(&mut self) {
+        for (n, node) in self.nodes.iter_mut().enumerate() {
+            let Some(core) = node.core.as_ref() else {
+                node.reads.clear();
+                continue;
+            };
+            let now: BTreeMap<String, u64> =
+                core.markers().read.iter().map(|(u, s)| (u.to_string(), *s)).collect();
+            if now.is_empty() && core.mode() == Mode::Closed {
+                node.reads.clear();
+                continue;
+            }
+            for (u, s) in &now {
+                assert!(*s <= core.delivered(), "node {n}: {u} read {s} above the room's seq");
+            }
+            for (u, before) in &node.reads {
+                let after = now.get(u).copied().unwrap_or(0);
+                assert!(after >= *before, "node {n}: {u}'s marker fell from {before} to {after}");
+            }
+            node.reads = now;
+        }
     }
 
     /// Every node sees its bus connection drop and come back (resubscribing).
@@ -509,6 +599,18 @@ impl World {
             for n in &holding {
                 let mode = self.nodes[*n].core.as_ref().map(|c| c.mode());
                 assert_eq!(mode, Some(Mode::Spanning), "node {n}: split room after repair");
+            }
+        }
+        // Read markers reach every node that holds the room (none was lost with a node).
+        if holding.len() > 1 && !self.killed {
+            let reads = |n: usize| self.nodes[n].core.as_ref().map(|c| c.markers().read);
+            for n in &holding[1..] {
+                assert_eq!(
+                    reads(*n),
+                    reads(holding[0]),
+                    "nodes {n} and {}: read markers",
+                    holding[0]
+                );
             }
         }
         for (n, node) in self.nodes.iter().enumerate() {
@@ -558,6 +660,7 @@ proptest! {
         let mut w = World::new();
         for s in steps {
             w.run(s, base);
+            w.check_reads();
         }
         w.check(base);
     }
@@ -617,4 +720,24 @@ fn a_member_that_moves_to_another_node_resumes_with_nothing_missed() {
     let moved = w.nodes[2].members.values().next().unwrap();
     assert_eq!(moved.welcome, Some(1), "it resumed after seq 1");
     assert_eq!(moved.seqs, [2, 3]);
+}
+
+#[test]
+fn a_read_marker_crosses_the_simulated_fleet_and_a_late_joiner_gets_history() {
+    let base = Instant::now();
+    let mut w = two_members(base);
+    w.run(Step::Publish(0, 0), base);
+    w.run(Step::Publish(1, 0), base);
+    w.quiesce(base);
+    w.run(Step::Read(0, 0, 0), base);
+    w.run(Step::Read(1, 0, 5), base);
+    w.run(Step::JoinWithHistory(2, 5), base);
+    w.check(base);
+    let reader = w.nodes[0].members.values().next().unwrap().user.clone();
+    let other = w.nodes[1].members.values().next().unwrap();
+    assert_eq!(other.reads.get(&reader), Some(&2), "{:?}", other.reads);
+    assert_eq!(other.bad_reads, 1);
+    let late = w.nodes[2].members.values().next().unwrap();
+    assert_eq!((late.welcome, &late.seqs[..]), (Some(0), &[1, 2][..]));
+    assert_eq!(late.reads.get(&reader), Some(&2), "the welcome carried the marker");
 }

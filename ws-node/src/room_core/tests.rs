@@ -3,6 +3,8 @@
 use super::*;
 use shared::ids::UserId;
 
+mod reads;
+
 fn settings(node: &str) -> Settings {
     Settings {
         node: Arc::from(node),
@@ -15,6 +17,7 @@ fn settings(node: &str) -> Settings {
         history: crate::history::Policy { size: 10, ttl: Duration::from_secs(60) },
         max_recovery: 5,
         durable: false,
+        max_markers: 100,
     }
 }
 
@@ -28,7 +31,7 @@ fn user(u: &str) -> UserId {
 }
 
 fn join(conn: Conn, u: &str) -> Event {
-    Event::Join { conn, user: user(u), info: None, resume: None }
+    Event::Join { conn, user: user(u), info: None, resume: None, history: 0 }
 }
 
 fn publish(conn: Conn, body: &str) -> Event {
@@ -75,7 +78,7 @@ fn read_history(r: &mut RoomCore, mut out: Vec<Action>, seq: u64, t: Instant) ->
 /// Node `from`'s sync note on the room's channel.
 fn sync_from(from: &str, seq: u64, users: &[&str]) -> Event {
     let users = users.iter().map(|u| (user(u), None)).collect();
-    let frame = Note::Sync { seq, users }.envelope().head.into();
+    let frame = Note::Sync { seq, users, reads: Vec::new() }.envelope().head.into();
     Event::BusFrame { seq: 0, origin: Arc::from(from), conn: 0, frame }
 }
 
@@ -276,7 +279,8 @@ fn a_member_of_two_nodes_is_one_presence() {
         frame: n.envelope().head.into(),
     };
     r.on(note(Note::Presence { user: user("bob"), present: true, info: None }), t);
-    let out = r.on(note(Note::Sync { seq: 0, users: vec![(user("bob"), None)] }), t);
+    let out =
+        r.on(note(Note::Sync { seq: 0, users: vec![(user("bob"), None)], reads: Vec::new() }), t);
     let out = read_history(&mut r, out, 0, t);
     match out.iter().find(|a| matches!(a, Action::Admit { .. })) {
         Some(Action::Admit { welcome, .. }) => {
@@ -313,7 +317,7 @@ fn a_gap_on_the_bus_is_caught_up_from_the_log_in_order() {
 
 fn resume(conn: Conn, u: &str, since: u64, epoch: &str) -> Event {
     let resume = Some(Resume { since, epoch: epoch.into() });
-    Event::Join { conn, user: user(u), info: None, resume }
+    Event::Join { conn, user: user(u), info: None, resume, history: 0 }
 }
 
 fn welcome_of(out: &[Action]) -> (&Welcome, Vec<String>) {
@@ -563,7 +567,8 @@ fn hooks_are_raised_where_the_change_happened_once_for_the_fleet() {
         frame: n.envelope().head.into(),
     };
     // bob is on node b: the room is not empty, so ann's join raises no occupied here.
-    let out = r.on(note(Note::Sync { seq: 0, users: vec![(user("bob"), None)] }), t);
+    let out =
+        r.on(note(Note::Sync { seq: 0, users: vec![(user("bob"), None)], reads: Vec::new() }), t);
     let out = read_history(&mut r, out, 0, t);
     assert_eq!(hooks(&out), vec![Hook::Joined { user: user("ann"), info: None }]);
     // bob leaving is node b's to raise.
