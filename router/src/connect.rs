@@ -83,3 +83,16 @@ fn query(t: &WsTarget, id: Option<&Identity>, ticket: Option<&str>) -> String {
     }
     q
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_node_url_carries_the_resume_and_the_history_count() {
+        let t = parse_ws_query(Some("room=r&user=u&history=20")).unwrap();
+        assert_eq!(query(&t, None, None), "room=r&user=u&history=20");
+        let t = parse_ws_query(Some("room=r&since=3&epoch=e")).unwrap();
+        assert_eq!(query(&t, None, Some("tk")), "room=r&since=3&epoch=e&ticket=tk");
+    }
+}

@@ -48,6 +48,10 @@ async fn bad_upgrade_requests_get_the_documented_errors() {
     let long = format!("/ws?room=r&user={}", "u".repeat(65));
     let (status, body) = raw_upgrade(addr, &long, &UPGRADE).await;
     assert_eq!((status, body.trim()), (400, "user is longer than 64 characters"));
+    for bad in ["history=x", "history=1001", "history="] {
+        let (status, body) = raw_upgrade(addr, &format!("/ws?room=r&user=u&{bad}"), &UPGRADE).await;
+        assert_eq!((status, body.trim()), (400, "history must be a count from 0 to 1000"), "{bad}");
+    }
     let (status, body) = raw_upgrade(addr, "/ws?room=r&user=u", &[]).await;
     assert_eq!((status, body.trim()), (426, "/ws takes only WebSocket upgrades"));
     let mut v12 = UPGRADE;
@@ -59,7 +63,7 @@ async fn bad_upgrade_requests_get_the_documented_errors() {
     let (status, _) = raw_upgrade(addr, "/elsewhere", &UPGRADE).await;
     assert_eq!(status, 404);
     let text = s.metrics().await;
-    assert!(text.contains("router_upgrades_total{outcome=\"bad_request\"} 5"), "{text}");
+    assert!(text.contains("router_upgrades_total{outcome=\"bad_request\"} 8"), "{text}");
     assert_eq!(s.node("node-a").node.connections(), 0, "nothing reached the node");
 }
 

@@ -10,38 +10,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Client, NodeProcess, STEP};
+use common::{Client, NodeProcess, STEP, node, pair, router};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use shared::testkit::process::RouterProcess;
 use shared::testkit::{RedisServer, http, wait_until};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
-
-/// Flags of every node here: the traffic these tests make stays under the rate limit.
-const FAST: [&str; 4] = ["--publish-rate", "1000", "--publish-burst", "1000"];
-
-/// A node process that takes clients: with `--redis` it does only once it reached Redis.
-async fn node(args: &[&str]) -> NodeProcess {
-    let all: Vec<&str> = FAST.iter().chain(args).copied().collect();
-    let n = NodeProcess::start(&all, &[], None).await;
-    let addr = n.addr();
-    wait_until(STEP, "the node to be ready", || async move {
-        http(addr, "GET", "/readyz", &[], "").await.is_ok_and(|(s, _)| s == 200)
-    })
-    .await;
-    n
-}
-
-/// node-a and node-b on Redis at `url`, run with `extra`. They wait 3 s (not 0.5) for each
-/// other's sync before taking one another for dead: on a loaded test machine a slow but
-/// live peer would otherwise be pruned, splitting the room into two epochs.
-async fn pair(url: &str, extra: &[&str]) -> (NodeProcess, NodeProcess) {
-    let flags = [&["--redis", url, "--span-timeout", "3"][..], extra].concat();
-    let a = node(&[&["--node-id", "node-a"][..], &flags[..]].concat()).await;
-    let b = node(&[&["--node-id", "node-b"][..], &flags[..]].concat()).await;
-    (a, b)
-}
 
 fn seq(v: &Value) -> u64 {
     v["seq"].as_u64().unwrap_or_else(|| panic!("no seq in {v}"))
@@ -137,19 +111,6 @@ fn publisher(
         }
     });
     (out, task)
-}
-
-/// A router with `nodes` in its ring, probing fast, once all of them are placeable.
-async fn router(nodes: &[(&str, &NodeProcess)]) -> RouterProcess {
-    let specs: Vec<String> = nodes.iter().map(|(id, n)| format!("{id}={}", n.addr())).collect();
-    let mut args = vec!["--health-interval", "0.2", "--health-timeout", "1"];
-    for s in &specs {
-        args.extend(["--node", s.as_str()]);
-    }
-    let r = RouterProcess::start(&args).await;
-    wait_until(STEP, "every node placeable", || async { r.placeable().await.len() == nodes.len() })
-        .await;
-    r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use ws_node::{Bus, Config, LocalBus, Node};
 
+use shared::testkit::process::RouterProcess;
+use shared::testkit::{http, wait_until};
+
 pub use shared::testkit::process::Process;
 pub use shared::testkit::ws::{STEP, WsClient as Client};
 
@@ -125,4 +128,42 @@ impl NodeProcess {
     pub async fn exit(self) -> std::process::ExitStatus {
         self.process.exit().await
     }
+}
+
+/// Flags of every node here: the traffic these tests make stays under the rate limit.
+const FAST: [&str; 4] = ["--publish-rate", "1000", "--publish-burst", "1000"];
+
+/// A node process that takes clients: with `--redis` it does only once it reached Redis.
+pub async fn node(args: &[&str]) -> NodeProcess {
+    let all: Vec<&str> = FAST.iter().chain(args).copied().collect();
+    let n = NodeProcess::start(&all, &[], None).await;
+    let addr = n.addr();
+    wait_until(STEP, "the node to be ready", || async move {
+        http(addr, "GET", "/readyz", &[], "").await.is_ok_and(|(s, _)| s == 200)
+    })
+    .await;
+    n
+}
+
+/// node-a and node-b on Redis at `url`, run with `extra`. They wait 3 s (not 0.5) for each
+/// other's sync before taking one another for dead: on a loaded test machine a slow but
+/// live peer would otherwise be pruned, splitting the room into two epochs.
+pub async fn pair(url: &str, extra: &[&str]) -> (NodeProcess, NodeProcess) {
+    let flags = [&["--redis", url, "--span-timeout", "3"][..], extra].concat();
+    let a = node(&[&["--node-id", "node-a"][..], &flags[..]].concat()).await;
+    let b = node(&[&["--node-id", "node-b"][..], &flags[..]].concat()).await;
+    (a, b)
+}
+
+/// A router with `nodes` in its ring, probing fast, once all of them are placeable.
+pub async fn router(nodes: &[(&str, &NodeProcess)]) -> RouterProcess {
+    let specs: Vec<String> = nodes.iter().map(|(id, n)| format!("{id}={}", n.addr())).collect();
+    let mut args = vec!["--health-interval", "0.2", "--health-timeout", "1"];
+    for s in &specs {
+        args.extend(["--node", s.as_str()]);
+    }
+    let r = RouterProcess::start(&args).await;
+    wait_until(STEP, "every node placeable", || async { r.placeable().await.len() == nodes.len() })
+        .await;
+    r
 }
