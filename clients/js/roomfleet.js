@@ -1,7 +1,8 @@
 // roomfleet.js: the browser and Node.js client of a roomfleet room. One ES module, no
 // dependencies, no build step. It owns one room membership over one WebSocket at a time:
 // reconnects that follow the close codes of docs/protocol.md, resume with since/epoch,
-// publishes answered by their ack, and a bounded queue for what is published while offline.
+// history on the first join, read markers, publishes answered by their ack, and a bounded
+// queue for what is published while offline.
 
 /** Close codes of docs/protocol.md that change what the client does next. */
 export const CLOSE = Object.freeze({
@@ -34,6 +35,9 @@ export const CLOSE = Object.freeze({
  *   the data path; only where the nodes' addresses are reachable (false).
  * @property {typeof fetch} [fetch] `fetch` to use for `direct` instead of the global one.
  * @property {typeof WebSocket} [WebSocket] Constructor to use instead of the global one.
+ * @property {number} [history] On the first connect only, ask for the room's last N messages
+ *   (`history=N`, at most 1000; the room may hold or allow fewer): they arrive as ordinary
+ *   `message` events right after the welcome. A reconnect resumes with since/epoch instead.
  * @property {number} [ackTimeoutMs] How long a sent publish waits for its ack (10000).
  * @property {number} [queueLimit] Publishes held while not connected (100).
  * @property {number} [backoffBaseMs] First back-off step (500).
@@ -48,6 +52,10 @@ export const CLOSE = Object.freeze({
  * @property {unknown} body
  * @property {string | number} [id]
  *
+ * @typedef {object} ReadEvent
+ * @property {string} user Who read.
+ * @property {number} seq Up to which `seq` (markers only rise).
+ *
  * @typedef {object} StateEvent
  * @property {State} state
  * @property {number} [code] The close code that led here.
@@ -56,6 +64,8 @@ export const CLOSE = Object.freeze({
  * @property {number} [attempt] Attempts since the last welcome.
  * @property {boolean} [recovered] (state `open`) Whether the node replayed everything missed.
  * @property {number} [missed] (state `open`, not recovered) How many seqs went by unseen.
+ * @property {number} [history] (state `open`) How many earlier messages (option `history`)
+ *   follow as `message` events.
  * @property {string} [node] (state `open`) The node holding the connection.
  */
 
@@ -133,6 +143,10 @@ export class Room {
     this.getToken = opts.getToken ?? null;
     this.direct = opts.direct ?? false;
     this.fetch = opts.fetch ?? globalThis.fetch;
+    if (opts.history != null && (!Number.isSafeInteger(opts.history) || opts.history < 0 || opts.history > 1000)) {
+      throw new TypeError("connect: history must be a count from 0 to 1000");
+    }
+    this.history = opts.history ?? 0;
     this.ackTimeoutMs = opts.ackTimeoutMs ?? 10_000;
     this.queueLimit = opts.queueLimit ?? 100;
     this.backoff = {
@@ -142,6 +156,12 @@ export class Room {
     };
     /** @type {State} */ this.state = "connecting";
     /** @type {string[]} every member on every node, sorted */ this.members = [];
+    /**
+     * Read markers by user: how far each member has read, from the welcome and `read` events
+     * (and this client's own read() calls). Markers only rise.
+     * @type {Record<string, number>}
+     */
+    this.reads = {};
     /** @type {number | null} the last seq seen (welcome or message) */ this.seq = null;
     /** @type {string | null} the room history's epoch, once a welcome carried one */
     this.epoch = null;
@@ -226,12 +246,15 @@ export class Room {
   }
 
   /**
-   * Marks the room read up to `seq`; others get a `read` event. Needs a server with read
-   * markers (DESIGN.md "Archive"); a node without them answers `unknown_type`.
+   * Marks the room read up to `seq` (one this client has seen); the other members get a
+   * `read` event and later joiners find it in {@link Room#reads}. Markers only rise: a lower
+   * one changes nothing; one above the room's `seq` gets an `error` event `bad_read`.
+   * Sent once open (the latest one, if called while not connected).
    * @param {number} seq
    */
   read(seq) {
     if (!Number.isSafeInteger(seq) || seq < 0) throw new TypeError("read: seq must be a count");
+    if (this.user) this.raiseRead(this.user, seq);
     if (this.state === "open") this.send({ type: "read", seq }, "read");
     else this.unsentRead = seq;
   }
@@ -335,6 +358,8 @@ export class Room {
     if (this.epoch != null && this.seq != null) {
       u.searchParams.set("since", String(this.seq));
       u.searchParams.set("epoch", this.epoch);
+    } else if (this.history > 0) {
+      u.searchParams.set("history", String(this.history));
     }
     return u.toString();
   }
@@ -415,7 +440,8 @@ export class Room {
       case "signal":
         return this.emit("signal", { from: f.from, body: f.body });
       case "read":
-        return this.emit("read", { user: f.user, seq: f.seq });
+        if (this.raiseRead(f.user, f.seq)) this.emit("read", { user: f.user, seq: f.seq });
+        return undefined;
       case "error":
         return this.onError(f);
       default:
@@ -432,12 +458,16 @@ export class Room {
       missed = w.seq - this.seq;
     }
     if (!recovered || first) this.seq = w.seq;
+    // A first connect's history follows the welcome with seqs up to w.seq: let them through.
+    if (first && typeof w.history === "number" && w.history > 0) this.seq = w.seq - w.history;
     if (typeof w.epoch === "string") this.epoch = w.epoch;
     this.user = w.user;
     this.node = w.node;
     this.members = [...(w.members ?? [])].sort();
+    for (const [user, seq] of Object.entries(w.reads ?? {})) this.raiseRead(user, seq);
     this.attempt = 0;
-    this.setState({ state: "open", recovered, missed, node: w.node });
+    const history = first && typeof w.history === "number" ? w.history : 0;
+    this.setState({ state: "open", recovered, missed, history, node: w.node });
     this.emit("presence", { event: "welcome", members: this.members });
     const queued = this.queue;
     this.queue = [];
@@ -464,6 +494,14 @@ export class Room {
     // Frames sent before an answered publish were taken without error.
     if (i >= 0) this.unanswered.splice(0, i + 1);
     this.settle(a.id, null, a.seq);
+  }
+
+  /** Raises `user`'s marker; whether it moved. */
+  raiseRead(user, seq) {
+    if (typeof user !== "string" || typeof seq !== "number") return false;
+    if ((this.reads[user] ?? -1) >= seq) return false;
+    this.reads[user] = seq;
+    return true;
   }
 
   onPresence(p) {

@@ -1,8 +1,9 @@
 //! The demo chat and the admin UI in a real headless Chromium driven over WebDriver
 //! (Debian's `chromium` and `chromium-driver`; scripts/test installs them): two sessions
-//! chat and see presence and typing, the chat survives a drain with its reconnect banner and
-//! resumes it with nothing lost, the admin UI shows the nodes and agrees with
-//! `/admin/placement`. Screenshots go to docs/img.
+//! chat and see presence, typing and each other's read markers ("seen by"), the chat
+//! survives a drain with its reconnect banner and resumes it with nothing lost, a late
+//! joiner sees the earlier messages (history on join), the admin UI shows the nodes and
+//! agrees with `/admin/placement`. Screenshots go to docs/img.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -207,6 +208,14 @@ async fn the_chat_and_the_admin_ui_work_in_chromium() {
         .await;
     js(&ann, "document.getElementById('text').value = 'hi bob'; document.getElementById('send-form').requestSubmit(); return true").await;
     wait_js(&bob, &has("hi bob"), "ann's message at bob").await;
+    // bob's page marks what it showed as read: ann's page says so under her message.
+    let seen_under = |text: &str, users: &str| {
+        format!(
+            "return [...document.querySelectorAll('#messages li[data-seq]')].some(li => li.querySelector('.text').textContent === '{text}' && li.querySelector('.seen').textContent === 'seen by {users}')"
+        )
+    };
+    wait_js(&ann, &seen_under("hi bob", "bob"), "bob's read marker at ann").await;
+    wait_js(&bob, &seen_under("hi bob", "ann"), "ann's read marker at bob").await;
     screenshot(&ann, "chat.png").await;
 
     // Drain the room's node: the banner shows while reconnecting, then the chat resumes on
@@ -251,6 +260,31 @@ async fn the_chat_and_the_admin_ui_work_in_chromium() {
         );
         wait_js(&ann, &once, &format!("cy's message {i} once at ann")).await;
     }
+
+    // A late joiner (bob's browser, now as dee) sees what was said before it came, in
+    // order and once, and its own read marker reaches ann.
+    bob.goto(&format!("{}/?room={room}&user=dee&join=1", f.chat_url())).await.unwrap();
+    wait_js(&bob, "return document.body.dataset.state === 'open'", "dee open").await;
+    let said = ["hello from bob", "hi bob", "while away 0", "while away 4", "after the drain"];
+    let order = serde_json::to_string(&said).unwrap();
+    wait_js(
+        &bob,
+        &format!("const t = [...document.querySelectorAll('#messages li .text')].map(e => e.textContent); const want = {order}; return want.every(w => t.filter(x => x === w).length === 1) && want.map(w => t.indexOf(w)).every((i, k, a) => k === 0 || a[k - 1] < i)"),
+        "the earlier messages at the late joiner, in order, once",
+    )
+    .await;
+    wait_js(
+        &bob,
+        "return [...document.querySelectorAll('#messages li.note')].some(e => /^the last \\d+ message/.test(e.textContent))",
+        "the history note",
+    )
+    .await;
+    wait_js(
+        &ann,
+        "return [...document.querySelectorAll('#messages li .seen')].some(e => e.textContent.includes('dee'))",
+        "dee's read marker at ann",
+    )
+    .await;
 
     ann.close().await.unwrap();
     bob.close().await.unwrap();

@@ -1,6 +1,8 @@
-// The demo chat: joins a room through roomfleet.js and shows messages, who is online,
-// who is typing (signals) and a banner while the client reconnects. Everything it shows
-// comes from the room object's events; user text is only ever set as textContent.
+// The demo chat: joins a room through roomfleet.js and shows the room's last messages
+// (history on join), new ones, who is online, who is typing (signals), who has seen what
+// (read markers: it marks read what this page showed while visible) and a banner while
+// the client reconnects. Everything it shows comes from the room object's events; user
+// text is only ever set as textContent.
 import { connect } from "/roomfleet.js";
 
 const $ = (id) => document.getElementById(id);
@@ -8,11 +10,16 @@ const $ = (id) => document.getElementById(id);
 const TYPING_TTL_MS = 4000;
 /** Quiet time after the last key before telling the others typing stopped. */
 const TYPING_IDLE_MS = 2000;
+/** Earlier messages shown on join. */
+const HISTORY = 50;
+/** A burst of messages is marked read once, after this quiet time. */
+const READ_DELAY_MS = 250;
 
 let room = null;
 const typing = new Map(); // user -> expiry (ms)
 let typingSent = false;
 let typingTimer = null;
+let readTimer = null;
 
 const params = new URLSearchParams(location.search);
 $("room").value = params.get("room") ?? $("room").value;
@@ -38,10 +45,38 @@ function showMessage(m) {
   const seq = document.createElement("span");
   seq.className = "seq";
   seq.textContent = `#${m.seq}`;
-  li.append(from, text, seq);
+  const seen = document.createElement("span");
+  seen.className = "seen";
+  li.append(from, text, seq, seen);
   $("messages").append(li);
   li.scrollIntoView({ block: "end" });
 }
+
+/** "seen by …" under the newest message each other member has read. */
+function showSeen() {
+  const items = [...$("messages").querySelectorAll("li[data-seq]")];
+  const by = new Map();
+  for (const [user, seq] of Object.entries(room?.reads ?? {})) {
+    if (user === room.user) continue;
+    const at = items.findLast((li) => Number(li.dataset.seq) <= seq);
+    if (at) by.set(at, [...(by.get(at) ?? []), user]);
+  }
+  for (const li of items) {
+    const users = (by.get(li) ?? []).sort();
+    li.querySelector(".seen").textContent = users.length ? `seen by ${users.join(", ")}` : "";
+  }
+}
+
+/** Marks read what the page has shown, once it is visible (soon after a burst). */
+function markRead() {
+  clearTimeout(readTimer);
+  readTimer = setTimeout(() => {
+    if (room?.state === "open" && room.seq != null && document.visibilityState === "visible") {
+      if ((room.reads[room.user] ?? -1) < room.seq) room.read(room.seq);
+    }
+  }, READ_DELAY_MS);
+}
+document.addEventListener("visibilitychange", markRead);
 
 function showMembers(members) {
   $("members").replaceChildren(
@@ -85,7 +120,7 @@ function setInput() {
 }
 
 function join(roomId, user) {
-  room = connect({ url: "/ws", room: roomId, user });
+  room = connect({ url: "/ws", room: roomId, user, history: HISTORY });
   setJoined(true);
   $("messages").replaceChildren();
   note(`joining ${roomId}…`);
@@ -97,6 +132,9 @@ function join(roomId, user) {
       if (ev.recovered) note(`resumed on ${ev.node}: nothing missed`);
       else if (ev.missed > 0) note(`on ${ev.node}; ${ev.missed} message(s) went by while away`);
       else note(`connected to ${ev.node}`);
+      if (ev.history > 0) note(`the last ${ev.history} message(s):`);
+      showSeen();
+      markRead();
     } else if (ev.state === "reconnecting") {
       const why = ev.reason ? `: ${ev.reason}` : "";
       banner(`Reconnecting (closed ${ev.code}${why})… messages you send now are queued.`);
@@ -111,7 +149,10 @@ function join(roomId, user) {
   room.on("message", (m) => {
     typing.delete(m.from);
     showMessage(m);
+    showSeen();
+    markRead();
   });
+  room.on("read", showSeen);
   room.on("presence", (ev) => {
     showMembers(ev.members);
     if (ev.event === "join") note(`${ev.user} joined`);

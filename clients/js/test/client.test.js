@@ -127,3 +127,27 @@ test("a 4009 close (room full) stops the client and rejects what waits", async (
   ann.close();
   bob.close();
 });
+
+test("a late joiner with history gets the last messages, then live ones; read markers reach the others", async () => {
+  const room = freshRoom();
+  const ann = join("ann", { room });
+  await next(ann, "state", (e) => e.state === "open");
+  for (const n of [1, 2, 3]) await ann.publish({ n });
+  ann.read(3);
+  const seen = [];
+  const bob = join("bob", { room, history: 2 });
+  bob.on("message", (m) => seen.push(m.body.n));
+  await next(bob, "state", (e) => e.state === "open");
+  await waitFor("bob's history", () => seen.length >= 2);
+  assert.deepEqual(seen, [2, 3], "the last two, oldest first");
+  await waitFor("ann's marker in bob's welcome", () => bob.reads.ann === 3);
+  const marker = next(ann, "read", (r) => r.user === "bob");
+  bob.read(3);
+  assert.deepEqual(await marker, { user: "bob", seq: 3 });
+  assert.equal(ann.reads.bob, 3);
+  await ann.publish({ n: 4 });
+  await waitFor("bob sees the live message", () => seen.includes(4));
+  assert.deepEqual(seen, [2, 3, 4], "nothing twice");
+  ann.close();
+  bob.close();
+});

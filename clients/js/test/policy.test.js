@@ -125,3 +125,30 @@ test("an error frame rejects the publish it answers, not one sent after a signal
   assert.deepEqual(await p2, { seq: 6 });
   room.close();
 });
+
+test("history is asked for on the first connect only; its messages pass, and markers are kept", async () => {
+  const { Fake, sockets } = scripted();
+  const room = connect({ url: "ws://fleet/ws", room: "r", user: "ann", history: 2, WebSocket: Fake });
+  await tick();
+  assert.equal(new URL(sockets[0].url).searchParams.get("history"), "2");
+  const seqs = [];
+  room.on("message", (m) => seqs.push(m.seq));
+  const reads = [];
+  room.on("read", (r) => reads.push(r));
+  sockets[0].frame(welcome({ epoch: "e1", history: 2, reads: { bob: 4 } }));
+  for (const seq of [4, 5, 6]) sockets[0].frame({ type: "message", room: "r", from: "bob", seq, ts: 1, body: null });
+  assert.deepEqual(seqs, [4, 5, 6], "the history (4, 5) comes before the live 6");
+  assert.deepEqual(room.reads, { bob: 4 });
+  sockets[0].frame({ type: "read", user: "bob", seq: 6 });
+  sockets[0].frame({ type: "read", user: "bob", seq: 5 });
+  assert.deepEqual(reads, [{ user: "bob", seq: 6 }], "a marker never goes back");
+  room.read(6);
+  assert.deepEqual(sockets[0].sent.at(-1), { type: "read", seq: 6 });
+  assert.deepEqual(room.reads, { bob: 6, ann: 6 });
+  sockets[0].drop(1012);
+  await new Promise((r) => setTimeout(r, 5));
+  const q = new URL(sockets[1].url).searchParams;
+  assert.deepEqual([q.get("since"), q.get("history")], ["6", null], "a reconnect resumes instead");
+  assert.throws(() => connect({ url: "ws://fleet/ws", room: "r", history: 1001, WebSocket: Fake }), TypeError);
+  room.close();
+});
