@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Client, NodeProcess, STEP, node, pair, router};
+use common::{Client, NodeProcess, STEP, UPGRADE, node, pair, router};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use shared::testkit::{RedisServer, http, wait_until};
@@ -797,12 +797,6 @@ async fn a_one_node_room_costs_redis_only_batched_history_appends() {
 async fn bad_since_and_epoch_get_400_before_the_upgrade_on_the_node_and_the_router() {
     let n = node(&["--node-id", "node-a"]).await;
     let router = router(&[("node-a", &n)]).await;
-    let upgrade = [
-        ("upgrade", "websocket"),
-        ("connection", "Upgrade"),
-        ("sec-websocket-version", "13"),
-        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
-    ];
     let half = "since and epoch go together: a resume needs both";
     let since = "since must be a decimal seq number";
     let epoch = "epoch must be 1 to 64 of [A-Za-z0-9_-]";
@@ -823,7 +817,7 @@ async fn bad_since_and_epoch_get_400_before_the_upgrade_on_the_node_and_the_rout
     for addr in [n.addr(), router.addr] {
         for (query, reason) in &cases {
             let path = format!("/ws?room=r&user=u&{query}");
-            let (status, body) = http(addr, "GET", &path, &upgrade, "").await.unwrap();
+            let (status, body) = http(addr, "GET", &path, &UPGRADE, "").await.unwrap();
             assert_eq!((status, body.trim()), (400, *reason), "{addr} {path}");
         }
         // A well-formed resume of an unknown epoch is no error: it is just not recovered.

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Client, node, pair, router};
+use common::{Client, UPGRADE, node, pair, router};
 use serde_json::{Value, json};
 use shared::testkit::{RedisServer, http};
 
@@ -120,17 +120,11 @@ async fn read_markers_cross_nodes_in_a_spanning_room_and_reach_a_later_joiner() 
 async fn bad_history_gets_400_before_the_upgrade_on_the_node_and_the_router() {
     let n = node(&["--node-id", "node-a"]).await;
     let router = router(&[("node-a", &n)]).await;
-    let upgrade = [
-        ("upgrade", "websocket"),
-        ("connection", "Upgrade"),
-        ("sec-websocket-version", "13"),
-        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
-    ];
     let reason = format!("history must be a count from 0 to {}", shared::ids::MAX_HISTORY);
     for addr in [n.addr(), router.addr] {
         for bad in ["history=", "history=x", "history=-1", "history=1001", "history=%32"] {
             let path = format!("/ws?room=r&user=u&{bad}");
-            let (status, body) = http(addr, "GET", &path, &upgrade, "").await.unwrap();
+            let (status, body) = http(addr, "GET", &path, &UPGRADE, "").await.unwrap();
             assert_eq!((status, body.trim()), (400, reason.as_str()), "{addr} {path}");
         }
     }

@@ -130,6 +130,14 @@ impl NodeProcess {
     }
 }
 
+/// The headers of a well-formed WebSocket upgrade, for requests sent as plain HTTP.
+pub const UPGRADE: [(&str, &str); 4] = [
+    ("upgrade", "websocket"),
+    ("connection", "Upgrade"),
+    ("sec-websocket-version", "13"),
+    ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+];
+
 /// Flags of every node here: the traffic these tests make stays under the rate limit.
 const FAST: [&str; 4] = ["--publish-rate", "1000", "--publish-burst", "1000"];
 

@@ -31,6 +31,11 @@ fn notes(actions: &[Action]) -> Vec<Note> {
         .collect()
 }
 
+/// Message `seq` on the room's channel, stamped by node b.
+fn from_b(seq: u64) -> Event {
+    Event::BusFrame { seq, origin: Arc::from("b"), conn: 9, frame: message_frame(seq) }
+}
+
 fn note_from(from: &str, n: Note) -> Event {
     Event::BusFrame { seq: 0, origin: Arc::from(from), conn: 0, frame: n.envelope().head.into() }
 }
@@ -81,14 +86,8 @@ fn a_joiner_learns_the_read_markers_in_its_welcome() {
 fn a_spanning_room_carries_read_markers_over_the_channel() {
     let t = Instant::now();
     let mut r = spanning(t, 0, &["bob"]);
-    let msg = |s: u64| Event::BusFrame {
-        seq: s,
-        origin: Arc::from("b"),
-        conn: 9,
-        frame: message_frame(s),
-    };
-    r.on(msg(1), t);
-    r.on(msg(2), t);
+    r.on(from_b(1), t);
+    r.on(from_b(2), t);
     let out = r.on(read(1, 2), t);
     assert_eq!(notes(&out), [Note::Read { user: user("ann"), seq: 2 }]);
     // Node b's user: told to every member here.
@@ -125,15 +124,9 @@ fn a_spanning_room_carries_read_markers_over_the_channel() {
 fn a_marker_for_a_message_still_being_caught_up_waits_for_it() {
     let t = Instant::now();
     let mut r = spanning(t, 0, &["bob"]);
-    let msg = |s: u64| Event::BusFrame {
-        seq: s,
-        origin: Arc::from("b"),
-        conn: 9,
-        frame: message_frame(s),
-    };
-    r.on(msg(1), t);
+    r.on(from_b(1), t);
     // Message 2 was lost on the way: 3 is held while 2 is caught up; bob read 3.
-    r.on(msg(3), t);
+    r.on(from_b(3), t);
     let out = r.on(note_from("b", Note::Read { user: user("bob"), seq: 3 }), t);
     assert!(delivered(&out).is_empty(), "not before message 3: {out:?}");
     assert!(reads_of(&r).is_empty(), "held, not yet a marker");
@@ -143,7 +136,7 @@ fn a_marker_for_a_message_still_being_caught_up_waits_for_it() {
     let out = r.on(Event::CaughtUp(Some(log)), t);
     let m = |s: u64| message_frame(s).to_string();
     assert_eq!(delivered(&out), [m(2), m(3), read_frame("bob", 3)]);
-    let out = r.on(msg(4), t);
+    let out = r.on(from_b(4), t);
     assert_eq!(delivered(&out), [message_frame(4).to_string(), read_frame("cy", 4)]);
 }
 
