@@ -1,13 +1,16 @@
 //! Read markers and history on join with real `ws-node` processes (a real `router` and
 //! Redis where the case needs them): a member's `read` reaches the others, on one node and
 //! across two; a joiner learns the markers in its welcome and gets `history=N` messages
-//! before live ones; bad `read` frames and bad `history` values get their documented errors.
+//! before live ones; a marker made while Redis is down crosses once it is back; bad `read`
+//! frames and bad `history` values get their documented errors.
 
 mod common;
 
+use std::time::Duration;
+
 use common::{Client, UPGRADE, node, pair, router};
 use serde_json::{Value, json};
-use shared::testkit::{RedisServer, http};
+use shared::testkit::{RedisServer, http, wait_until};
 
 fn read(seq: u64) -> Value {
     json!({"type": "read", "seq": seq})
@@ -135,4 +138,27 @@ async fn bad_history_gets_400_before_the_upgrade_on_the_node_and_the_router() {
     assert_eq!(w["history"], 2, "{w}");
     assert_eq!(q.recv_type("message").await["body"], "b");
     assert_eq!(q.recv_type("message").await["body"], "c");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_marker_made_while_redis_is_down_crosses_once_it_is_back() {
+    let mut redis = RedisServer::start().await;
+    let (a, b) = pair(&redis.url(), &[]).await;
+    let (mut ann, _) = Client::join(&a.url("outage", "ann")).await;
+    let (mut bob, _) = Client::join(&b.url("outage", "bob")).await;
+    assert_eq!(ann.recv_type("presence").await["user"], "bob");
+    let seqs = say(&mut ann, &["before"]).await;
+    assert_eq!(bob.recv_type("message").await["seq"], seqs[0]);
+
+    redis.kill();
+    assert_eq!(bob.recv_type("error").await["code"], "degraded");
+    // Taken on node-b (nobody else there to tell), carried by its sync after the restore.
+    bob.send_json(&read(seqs[0])).await;
+    redis.restart().await;
+    wait_until(Duration::from_secs(20), "both nodes to reconnect", || async {
+        a.metric("wsnode_redis_reconnects_total").await >= 2.0
+            && b.metric("wsnode_redis_reconnects_total").await >= 2.0
+    })
+    .await;
+    assert_eq!(ann.recv_type("read").await, json!({"type":"read","user":"bob","seq":seqs[0]}));
 }
