@@ -21,6 +21,7 @@ pub struct Metrics {
     pub messages_in: Counter,
     pub deliveries: Counter,
     pub signals: Counter,
+    pub reads: Counter,
     pub slow_consumer_closes: Counter,
     pub rate_limit_closes: Counter,
     pub idle_closes: Counter,
@@ -97,6 +98,7 @@ impl Metrics {
             &self.deliveries,
         );
         e.counter("wsnode_signals_total", "Signals relayed.", &self.signals);
+        e.counter("wsnode_reads_total", "Read markers sent by clients.", &self.reads);
         e.labeled(
             "wsnode_closes_total",
             "counter",

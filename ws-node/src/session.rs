@@ -264,7 +264,10 @@ async fn handle(node: &Arc<Node>, room: &Membership, member: &Member, frame: Cli
             node.metrics.signals.inc();
             room.signal(body).await;
         }
-        ClientFrame::Read { seq } => room.read(seq).await,
+        ClientFrame::Read { seq } => {
+            node.metrics.reads.inc();
+            room.read(seq).await;
+        }
         // Answered in the loop, which owns the connection's identity and expiry.
         ClientFrame::Refresh { .. } => {}
     }

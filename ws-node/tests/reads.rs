@@ -86,6 +86,7 @@ async fn a_read_marker_reaches_the_others_and_a_late_joiner_gets_history_and_mar
     for s in 1..=4 {
         assert_eq!(dee.recv_type("message").await["seq"], s);
     }
+    assert_eq!(n.metric("wsnode_reads_total").await, 6.0, "every well-formed read counted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
