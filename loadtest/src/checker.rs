@@ -275,6 +275,8 @@ impl RoomState {
 pub struct Checker {
     /// Whether every publish must be acknowledged (roomfleet; Socket.IO has no acks).
     acks: bool,
+    /// Whether senders are not judged on their own publishes (Pusher never echoes them).
+    no_echo: bool,
     events: u64,
     messages: u64,
     receivers: HashMap<Conn, Receiver>,
@@ -293,6 +295,12 @@ impl Checker {
     /// A checker for a dialect without acks (Socket.IO): unacked publishes are not judged.
     pub fn without_acks() -> Self {
         Self::default()
+    }
+
+    /// A checker for a dialect without acks whose server skips the sender (Pusher client
+    /// events): a sender is not expected to receive its own publishes.
+    pub fn without_acks_or_echo() -> Self {
+        Self { no_echo: true, ..Self::default() }
     }
 
     /// A checker for `--reconnect` runs: receivers are judged over all their sessions.
@@ -465,6 +473,9 @@ impl Checker {
                 }
             } else {
                 for (&sender, &max_seen) in &state.max_counter {
+                    if self.no_echo && sender == conn {
+                        continue;
+                    }
                     let local = state.senders.get(&sender);
                     let end = match (local, r.closed) {
                         (_, true) => r.by_sender.get(&sender).map_or(0, |t| t.next),
@@ -705,5 +716,27 @@ mod tests {
         a.merge(&b);
         assert_eq!((a.loss, a.duplicate, a.receivers), (1, 1, 4));
         assert_eq!(a.failures.len(), 2);
+    }
+
+    #[test]
+    fn pusher_senders_are_not_owed_their_own_publishes() {
+        let no_echo = || socketio_stream(20).into_iter().filter(|e| !is_sio_from_self(e));
+        let mut echo_expected = Checker::without_acks();
+        let mut pusher = Checker::without_acks_or_echo();
+        for e in no_echo() {
+            echo_expected.feed(e.clone());
+            pusher.feed(e);
+        }
+        assert_eq!(echo_expected.finish().loss, 20, "a Socket.IO sender is owed its echo");
+        assert!(pusher.finish().is_clean());
+        let mut lossy = Checker::without_acks_or_echo();
+        for e in no_echo().filter(|e| !is_sio(e, 2, 4)) {
+            lossy.feed(e);
+        }
+        assert_eq!(lossy.finish().loss, 1, "the other members are still judged");
+    }
+
+    fn is_sio_from_self(e: &Event) -> bool {
+        matches!(e, Event::Message { conn, sender, .. } if conn == sender)
     }
 }

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::access::AccessArgs;
 use crate::dialect::Dialect;
 use crate::progress::ProgressMode;
+use crate::pusher::PusherApp;
 use crate::reconnect::Backoff;
 use crate::run::RunConfig;
 use crate::scenario::{Dist, Shard};
@@ -94,6 +95,10 @@ pub struct RunArgs {
     /// Wire protocol.
     #[arg(long, env = "LOADTEST_DIALECT", value_enum, default_value_t = Dialect::Native)]
     pub dialect: Dialect,
+    /// `--dialect pusher`: the app's `KEY:SECRET`; the key goes in the URL path (`/app/KEY`),
+    /// the secret signs each private-channel subscription.
+    #[arg(long, env = "LOADTEST_PUSHER_APP", hide_env_values = true)]
+    pub pusher_app: Option<String>,
     /// Prefix of room and user names, so runs against one fleet do not meet.
     #[arg(long, env = "LOADTEST_PREFIX", default_value = "lt")]
     pub prefix: String,
@@ -139,7 +144,9 @@ impl ReconnectArgs {
             return Ok(None);
         }
         if dialect != Dialect::Native {
-            bail!("--reconnect needs --dialect native (Socket.IO has no seq to resume from)");
+            bail!(
+                "--reconnect needs --dialect native (Socket.IO and Pusher have no seq to resume from)"
+            );
         }
         if !(self.reconnect_jitter.is_finite() && (0.0..=1.0).contains(&self.reconnect_jitter)) {
             bail!("--reconnect-jitter {}: expected 0 to 1", self.reconnect_jitter);
@@ -177,7 +184,20 @@ impl RunArgs {
         {
             bail!("--prefix {:?}: use [A-Za-z0-9._:-]", self.prefix);
         }
-        let target = Target::parse(&self.url)?;
+        let mut target = Target::parse(&self.url)?;
+        let pusher = match (self.dialect, &self.pusher_app) {
+            (Dialect::Pusher, Some(spec)) => {
+                let app = PusherApp::parse(spec)?;
+                if self.prefix.contains(':') {
+                    bail!("--prefix {:?}: Pusher channel names cannot hold ':'", self.prefix);
+                }
+                target.path = app.path();
+                Some(app)
+            }
+            (Dialect::Pusher, None) => bail!("--dialect pusher needs --pusher-app KEY:SECRET"),
+            (_, Some(_)) => bail!("--pusher-app is for --dialect pusher"),
+            (_, None) => None,
+        };
         let config = RunConfig {
             url: self.url.clone(),
             access: self.access.access(target.tls)?,
@@ -203,6 +223,7 @@ impl RunArgs {
             prefix: self.prefix.clone(),
             progress: if self.no_bar { ProgressMode::Lines } else { ProgressMode::Auto },
             reconnect: self.reconnect.backoff(self.dialect)?,
+            pusher,
         };
         crate::scenario::room_sizes(config.conns, config.rooms, config.dist)?;
         Ok(config)
@@ -265,5 +286,21 @@ mod tests {
         let cli =
             Cli::try_parse_from(["loadtest", "--reconnect", "--reconnect-jitter", "2"]).unwrap();
         assert!(cli.run.config().is_err());
+    }
+
+    #[test]
+    fn the_pusher_dialect_needs_its_app() {
+        let args = ["loadtest", "--dialect", "pusher", "--url", "ws://127.0.0.1:6001"];
+        assert!(Cli::try_parse_from(args).unwrap().run.config().is_err());
+        let cli =
+            Cli::try_parse_from([&args[..], &["--pusher-app", "app-key:app-secret"]].concat())
+                .unwrap();
+        let cfg = cli.run.config().unwrap();
+        assert_eq!(
+            cfg.target.request_url(Dialect::Pusher, "r", "u"),
+            "ws://127.0.0.1:6001/app/app-key?protocol=7&client=roomfleet-loadtest&version=7.0.0&flash=false"
+        );
+        let native = Cli::try_parse_from(["loadtest", "--pusher-app", "k:s"]).unwrap();
+        assert!(native.run.config().is_err());
     }
 }

@@ -1,6 +1,7 @@
-//! The two wire dialects the client speaks: roomfleet's JSON frames and Socket.IO v4 over a
-//! raw WebSocket (Engine.IO packets `0` open, `2`/`3` ping/pong, `40` connect, `42` event,
-//! `43` ack). Pure text in, text out, so the parsing is tested without a server.
+//! The wire dialects the client speaks: roomfleet's JSON frames, Socket.IO v4 over a raw
+//! WebSocket (Engine.IO packets `0` open, `2`/`3` ping/pong, `40` connect, `42` event, `43`
+//! ack), and Pusher protocol 7 ([`crate::pusher`]). Pure text in, text out, so the parsing is
+//! tested without a server.
 
 use std::borrow::Cow;
 
@@ -14,6 +15,9 @@ pub enum Dialect {
     Native,
     /// Socket.IO v4: `join` with an ack, `publish` and `message` events; no `seq`, no ack.
     Socketio,
+    /// Pusher protocol 7 (sockudo, soketi): signed `private-` channels, `client-` events that
+    /// skip the sender, no `seq`, no ack. Needs `--pusher-app KEY:SECRET`.
+    Pusher,
 }
 
 impl Dialect {
@@ -21,7 +25,30 @@ impl Dialect {
         match self {
             Self::Native => "native",
             Self::Socketio => "socketio",
+            Self::Pusher => "pusher",
         }
+    }
+
+    /// Whether a sender receives its own publishes (Pusher client events skip the sender).
+    pub fn echoes(self) -> bool {
+        self != Self::Pusher
+    }
+
+    /// The answer to a server ping.
+    pub fn pong(self) -> &'static str {
+        match self {
+            Self::Pusher => crate::pusher::PONG,
+            Self::Native | Self::Socketio => PONG,
+        }
+    }
+}
+
+/// Parses one server text frame of `dialect`.
+pub fn parse(dialect: Dialect, text: &str) -> Incoming {
+    match dialect {
+        Dialect::Native => parse_native(text),
+        Dialect::Socketio => parse_socketio(text),
+        Dialect::Pusher => crate::pusher::parse(text),
     }
 }
 
@@ -50,6 +77,8 @@ pub enum Incoming {
     Open,
     /// Socket.IO namespace connected: time to join the room.
     Connected,
+    /// Pusher connection established: time to subscribe, signing with this socket id.
+    Established { socket_id: String },
     /// Engine.IO ping: answer with [`PONG`].
     Ping,
     /// Socket.IO disconnect packet.
@@ -161,11 +190,13 @@ pub fn body(sender: u32, counter: u64, sent_us: u64, size: usize) -> String {
     b
 }
 
-/// The publish frame carrying `body`; roomfleet's asks for an ack with the counter as id.
-pub fn publish(dialect: Dialect, counter: u64, body: &str) -> String {
+/// The publish frame carrying `body` into `room`; roomfleet's asks for an ack with the
+/// counter as id.
+pub fn publish(dialect: Dialect, room: &str, counter: u64, body: &str) -> String {
     match dialect {
         Dialect::Native => format!(r#"{{"type":"publish","id":{counter},"body":{body}}}"#),
         Dialect::Socketio => format!(r#"42["publish",{body}]"#),
+        Dialect::Pusher => crate::pusher::publish(room, body),
     }
 }
 
@@ -250,7 +281,10 @@ mod tests {
         );
         assert_eq!(parse_socketio(r#"42["other",1]"#), Incoming::Other);
         assert_eq!(socketio_join("lt-r1"), r#"420["join","lt-r1"]"#);
-        assert_eq!(publish(Dialect::Socketio, 1, "{}"), r#"42["publish",{}]"#);
-        assert_eq!(publish(Dialect::Native, 1, "{}"), r#"{"type":"publish","id":1,"body":{}}"#);
+        assert_eq!(publish(Dialect::Socketio, "r", 1, "{}"), r#"42["publish",{}]"#);
+        assert_eq!(
+            publish(Dialect::Native, "r", 1, "{}"),
+            r#"{"type":"publish","id":1,"body":{}}"#
+        );
     }
 }

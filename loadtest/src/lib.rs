@@ -11,6 +11,7 @@ pub mod cpu;
 pub mod dialect;
 pub mod plot;
 pub mod progress;
+pub mod pusher;
 pub mod reconnect;
 pub mod report;
 pub mod run;

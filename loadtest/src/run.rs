@@ -23,6 +23,7 @@ pub use crate::counters::Counters;
 use crate::cpu;
 use crate::dialect::{self, Dialect, Incoming};
 use crate::progress::{Progress, ProgressMode};
+use crate::pusher::PusherApp;
 use crate::reconnect::{Backoff, ResumePoint};
 use crate::report::{Connect, Latency, REPORT_VERSION, Reconnects, Report, new_histogram};
 use crate::scenario::{Dist, Plan, Shard, room_name, user_name};
@@ -63,6 +64,8 @@ pub struct RunConfig {
     pub access: Access,
     /// `--reconnect`: come back after a close with this back-off and resume.
     pub reconnect: Option<Backoff>,
+    /// `--dialect pusher`: the app whose secret signs private-channel subscriptions.
+    pub pusher: Option<PusherApp>,
 }
 
 impl RunConfig {
@@ -90,6 +93,7 @@ impl RunConfig {
             progress: ProgressMode::Quiet,
             access: Access::default(),
             reconnect: None,
+            pusher: None,
         })
     }
 }
@@ -183,7 +187,7 @@ struct Welcome {
 }
 
 /// Reads until the member is in the room.
-async fn join(ws: &mut Ws, dialect: Dialect, room: &str) -> Result<Welcome, String> {
+async fn join(ws: &mut Ws, cfg: &RunConfig, room: &str) -> Result<Welcome, String> {
     // Bounded by the caller's connect timeout, and in count: a server chatting forever
     // before the welcome is a failure too.
     for _ in 0..64 {
@@ -196,18 +200,18 @@ async fn join(ws: &mut Ws, dialect: Dialect, room: &str) -> Result<Welcome, Stri
             Some(Err(e)) => return Err(ws_cause(&e)),
             None => return Err("eof".into()),
         };
-        let incoming = match dialect {
-            Dialect::Native => dialect::parse_native(&text),
-            Dialect::Socketio => dialect::parse_socketio(&text),
-        };
-        let reply = match incoming {
+        let reply = match dialect::parse(cfg.dialect, &text) {
             Incoming::Joined { seq, epoch, recovered } => {
                 return Ok(Welcome { seq, epoch, recovered });
             }
             Incoming::Error { code } => return Err(format!("error_{code}")),
             Incoming::Open => dialect::SIO_CONNECT.to_owned(),
             Incoming::Connected => dialect::socketio_join(room),
-            Incoming::Ping => dialect::PONG.to_owned(),
+            Incoming::Established { socket_id } => match &cfg.pusher {
+                Some(app) => app.subscribe(&socket_id, room),
+                None => return Err("pusher_without_app".into()),
+            },
+            Incoming::Ping => cfg.dialect.pong().to_owned(),
             Incoming::Disconnect => return Err("disconnect".into()),
             _ => continue,
         };
@@ -228,7 +232,7 @@ async fn open(sh: &Shared, conn: usize, resume: Option<&str>) -> Result<(Ws, Wel
     let src = (!cfg.src_ips.is_empty()).then(|| cfg.src_ips[conn % cfg.src_ips.len()]);
     let stream = dial(cfg.target.addr, src).await?;
     let mut ws = cfg.access.handshake(&url, stream, ws_config()).await.map_err(|e| ws_cause(&e))?;
-    let welcome = join(&mut ws, cfg.dialect, &room).await?;
+    let welcome = join(&mut ws, cfg, &room).await?;
     Ok((ws, welcome))
 }
 
@@ -326,6 +330,7 @@ async fn session(
     point: &mut ResumePoint,
 ) -> Option<String> {
     let c = &sh.counters;
+    let label = room_name(&sh.cfg.prefix, room);
     loop {
         match *phase.borrow_and_update() {
             Phase::Publishing if p.sender && p.ticker.is_none() => {
@@ -345,7 +350,7 @@ async fn session(
             () = tick(&mut p.ticker) => {
                 let sent_us = now_us();
                 let body = dialect::body(me, p.counter, sent_us, sh.cfg.size);
-                let frame = dialect::publish(sh.cfg.dialect, p.counter, &body);
+                let frame = dialect::publish(sh.cfg.dialect, &label, p.counter, &body);
                 let published = Event::Published { room, sender: me, counter: p.counter };
                 let _ = sh.notes.send(Note::Check(published)).await;
                 p.counter += 1;
@@ -359,10 +364,7 @@ async fn session(
                 let recv_us = now_us();
                 match frame {
                     Some(Ok(Message::Text(text))) => {
-                        let incoming = match sh.cfg.dialect {
-                            Dialect::Native => dialect::parse_native(&text),
-                            Dialect::Socketio => dialect::parse_socketio(&text),
-                        };
+                        let incoming = dialect::parse(sh.cfg.dialect, &text);
                         match incoming {
                             Incoming::Message { seq: Some(seq), .. } => point.got(seq),
                             Incoming::Ack { .. } => p.outstanding = p.outstanding.saturating_sub(1),
@@ -472,12 +474,16 @@ async fn handle(
             let _ = sh.notes.send(Note::ServerError(code)).await;
         }
         Incoming::Ping => {
-            if let Err(e) = ws.send(Message::text(dialect::PONG)).await {
+            if let Err(e) = ws.send(Message::text(sh.cfg.dialect.pong())).await {
                 return Some(ws_cause(&e));
             }
         }
         Incoming::Disconnect => return Some("disconnect".into()),
-        Incoming::Joined { .. } | Incoming::Open | Incoming::Connected | Incoming::Other => {}
+        Incoming::Joined { .. }
+        | Incoming::Open
+        | Incoming::Connected
+        | Incoming::Established { .. }
+        | Incoming::Other => {}
     }
     None
 }
@@ -512,6 +518,7 @@ fn collect(
         _ if reconnect => Checker::across_reconnects(),
         Dialect::Native => Checker::new(),
         Dialect::Socketio => Checker::without_acks(),
+        Dialect::Pusher => Checker::without_acks_or_echo(),
     };
     let mut out = Collected {
         verdict: Verdict::default(),

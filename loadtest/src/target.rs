@@ -68,6 +68,8 @@ impl Target {
                 let path = if path.starts_with("/socket.io") { path } else { "/socket.io/" };
                 format!("{scheme}://{authority}{path}?EIO=4&transport=websocket")
             }
+            // The app key and protocol query come from `--pusher-app` (see cli), as the path.
+            Dialect::Pusher => format!("{scheme}://{authority}{}", self.path),
         }
     }
 }
