@@ -6,6 +6,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod handoff;
 pub mod http;
 pub mod ids;
 pub mod listen;

@@ -7,6 +7,7 @@ mod appender;
 pub mod bus;
 pub mod config;
 mod frames;
+pub mod handoff;
 pub mod history;
 pub mod hooks;
 mod internal;
@@ -26,6 +27,7 @@ mod suspects;
 
 pub use bus::{Bus, LocalBus, LocalHub};
 pub use config::Config;
+pub use handoff::{serve_handoff, taker};
 pub use node::Node;
 pub use redis_bus::{RedisBus, RedisConfig};
 pub use server::serve;

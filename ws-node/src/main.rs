@@ -24,6 +24,10 @@ struct Args {
     /// Address to listen on for WebSocket upgrades and plain HTTP.
     #[arg(long, env = "WSNODE_LISTEN", default_value = "127.0.0.1:7001")]
     listen: SocketAddr,
+    /// `unix:PATH`: also take clients a router on this host hands over on that Unix socket
+    /// (router `--node ID=ADDR,handoff=PATH`), so the router leaves the data path.
+    #[arg(long, env = "WSNODE_HANDOFF", value_parser = parse_handoff)]
+    handoff: Option<std::path::PathBuf>,
     /// This node's ID: in `welcome.node` and in routers' rings.
     #[arg(long, env = "WSNODE_NODE_ID", default_value = "node-a")]
     node_id: String,
@@ -246,13 +250,20 @@ impl Args {
     }
 }
 
+fn parse_handoff(s: &str) -> Result<std::path::PathBuf, String> {
+    match s.strip_prefix("unix:") {
+        Some(p) if !p.is_empty() => Ok(p.into()),
+        _ => Err(format!("{s:?} is not unix:PATH")),
+    }
+}
+
 fn main() {
     shared::shutdown::init_tracing();
     let result = shared::config::args_with_file("WSNODE_")
         .map_err(anyhow::Error::from)
         .and_then(|argv| {
             let args = Args::try_parse_from(argv).unwrap_or_else(|e| e.exit());
-            let listen = args.listen;
+            let listen = Listen { tcp: args.listen, handoff: args.handoff.clone() };
             let redis = args.redis_config()?;
             let wait = args.deregister_wait;
             let config = args.into_config()?;
@@ -266,15 +277,29 @@ fn main() {
     }
 }
 
+/// Where the node takes clients: its TCP listener, and the handoff socket when asked.
+struct Listen {
+    tcp: SocketAddr,
+    handoff: Option<std::path::PathBuf>,
+}
+
 #[tokio::main]
 async fn run(
-    listen: SocketAddr,
+    listen: Listen,
     redis: Option<RedisConfig>,
     deregister_wait: Duration,
     config: Config,
 ) -> anyhow::Result<()> {
+    let Listen { tcp: listen, handoff } = listen;
     let listener = shared::listen::bind(listen, false)
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let handoff = match &handoff {
+        Some(path) => Some(
+            ws_node::handoff::bind(path)
+                .map_err(|e| anyhow::anyhow!("--handoff unix:{}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
     let bus_token = tokio_util::sync::CancellationToken::new();
     let registered = redis.as_ref().is_some_and(|r| r.advertise.is_some());
     let (bus, redis_bus): (Arc<dyn Bus>, _) = match redis {
@@ -290,6 +315,9 @@ async fn run(
     let node = Node::new(config, bus);
     tracing::info!(node = %node.config.node_id, %listen, "ws-node serving");
     let serving = tokio::spawn(ws_node::serve(node.clone(), listener));
+    if let Some(l) = handoff {
+        tokio::spawn(ws_node::serve_handoff(node.clone(), l));
+    }
     if shared::shutdown::signal().await == Signal::Term {
         rolling_stop(&node, redis_bus.as_deref(), registered, deregister_wait).await;
     }

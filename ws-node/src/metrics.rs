@@ -14,6 +14,9 @@ pub struct Metrics {
     pub refused_draining: Counter,
     pub refused_bad_request: Counter,
     pub refused_fd_limit: Counter,
+    /// Clients a router handed over (in process or over `--handoff`), taken / given back.
+    pub handoffs_taken: Counter,
+    pub handoffs_refused: Counter,
     /// Upgrades without a valid token or hop header while auth is on (401/403).
     pub refused_auth: Counter,
     /// Connections closed with 4001 at their token's `exp`.
@@ -86,6 +89,13 @@ impl Metrics {
                 ("fd_limit", self.refused_fd_limit.get()),
                 ("auth", self.refused_auth.get()),
             ],
+        );
+        e.labeled(
+            "wsnode_handoffs_total",
+            "counter",
+            "Client sockets a router handed over, by answer.",
+            "outcome",
+            [("taken", self.handoffs_taken.get()), ("refused", self.handoffs_refused.get())],
         );
         e.counter(
             "wsnode_messages_in_total",

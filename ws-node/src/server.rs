@@ -5,12 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use shared::auth::{AuthError, HOP_HEADER, Identity, token_from};
+use shared::handoff::{Hold, Prefixed};
 use shared::http::{
     Body, bearer_ok, check_ws_upgrade, json, json_error, metrics_text, query_param, text,
     ws_upgrade_refusal,
@@ -55,26 +57,62 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
 /// the connection's requests.
 async fn serve_tcp(node: Arc<Node>, stream: TcpStream) {
     let Ok(peer) = stream.peer_addr() else { return };
-    let Some(tls) = &node.config.tls else { return serve_http(node, stream, peer).await };
+    let Some(tls) = &node.config.tls else { return serve_http(node, stream, peer, None).await };
     let handshake = tls.acceptor().accept(stream);
     match tokio::time::timeout(node.config.header_timeout, handshake).await {
-        Ok(Ok(s)) => serve_http(node, s, peer).await,
+        Ok(Ok(s)) => serve_http(node, s, peer, None).await,
         Ok(Err(e)) => tracing::debug!("TLS handshake: {e}"),
         Err(_) => tracing::debug!("TLS handshake timed out"),
     }
 }
 
+/// A client a router handed over (see [`crate::handoff`]): the router's forwarded head read
+/// first, then the socket; one request, and only `GET /ws`, so a client never reaches this
+/// node's admin or `/internal/*` paths through it.
+pub(crate) async fn serve_handed(
+    node: Arc<Node>,
+    stream: TcpStream,
+    head: Bytes,
+    hold: Option<Hold>,
+) {
+    let Ok(peer) = stream.peer_addr() else { return };
+    let hold = Some(Held { _hold: hold });
+    serve_http(node, Prefixed::new(head, stream), peer, hold).await
+}
+
+/// A handed-off request's [`Hold`], kept by its session (a request extension until then).
+#[derive(Clone)]
+struct Held {
+    _hold: Option<Hold>,
+}
+
 /// One HTTP connection: requests until it closes, upgrades, or the node shuts down.
-/// `peer` is the TCP peer, which `/internal/*` checks.
-async fn serve_http<I>(node: Arc<Node>, stream: I, peer: std::net::SocketAddr)
+/// `peer` is the TCP peer, which `/internal/*` checks. `handed` is set for a connection a
+/// router handed over: only `GET /ws`, and closed after a refusal.
+async fn serve_http<I>(node: Arc<Node>, stream: I, peer: std::net::SocketAddr, handed: Option<Held>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let svc_node = node.clone();
-    let svc = service_fn(move |req| {
+    let svc = service_fn(move |mut req: Request<Incoming>| {
         let node = svc_node.clone();
+        let handed = handed.clone();
         async move {
-            let r = if req.method() == Method::GET && req.uri().path() == "/admin/rooms" {
+            let r = if let Some(h) = handed {
+                let mut r = if req.method() == Method::GET && req.uri().path() == "/ws" {
+                    req.extensions_mut().insert(h);
+                    upgrade(&node, req)
+                } else {
+                    text(StatusCode::NOT_FOUND, "not found")
+                };
+                // One request per handed-off connection: what follows a refusal would not
+                // have passed the router.
+                if r.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    r.headers_mut()
+                        .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+                }
+                r
+            } else if req.method() == Method::GET && req.uri().path() == "/admin/rooms" {
                 admin_rooms(&node, req).await
             } else if crate::internal::owns(req.uri().path()) {
                 crate::internal::route(&node, peer, req).await
@@ -182,8 +220,10 @@ fn upgrade(node: &Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
         .max_message_size(Some(node.config.max_frame_bytes))
         .max_frame_size(Some(node.config.max_frame_bytes));
     let on_upgrade = hyper::upgrade::on(&mut req);
+    let held = req.extensions_mut().remove::<Held>();
     let session_node = node.clone();
     node.tracker.spawn(async move {
+        let _held = held;
         match on_upgrade.await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(
