@@ -29,6 +29,29 @@ const NODE_STOP: Duration = Duration::from_secs(15);
 /// Most nodes one `fleet up` starts.
 pub const MAX_NODES: usize = 64;
 
+/// How the router passes clients to the nodes of this process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DataPath {
+    /// The router proxies each client to its node over loopback (every byte crosses it).
+    Proxy,
+    /// The router reads the request, places it, and hands the socket to the node, which
+    /// completes the upgrade itself: no loopback hop, no tunnel.
+    #[default]
+    Handoff,
+}
+
+impl std::str::FromStr for DataPath {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "proxy" => Ok(DataPath::Proxy),
+            "handoff" => Ok(DataPath::Handoff),
+            _ => Err(format!("{s:?}: --data-path is proxy or handoff")),
+        }
+    }
+}
+
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -39,6 +62,7 @@ pub struct Options {
     pub node: ws_node::Config,
     /// Redis for spanning rooms; `None` = one in-process hub.
     pub redis: Option<String>,
+    pub data_path: DataPath,
 }
 
 /// One started node.
@@ -99,6 +123,12 @@ impl Fleet {
             .map(|n| NodeSpec::new(&n.id, &n.addr.to_string(), None))
             .collect::<Result<_, _>>()
             .map_err(|e| router::Error::Config(format!("node address: {e}")))?;
+        if opts.data_path == DataPath::Handoff {
+            config.in_process = nodes
+                .iter()
+                .map(|n| (n.id.clone(), router::InProcess(ws_node::taker(&n.node))))
+                .collect();
+        }
         let auth_off = config.jwt.is_none();
         let router = Router::start(config)?;
         Ok(Self { router, nodes, bus_token, auth_off })

@@ -117,6 +117,11 @@ struct Up {
     /// Members one room may hold on each node; the next joiner is closed with 4009.
     #[arg(long, env = "FLEET_MAX_ROOM_MEMBERS", default_value_t = 10_000)]
     max_room_members: usize,
+    /// How the router passes clients to the nodes: `handoff` (it reads the request, places
+    /// it and hands the socket to the node: no loopback hop) or `proxy` (every byte crosses
+    /// the router, as with nodes on other hosts).
+    #[arg(long, env = "FLEET_DATA_PATH", default_value = "handoff")]
+    data_path: fleet::DataPath,
     /// The router's flags. Their `--redis URL` also makes the nodes span rooms through that
     /// Redis instead of the in-process hub.
     #[command(flatten)]
@@ -170,6 +175,7 @@ fn main() {
                     },
                     router,
                     redis,
+                    data_path: up.data_path,
                 })
         });
     let result = options.and_then(|o| run(o).map_err(|e| e.to_string()));

@@ -83,6 +83,8 @@ pub struct Config {
     pub api_keys: Vec<crate::api::ApiKey>,
     /// Read the Redis inbox (`--inbox`) and publish its entries.
     pub inbox: Option<crate::inbox::InboxConfig>,
+    /// Nodes in this process that take clients handed over (`fleet up`), by node id.
+    pub in_process: std::collections::BTreeMap<String, crate::handoff::InProcess>,
 }
 
 impl Default for Config {
@@ -117,6 +119,7 @@ impl Default for Config {
             api: None,
             api_keys: Vec::new(),
             inbox: None,
+            in_process: Default::default(),
         }
     }
 }
@@ -444,6 +447,7 @@ impl RouterArgs {
                     claim_idle: self.inbox_claim_idle,
                 }),
             },
+            in_process: Default::default(),
         })
     }
 }

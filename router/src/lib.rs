@@ -10,6 +10,8 @@ pub mod config;
 mod connect;
 pub mod discovery;
 mod error;
+pub mod handoff;
+mod head;
 pub mod health;
 pub mod inbox;
 mod limits;
@@ -35,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, RouterArgs};
 pub use error::{Cause, Error};
+pub use handoff::InProcess;
 pub use health::HealthConfig;
 pub use membership::{Membership, NodeSpec, Source, View};
 pub use metrics::Metrics;
@@ -110,6 +113,7 @@ impl Router {
         if config.jwt.is_none() {
             tracing::warn!("auth is off (no --jwt-key): anyone may connect as any user");
         }
+        let handoff = handoff::Routes::new(&config);
         let config = Arc::new(config);
         let proxy = Arc::new(proxy::Proxy {
             limits: limits::Limits::new(
@@ -125,6 +129,7 @@ impl Router {
             hard_stop: hard_stop.clone(),
             tls: tls.clone(),
             dialer,
+            handoff,
         });
         let t = &shutdown.tracker;
         t.spawn(proxy::serve(proxy.clone(), Acceptor::new(listener)));

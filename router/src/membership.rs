@@ -91,13 +91,16 @@ impl Serialize for NodeAddr {
     }
 }
 
-/// One node as configured: `--node ID=HOST:PORT[@WEIGHT]`, a `POST /admin/nodes` body, or
-/// (later) a registry entry.
+/// One node as configured: `--node ID=HOST:PORT[@WEIGHT][,handoff=PATH]`, a
+/// `POST /admin/nodes` body, or a registry entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeSpec {
     pub id: NodeId,
     pub addr: NodeAddr,
     pub weight: u32,
+    /// The node's `--handoff` Unix socket on this host: clients are handed to it there
+    /// instead of proxied (only `--node` flags carry one).
+    pub handoff: Option<std::path::PathBuf>,
 }
 
 impl NodeSpec {
@@ -109,7 +112,7 @@ impl NodeSpec {
         if !(1..=MAX_WEIGHT).contains(&weight) {
             return Err(format!("weight {weight} is outside 1..={MAX_WEIGHT}"));
         }
-        Ok(Self { id, addr, weight })
+        Ok(Self { id, addr, weight, handoff: None })
     }
 }
 
@@ -117,8 +120,15 @@ impl FromStr for NodeSpec {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let (id, rest) =
-            s.split_once('=').ok_or_else(|| format!("{s:?} is not ID=HOST:PORT[@WEIGHT]"))?;
+        let (node, handoff) = match s.split_once(",handoff=") {
+            Some((_, "")) => return Err(format!("{s:?}: handoff= needs a socket path")),
+            Some((node, path)) => (node, Some(std::path::PathBuf::from(path))),
+            None => (s, None),
+        };
+        let s = node;
+        let (id, rest) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?} is not ID=HOST:PORT[@WEIGHT][,handoff=PATH]"))?;
         let (addr, weight) = match rest.rsplit_once('@') {
             Some((addr, w)) => {
                 let w = w.parse().map_err(|_| format!("{s:?}: weight {w:?} is not a number"))?;
@@ -126,7 +136,8 @@ impl FromStr for NodeSpec {
             }
             None => (rest, None),
         };
-        Self::new(id, addr, weight).map_err(|e| format!("{s:?}: {e}"))
+        let spec = Self::new(id, addr, weight).map_err(|e| format!("{s:?}: {e}"))?;
+        Ok(Self { handoff, ..spec })
     }
 }
 
@@ -410,9 +421,20 @@ mod tests {
         let s = spec("b=node-b:7001");
         assert_eq!((s.addr.as_str(), s.weight, s.addr.ip()), ("node-b:7001", 1, None));
         assert!(spec("c=[::1]:7001").addr.ip().is_some());
-        for bad in
-            ["x", "=1.2.3.4:1", "a=1.2.3.4", "a=h:0", "a=h:1@0", "a=h:1@x", "a b=h:1", "a=h/x:1"]
-        {
+        let s = spec("d=127.0.0.1:7004@2,handoff=/run/roomfleet/d.sock");
+        assert_eq!((s.addr.as_str(), s.weight), ("127.0.0.1:7004", 2));
+        assert_eq!(s.handoff.as_deref(), Some(std::path::Path::new("/run/roomfleet/d.sock")));
+        for bad in [
+            "x",
+            "=1.2.3.4:1",
+            "a=1.2.3.4",
+            "a=h:0",
+            "a=h:1@0",
+            "a=h:1@x",
+            "a b=h:1",
+            "a=h/x:1",
+            "a=h:1,handoff=",
+        ] {
             assert!(bad.parse::<NodeSpec>().is_err(), "{bad} parsed");
         }
     }

@@ -90,6 +90,41 @@ impl Outcome {
     }
 }
 
+/// How one offer of a client to a node ended; the label of `router_handoffs_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandoffOutcome {
+    /// Taken by a node in this process.
+    InProcess,
+    /// Taken by a node process over its Unix socket; the router holds nothing of it now.
+    Unix,
+    /// Given back (draining, full, starting): the next candidate or the proxy takes it.
+    Refused,
+    /// The node's socket could not be reached: the next candidate or the proxy takes it.
+    Unreachable,
+    /// Sent but not answered: the client is closed (the node may hold it).
+    Lost,
+}
+
+impl HandoffOutcome {
+    pub const ALL: [HandoffOutcome; 5] = [
+        HandoffOutcome::InProcess,
+        HandoffOutcome::Unix,
+        HandoffOutcome::Refused,
+        HandoffOutcome::Unreachable,
+        HandoffOutcome::Lost,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandoffOutcome::InProcess => "in_process",
+            HandoffOutcome::Unix => "unix",
+            HandoffOutcome::Refused => "refused",
+            HandoffOutcome::Unreachable => "unreachable",
+            HandoffOutcome::Lost => "lost",
+        }
+    }
+}
+
 /// Why a client connection was refused before its request was served; the `reason` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -145,6 +180,7 @@ pub struct Metrics {
     auth_refused: [Counter; shared::auth::AuthError::REASONS.len()],
     /// Requests whose header block was over `--max-header-bytes` (answered 431).
     pub refused_header_too_large: Counter,
+    handoffs: [Counter; HandoffOutcome::ALL.len()],
 }
 
 impl Metrics {
@@ -186,6 +222,14 @@ impl Metrics {
         if let Some(i) = shared::api::CODES.iter().position(|c| *c == code) {
             self.api_errors[i].inc();
         }
+    }
+
+    pub fn handoff(&self, o: HandoffOutcome) {
+        self.handoffs[o as usize].inc();
+    }
+
+    pub fn handoffs(&self, o: HandoffOutcome) -> u64 {
+        self.handoffs[o as usize].get()
     }
 
     pub fn proxy_error(&self, c: Cause) {
@@ -265,6 +309,13 @@ impl Metrics {
             "Failed attempts to reach a node before its 101, by cause.",
             "cause",
             Cause::ALL.iter().map(|c| (c.as_str(), self.proxy_errors(*c))),
+        );
+        e.labeled(
+            "router_handoffs_total",
+            "counter",
+            "Clients offered to a node instead of proxied, by outcome (in_process and unix: taken).",
+            "outcome",
+            HandoffOutcome::ALL.iter().map(|o| (o.as_str(), self.handoffs(*o))),
         );
         e.counter(
             "router_retries_total",

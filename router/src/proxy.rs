@@ -72,6 +72,25 @@ pub(crate) struct Proxy {
     pub(crate) tls: Option<Arc<crate::tls::Tls>>,
     /// How nodes are reached (TLS with `--node-tls-ca`).
     pub(crate) dialer: upstream::Dialer,
+    /// Where clients are handed to nodes instead of proxied; `None` = proxy only.
+    pub(crate) handoff: Option<crate::handoff::Routes>,
+}
+
+/// An upgrade that passed the router's checks: where it goes and what the node is told.
+pub(crate) struct Checked {
+    pub(crate) target: shared::ids::WsTarget,
+    /// The signed identity header, with auth on.
+    pub(crate) hop: Option<HeaderValue>,
+    pub(crate) client_ip: IpAddr,
+    pub(crate) view: Arc<crate::membership::View>,
+    pub(crate) placement: crate::placement::Placement,
+}
+
+/// Why [`Proxy::check`] refused an upgrade; [`Proxy::refused`] counts it and answers.
+pub(crate) enum Refused {
+    BadRequest(Response<Body>),
+    Auth(AuthError, shared::ids::RoomId),
+    NoNode(Response<Body>),
 }
 
 /// What one node said to the upgrade.
@@ -121,7 +140,10 @@ async fn connection(
 ) {
     let Some(tls) = &proxy.tls else {
         return match admitted {
-            Ok(guard) => serve_client(proxy, stream, peer, guard).await,
+            Ok(guard) if proxy.handoff.is_some() => {
+                crate::handoff::serve(proxy, stream, peer, Arc::new(guard)).await
+            }
+            Ok(guard) => serve_client(proxy, stream, peer, Arc::new(guard)).await,
             Err(why) => refuse(stream, why).await,
         };
     };
@@ -132,7 +154,7 @@ async fn connection(
         Err(_) => return tracing::debug!("TLS handshake timed out"),
     };
     match admitted {
-        Ok(guard) => serve_client(proxy, stream, peer, guard).await,
+        Ok(guard) => serve_client(proxy, stream, peer, Arc::new(guard)).await,
         Err(why) => refuse(stream, why).await,
     }
 }
@@ -162,11 +184,14 @@ where
 }
 
 /// One client connection: requests until it closes or upgrades.
-async fn serve_client<I>(proxy: Arc<Proxy>, stream: I, peer: SocketAddr, guard: ConnGuard)
-where
+pub(crate) async fn serve_client<I>(
+    proxy: Arc<Proxy>,
+    stream: I,
+    peer: SocketAddr,
+    guard: Arc<ConnGuard>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let guard = Arc::new(guard);
     let svc_proxy = proxy.clone();
     let svc = service_fn(move |req| {
         let proxy = svc_proxy.clone();
@@ -215,6 +240,59 @@ impl Proxy {
         }
     }
 
+    /// The router's checks of an upgrade, before any node is asked: the query, the upgrade
+    /// headers, the token (with auth on), and placement. The proxy and the handoff run the
+    /// same ones.
+    pub(crate) fn check<B>(
+        &self,
+        req: &Request<B>,
+        peer: SocketAddr,
+    ) -> Result<Checked, Box<Refused>> {
+        let target = parse_ws_query(req.uri().query())
+            .map_err(|e| Refused::BadRequest(text(StatusCode::BAD_REQUEST, e.to_string())))?;
+        check_ws_upgrade(req.headers())
+            .map_err(|(status, why)| Refused::BadRequest(ws_upgrade_refusal(status, why)))?;
+        let hop = self.identity(req, &target).map_err(|e| Refused::Auth(e, target.room.clone()))?;
+        let client_ip =
+            crate::client_ip::client_ip(peer, req.headers(), &self.config.trusted_proxies);
+        let view = self.membership.view();
+        let placement = self.policy.place(&view, &target.room, client_ip).map_err(|e| {
+            Refused::NoNode(retry_later(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("{e}; retry later"),
+            ))
+        })?;
+        Ok(Checked { target, hop, client_ip, view, placement })
+    }
+
+    /// Counts a refusal of [`Proxy::check`] and gives the client's answer.
+    fn refused(&self, r: Refused) -> Response<Body> {
+        let m = &self.metrics;
+        match r {
+            Refused::BadRequest(resp) => {
+                m.upgrade(Outcome::BadRequest);
+                resp
+            }
+            Refused::Auth(e, room) => {
+                m.upgrade(Outcome::Unauthorized);
+                m.auth_refused(&e);
+                tracing::debug!(%room, reason = e.reason(), "upgrade refused: {e}");
+                text(e.status(), e.to_string())
+            }
+            Refused::NoNode(resp) => {
+                m.upgrade(Outcome::NoNode);
+                resp
+            }
+        }
+    }
+
+    /// Counts a placement made (per country with `geo`).
+    pub(crate) fn placed(&self, p: &crate::placement::Placement) {
+        if matches!(self.policy, crate::placement::Policy::Geo(_)) {
+            self.metrics.geo(p.country.as_deref(), p.fallback);
+        }
+    }
+
     /// Validates, places and forwards one upgrade; the answer the client gets.
     async fn upgrade(
         self: &Arc<Self>,
@@ -224,52 +302,18 @@ impl Proxy {
     ) -> Response<Body> {
         let started = Instant::now();
         let m = &self.metrics;
-        let target = match parse_ws_query(req.uri().query()) {
-            Ok(t) => t,
-            Err(e) => {
-                m.upgrade(Outcome::BadRequest);
-                return text(StatusCode::BAD_REQUEST, e.to_string());
-            }
+        let Checked { target, hop, client_ip, view, placement } = match self.check(&req, peer) {
+            Ok(c) => c,
+            Err(r) => return self.refused(*r),
         };
-        if let Err((status, why)) = check_ws_upgrade(req.headers()) {
-            m.upgrade(Outcome::BadRequest);
-            return ws_upgrade_refusal(status, why);
-        }
-        let hop = match self.identity(&req, &target) {
-            Ok(hop) => hop,
-            Err(e) => {
-                m.upgrade(Outcome::Unauthorized);
-                m.auth_refused(&e);
-                tracing::debug!(room = %target.room, reason = e.reason(), "upgrade refused: {e}");
-                return text(e.status(), e.to_string());
-            }
-        };
-        let client_ip =
-            crate::client_ip::client_ip(peer, req.headers(), &self.config.trusted_proxies);
-        let view = self.membership.view();
-        let placement = match self.policy.place(&view, &target.room, client_ip) {
-            Ok(p) => {
-                if matches!(self.policy, crate::placement::Policy::Geo(_)) {
-                    m.geo(p.country.as_deref(), p.fallback);
-                }
-                p
-            }
-            Err(e) => {
-                m.upgrade(Outcome::NoNode);
-                return retry_later(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}; retry later"));
-            }
-        };
+        self.placed(&placement);
         let client_upgrade = hyper::upgrade::on(&mut req);
         let mut failures: Vec<Error> = Vec::new();
         for (i, member) in placement.members(&view).take(self.config.max_tries).enumerate() {
             if i > 0 {
                 m.retries.inc();
             }
-            let mut fwd =
-                forward_request(req.uri(), req.headers(), member, client_ip, placement.generation);
-            if let Some(v) = &hop {
-                fwd.headers_mut().insert(HOP_HEADER, v.clone());
-            }
+            let fwd = forwarded(&req, member, client_ip, placement.generation, hop.as_ref());
             match self.attempt(member, fwd).await {
                 Ok(Answer::Switching(resp, node)) => {
                     m.upgrade(Outcome::Ok);
@@ -314,9 +358,9 @@ impl Proxy {
     }
 
     /// With auth on, the client's token verified for the room; `None` with auth off.
-    pub(crate) fn verified(
+    pub(crate) fn verified<B>(
         &self,
-        req: &Request<Incoming>,
+        req: &Request<B>,
         target: &shared::ids::WsTarget,
     ) -> Result<Option<shared::auth::Identity>, AuthError> {
         let (Some(jwt), Some(_)) = (&self.config.jwt, &self.config.hop_key) else {
@@ -327,9 +371,9 @@ impl Proxy {
     }
 
     /// With auth on, the signed hop header that carries the verified identity to the node.
-    fn identity(
+    fn identity<B>(
         &self,
-        req: &Request<Incoming>,
+        req: &Request<B>,
         target: &shared::ids::WsTarget,
     ) -> Result<Option<HeaderValue>, AuthError> {
         let (Some(id), Some(hop)) = (self.verified(req, target)?, &self.config.hop_key) else {
@@ -464,6 +508,21 @@ async fn splice(
             Ok(())
         }
     }
+}
+
+/// The upgrade as `member` gets it, with the signed identity when auth is on.
+pub(crate) fn forwarded<B>(
+    req: &Request<B>,
+    member: &Member,
+    client_ip: IpAddr,
+    generation: u64,
+    hop: Option<&HeaderValue>,
+) -> Request<Empty<Bytes>> {
+    let mut fwd = forward_request(req.uri(), req.headers(), member, client_ip, generation);
+    if let Some(v) = hop {
+        fwd.headers_mut().insert(HOP_HEADER, v.clone());
+    }
+    fwd
 }
 
 /// The upgrade as the node gets it: end-to-end headers (all `Sec-WebSocket-*` among them),

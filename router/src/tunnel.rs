@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use shared::handoff::Prefixed;
 use shared::metrics::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -36,7 +37,21 @@ const READ_CHUNK: usize = 16 * 1024;
 /// headers. Both sides of a tunnel are plain TCP here, so the splice runs on owned socket
 /// halves with readiness-driven reads and writes.
 pub(crate) fn into_tcp(up: Upgraded) -> Result<(TcpStream, Bytes), Upgraded> {
-    up.downcast::<TokioIo<TcpStream>>().map(|p| (p.io.into_inner(), p.read_buf))
+    let up = match up.downcast::<TokioIo<TcpStream>>() {
+        Ok(p) => return Ok((p.io.into_inner(), p.read_buf)),
+        Err(up) => up,
+    };
+    // A client whose head the router read itself before proxying it (see crate::handoff).
+    up.downcast::<TokioIo<Prefixed<TcpStream>>>().map(|p| {
+        let (tcp, unread) = p.io.into_inner().into_parts();
+        if unread.is_empty() {
+            return (tcp, p.read_buf);
+        }
+        let mut early = bytes::BytesMut::with_capacity(unread.len() + p.read_buf.len());
+        early.extend_from_slice(&p.read_buf);
+        early.extend_from_slice(&unread);
+        (tcp, early.freeze())
+    })
 }
 
 /// A client that came over TLS: the TLS stream and the bytes hyper had read past the headers.
