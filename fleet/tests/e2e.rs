@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use fleet::{Fleet, Options};
+use fleet::{DataPath, Fleet, Options};
 use router::HealthConfig;
 use serde_json::{Value, json};
 use shared::testkit::ws::{STEP, WsClient};
@@ -42,7 +42,16 @@ async fn up_with(nodes: usize, health: HealthConfig) -> Fleet {
     };
     let node =
         ws_node::Config { publish_rate: 1000.0, publish_burst: 1000.0, ..Default::default() };
-    Fleet::up(Options { nodes, router, node, redis: None }).await.unwrap()
+    Fleet::up(Options { nodes, router, node, redis: None, data_path: data_path() }).await.unwrap()
+}
+
+/// This run's data path (`ROOMFLEET_TEST_DATA_PATH`): fleet up's default, the in-process
+/// handoff, unless `proxy` is asked for (a `unix` run has no socket in one process).
+fn data_path() -> DataPath {
+    match shared::testkit::data_path(shared::testkit::DataPath::InProcess) {
+        shared::testkit::DataPath::Proxy => DataPath::Proxy,
+        _ => DataPath::Handoff,
+    }
 }
 
 fn url(f: &Fleet, room: &str, user: &str) -> String {
@@ -102,7 +111,15 @@ async fn two_hundred_rooms_of_five_clients_each_meet_on_their_placed_node() {
         assert_eq!(n.node.connections(), per_node[&n.id] * 5, "{} holds its rooms' clients", n.id);
     }
     let text = http(f.router.admin_addr(), "GET", "/metrics", &[], "").await.unwrap().1;
-    assert_eq!(shared::metrics::sample(&text, "router_tunnels"), Some(1000.0));
+    let (tunnels, handed) = match data_path() {
+        DataPath::Proxy => (1000.0, 0.0),
+        DataPath::Handoff => (0.0, 1000.0),
+    };
+    assert_eq!(shared::metrics::sample(&text, "router_tunnels"), Some(tunnels), "{text}");
+    let name = "router_handoffs_total{outcome=\"in_process\"}";
+    assert_eq!(shared::metrics::sample(&text, name), Some(handed), "{text}");
+    // Handed-off clients keep their router slot and their node's gauge, as tunnels do.
+    assert_eq!(shared::metrics::sample(&text, "router_connections"), Some(1000.0), "{text}");
     drop(open);
     f.shutdown().await;
 }

@@ -30,11 +30,23 @@ async fn members_of_a_room_meet_on_the_placed_node_and_talk() {
         open.extend([a, b]);
     }
     assert_eq!(seen_nodes.len(), 3, "20 rooms spread over the 3 nodes");
-    assert_eq!(s.metric("router_tunnels").await, 40.0);
     let text = s.metrics().await;
     assert!(text.contains("router_upgrades_total{outcome=\"ok\"} 40"), "{text}");
-    assert!(s.metric("router_bytes_to_client_total").await > 0.0);
     assert!(s.metric("router_upgrade_seconds_count").await >= 40.0);
+    match data_path() {
+        DataPath::Proxy => {
+            assert_eq!(s.metric("router_tunnels").await, 40.0);
+            assert!(s.metric("router_bytes_to_client_total").await > 0.0);
+        }
+        handed => {
+            // Handed off: no tunnel, not a byte through the router.
+            let outcome = if handed == DataPath::Unix { "unix" } else { "in_process" };
+            let name = format!("router_handoffs_total{{outcome=\"{outcome}\"}}");
+            assert_eq!(s.metric(&name).await, 40.0, "{text}");
+            assert_eq!(s.metric("router_tunnels").await, 0.0);
+            assert_eq!(s.metric("router_bytes_to_client_total").await, 0.0);
+        }
+    }
 }
 
 #[tokio::test]
@@ -77,7 +89,14 @@ async fn an_unreachable_owner_is_retried_on_the_next_node_of_the_ring() {
     s.node_mut(&owner).kill().await;
     let (_ws, w) = join(&s.url("lobby", "u1")).await;
     assert_eq!(w["node"], fallback.as_str());
-    assert!(s.metrics().await.contains("router_proxy_errors_total{cause=\"connect\"} 1"));
+    let text = s.metrics().await;
+    let failed = match data_path() {
+        DataPath::Proxy => "router_proxy_errors_total{cause=\"connect\"} 1",
+        // A stopped node in this process refuses; a node process gone leaves a dead socket.
+        DataPath::InProcess => "router_handoffs_total{outcome=\"refused\"} 1",
+        DataPath::Unix => "router_handoffs_total{outcome=\"unreachable\"} 1",
+    };
+    assert!(text.contains(failed), "{text}");
     assert_eq!(s.metric("router_retries_total").await, 1.0);
 }
 
@@ -96,7 +115,10 @@ async fn a_node_at_its_limit_answers_503_and_the_next_node_takes_the_client() {
         let (_ws, w) = join(&url).await;
         assert_eq!(w["node"], "spare");
     }
-    assert!(router.metrics().proxy_errors(router::Cause::Refused) >= 1);
+    match data_path() {
+        DataPath::Proxy => assert!(router.metrics().proxy_errors(router::Cause::Refused) >= 1),
+        _ => assert!(router.metrics().handoffs(router::metrics::HandoffOutcome::Refused) >= 1),
+    }
 }
 
 /// A stand-in for a node that turns upgrades away itself (another version, or an auth layer
@@ -240,6 +262,9 @@ async fn a_dead_node_leaves_the_ring_within_the_health_window_and_comes_back() {
 
 #[tokio::test]
 async fn connection_caps_refuse_new_clients_and_keep_open_ones() {
+    if data_path() == DataPath::Unix {
+        return caps_count_only_the_clients_the_router_holds().await;
+    }
     let s = Setup::with(1, |c| c.max_connections_per_ip = 2).await;
     let (mut a, _) = join(&s.url("r", "a")).await;
     let (_b, _) = join(&s.url("r", "b")).await;
@@ -259,6 +284,20 @@ async fn connection_caps_refuse_new_clients_and_keep_open_ones() {
     let (status, body) = raw_upgrade(s.router.proxy_addr(), "/ws?room=r&user=b", &UPGRADE).await;
     assert_eq!((status, body.trim()), (503, "router at its connection limit; retry"));
     assert!(s.metrics().await.contains("router_refused_total{reason=\"max_connections\"} 1"));
+}
+
+/// A client handed over a Unix socket is the node's alone (the router keeps no descriptor
+/// and no slot of it), so the router's caps bound only what it holds: its file limit.
+async fn caps_count_only_the_clients_the_router_holds() {
+    let s = Setup::with(1, |c| c.max_connections_per_ip = 2).await;
+    let mut open = Vec::new();
+    for u in ["a", "b", "c"] {
+        open.push(join(&s.url("r", u)).await.0);
+    }
+    assert_eq!(s.metric("router_connections").await, 0.0);
+    assert_eq!(s.metric("router_handoffs_total{outcome=\"unix\"}").await, 3.0);
+    open[0].publish(json!(1)).await;
+    assert_eq!(open[2].recv_type("message").await["body"], 1);
 }
 
 #[tokio::test]
@@ -284,7 +323,13 @@ async fn shutdown_stops_accepting_and_lets_open_tunnels_finish() {
 
 #[tokio::test]
 async fn the_end_of_the_grace_cuts_open_tunnels() {
-    let s = Setup::with(1, |c| c.shutdown_grace = Duration::from_millis(200)).await;
+    // Tunnels are the proxy's: this router proxies whatever the run's data path.
+    let s = Setup::with(1, |c| {
+        c.shutdown_grace = Duration::from_millis(200);
+        c.in_process.clear();
+        c.nodes.iter_mut().for_each(|n| n.handoff = None);
+    })
+    .await;
     let (mut ws, _) = join(&s.url("r", "a")).await;
     let clean = s.router.shutdown().await;
     assert!(!clean);

@@ -13,6 +13,36 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// How the end-to-end suites' routers pass clients to nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataPath {
+    /// Upgrades proxied, bytes spliced (the router's default).
+    Proxy,
+    /// Sockets handed to nodes in the router's process (`fleet up`'s default).
+    InProcess,
+    /// Sockets handed over each node's `--handoff` Unix socket.
+    Unix,
+}
+
+/// The data path a suite runs in: `ROOMFLEET_TEST_DATA_PATH` = `proxy`, `handoff` or `unix`
+/// (`scripts/test` runs the suites in each), else `default`.
+pub fn data_path(default: DataPath) -> DataPath {
+    match std::env::var("ROOMFLEET_TEST_DATA_PATH").as_deref() {
+        Err(_) | Ok("") => default,
+        Ok("proxy") => DataPath::Proxy,
+        Ok("handoff") => DataPath::InProcess,
+        Ok("unix") => DataPath::Unix,
+        Ok(other) => panic!("ROOMFLEET_TEST_DATA_PATH={other:?}: use proxy, handoff or unix"),
+    }
+}
+
+/// A fresh path for a Unix socket (short: the kernel takes 107 bytes at most).
+pub fn socket_path(what: &str) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("rf-{what}-{}-{n}.sock", std::process::id()))
+}
+
 /// Polls `cond` every 20 ms until it holds; panics with `what` after `timeout`.
 pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut cond: F)
 where

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use router::{Config, HealthConfig, NodeSpec, Router};
 use serde_json::Value;
+pub use shared::testkit::DataPath;
 pub use shared::testkit::ws::{STEP, WsClient};
 use ws_node::{LocalBus, LocalHub, Node};
 
@@ -16,11 +17,19 @@ pub async fn join(url: &str) -> (WsClient, Value) {
     WsClient::join(url).await
 }
 
-/// A ws-node on 127.0.0.1:0; shut down on drop.
+/// The data path of this run's routers (`ROOMFLEET_TEST_DATA_PATH`; proxy by default).
+pub fn data_path() -> DataPath {
+    shared::testkit::data_path(DataPath::Proxy)
+}
+
+/// A ws-node on 127.0.0.1:0, and on a handoff socket when the run uses them; shut down on
+/// drop.
 pub struct TestNode {
     pub id: String,
     pub addr: SocketAddr,
     pub node: Arc<Node>,
+    /// Its `--handoff` socket, in the `unix` data path.
+    pub handoff: Option<std::path::PathBuf>,
     serving: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -42,7 +51,13 @@ impl TestNode {
         let id = config.node_id.clone();
         let node = Node::new(config, bus);
         let serving = Some(tokio::spawn(ws_node::serve(node.clone(), listener)));
-        Self { id, addr, node, serving }
+        let handoff = (data_path() == DataPath::Unix).then(|| {
+            let path = shared::testkit::socket_path(&id);
+            let l = ws_node::handoff::bind(&path).expect("bind the handoff socket");
+            tokio::spawn(ws_node::serve_handoff(node.clone(), l));
+            path
+        });
+        Self { id, addr, node, handoff, serving }
     }
 
     /// A node with `config` on a `RedisBus` of `redis_url`, once it is connected.
@@ -64,7 +79,12 @@ impl TestNode {
     }
 
     pub fn spec(&self) -> NodeSpec {
-        format!("{}={}", self.id, self.addr).parse().unwrap()
+        match &self.handoff {
+            Some(p) => format!("{}={},handoff={}", self.id, self.addr, p.display()),
+            None => format!("{}={}", self.id, self.addr),
+        }
+        .parse()
+        .unwrap()
     }
 
     /// Stops the node the hard way for a router: its listener and connections go away.
@@ -79,6 +99,9 @@ impl TestNode {
 impl Drop for TestNode {
     fn drop(&mut self) {
         self.node.shutdown();
+        if let Some(p) = &self.handoff {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 
@@ -97,13 +120,22 @@ pub fn steady_health() -> HealthConfig {
     HealthConfig { timeout: Duration::from_secs(2), fall: 5, ..HealthConfig::default() }
 }
 
+/// A router config for `nodes` in this run's data path.
 pub fn config(nodes: &[&TestNode]) -> Config {
+    let in_process = match data_path() {
+        DataPath::InProcess => nodes
+            .iter()
+            .map(|n| (n.id.clone(), router::InProcess(ws_node::taker(&n.node))))
+            .collect(),
+        _ => Default::default(),
+    };
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin: "127.0.0.1:0".parse().unwrap(),
         nodes: nodes.iter().map(|n| n.spec()).collect(),
         health: steady_health(),
         shutdown_grace: Duration::from_secs(5),
+        in_process,
         ..Config::default()
     }
 }
