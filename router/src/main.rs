@@ -25,9 +25,11 @@ struct Cli {
     /// Address of the server API for back ends (`/api/*`); needs --api-key off loopback.
     #[arg(long, env = "ROUTER_API", default_value = "127.0.0.1:9091")]
     api: SocketAddr,
-    /// A node at start: ID=HOST:PORT[@WEIGHT]; repeat for each (comma-separated in the env).
+    /// A node at start: ID=HOST:PORT[@WEIGHT][,handoff=PATH]; repeat for each
+    /// (comma-separated in the env). `handoff=PATH` names the node's `--handoff unix:PATH`
+    /// socket on this host: its clients are handed over there instead of proxied.
     #[arg(long = "node", env = "ROUTER_NODE", value_delimiter = ',')]
-    nodes: Vec<NodeSpec>,
+    nodes: Vec<String>,
     #[command(flatten)]
     router: RouterArgs,
 }
@@ -37,8 +39,9 @@ fn main() {
     let config =
         shared::config::args_with_file("ROUTER_").map_err(|e| e.to_string()).and_then(|argv| {
             let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| e.exit());
+            let nodes = NodeSpec::parse_flags(&cli.nodes).map_err(|e| format!("--node {e}"))?;
             let mut c =
-                cli.router.build(cli.listen, cli.admin, cli.nodes).map_err(|e| e.to_string())?;
+                cli.router.build(cli.listen, cli.admin, nodes).map_err(|e| e.to_string())?;
             c.api = Some(cli.api);
             c.validate().map_err(|e| e.to_string())?;
             Ok(c)

@@ -116,6 +116,24 @@ impl NodeSpec {
     }
 }
 
+impl NodeSpec {
+    /// `--node` values as clap splits them at commas: a `handoff=PATH` piece belongs to the
+    /// node before it.
+    pub fn parse_flags(values: &[String]) -> Result<Vec<Self>, String> {
+        let mut joined: Vec<String> = Vec::new();
+        for v in values {
+            match (v.starts_with("handoff="), joined.last_mut()) {
+                (true, Some(prev)) => {
+                    prev.push(',');
+                    prev.push_str(v);
+                }
+                _ => joined.push(v.clone()),
+            }
+        }
+        joined.iter().map(|s| s.parse()).collect()
+    }
+}
+
 impl FromStr for NodeSpec {
     type Err = String;
 
@@ -421,7 +439,10 @@ mod tests {
         let s = spec("b=node-b:7001");
         assert_eq!((s.addr.as_str(), s.weight, s.addr.ip()), ("node-b:7001", 1, None));
         assert!(spec("c=[::1]:7001").addr.ip().is_some());
-        let s = spec("d=127.0.0.1:7004@2,handoff=/run/roomfleet/d.sock");
+        let flags = ["a=h:1", "d=127.0.0.1:7004@2", "handoff=/run/roomfleet/d.sock"];
+        let parsed = NodeSpec::parse_flags(&flags.map(String::from)).unwrap();
+        assert_eq!((parsed.len(), parsed[0].handoff.as_ref()), (2, None));
+        let s = parsed[1].clone();
         assert_eq!((s.addr.as_str(), s.weight), ("127.0.0.1:7004", 2));
         assert_eq!(s.handoff.as_deref(), Some(std::path::Path::new("/run/roomfleet/d.sock")));
         for bad in [
