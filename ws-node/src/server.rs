@@ -80,6 +80,9 @@ pub(crate) async fn serve_handed(
     serve_http(node, Prefixed::new(head, stream), peer, hold).await
 }
 
+/// The response header naming the node that answered, as routers set it.
+const NODE_HEADER: http::HeaderName = http::HeaderName::from_static("x-roomfleet-node");
+
 /// A handed-off request's [`Hold`], kept by its session (a request extension until then).
 #[derive(Clone)]
 struct Held {
@@ -110,6 +113,10 @@ where
                 if r.status() != StatusCode::SWITCHING_PROTOCOLS {
                     r.headers_mut()
                         .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+                }
+                // What the router adds to the answers it passes on.
+                if let Ok(v) = http::HeaderValue::from_str(&node.config.node_id) {
+                    r.headers_mut().insert(NODE_HEADER, v);
                 }
                 r
             } else if req.method() == Method::GET && req.uri().path() == "/admin/rooms" {
