@@ -134,10 +134,10 @@ async fn publish(
             };
             node.metrics.posts.inc();
             let posted = Published { seq, node: me.clone() };
-            if let Some(k) = &key {
-                if let Err(e) = rooms.bus.set_post_mark(room, k, &posted, WINDOW).await {
-                    tracing::warn!(%room, seq, "publish id not marked in the bus: {e}");
-                }
+            if let Some(k) = &key
+                && let Err(e) = rooms.bus.set_post_mark(room, k, &posted, WINDOW).await
+            {
+                tracing::warn!(%room, seq, "publish id not marked in the bus: {e}");
             }
             Ok(posted)
         })
