@@ -352,15 +352,19 @@ export class Room {
     const u = base ? new URL(this.url, base) : new URL(this.url);
     if (u.protocol === "http:") u.protocol = "ws:";
     if (u.protocol === "https:") u.protocol = "wss:";
-    u.searchParams.set("room", this.room);
-    if (this.user) u.searchParams.set("user", this.user);
+    const ours = [["room", this.room]];
+    if (this.user) ours.push(["user", this.user]);
     // Resume only within the same history: without an epoch a since would mean nothing.
     if (this.epoch != null && this.seq != null) {
-      u.searchParams.set("since", String(this.seq));
-      u.searchParams.set("epoch", this.epoch);
+      ours.push(["since", String(this.seq)], ["epoch", this.epoch]);
     } else if (this.history > 0) {
-      u.searchParams.set("history", String(this.history));
+      ours.push(["history", String(this.history)]);
     }
+    for (const [k] of ours) u.searchParams.delete(k);
+    // IDs are checked to [A-Za-z0-9._:-] and go as they are: servers refuse percent-encoded
+    // bytes (docs/protocol.md), and URLSearchParams would send `status:u42` as `status%3Au42`.
+    const rest = u.search.slice(1);
+    u.search = [rest, ...ours.map(([k, v]) => `${k}=${v}`)].filter(Boolean).join("&");
     return u.toString();
   }
 

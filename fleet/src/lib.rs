@@ -60,8 +60,8 @@ pub struct Options {
     pub router: router::Config,
     /// Settings every node shares; `node_id` is set per node.
     pub node: ws_node::Config,
-    /// Redis for spanning rooms; `None` = one in-process hub.
-    pub redis: Option<String>,
+    /// Redis for spanning rooms (URL and key prefix); `None` = one in-process hub.
+    pub redis: Option<RedisConfig>,
     pub data_path: DataPath,
 }
 
@@ -109,7 +109,7 @@ impl Fleet {
             let addr =
                 listener.local_addr().map_err(|source| Error::Bind { id: id.clone(), source })?;
             let bus: Arc<dyn Bus> = match &opts.redis {
-                Some(url) => RedisBus::start(&id, RedisConfig::new(url), bus_token.clone())
+                Some(redis) => RedisBus::start(&id, redis.clone(), bus_token.clone())
                     .map_err(|source| Error::Bus { id: id.clone(), source })?,
                 None => Arc::new(hub.bus(&id)),
             };

@@ -148,7 +148,12 @@ fn main() {
                     std::process::exit(0);
                 }
             };
-            let redis = up.router.redis.clone();
+            // The nodes share the router's Redis and prefix: the inbox, the registry and
+            // the rooms' keys stay together when several fleets use one Redis.
+            let redis = up.router.redis.clone().map(|url| ws_node::RedisConfig {
+                prefix: up.router.redis_prefix.clone(),
+                ..ws_node::RedisConfig::new(url)
+            });
             if up.max_room_members == 0 {
                 return Err("--max-room-members must be at least 1".to_owned());
             }

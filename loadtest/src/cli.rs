@@ -41,6 +41,9 @@ pub enum Command {
         #[arg(long)]
         plot: Option<PathBuf>,
     },
+    /// Publish through the server API and the Redis inbox into rooms with members on every
+    /// node; publishes/s, entries/s and call-to-delivery latency, every delivery checked.
+    Api(Box<crate::api::ApiArgs>),
 }
 
 /// The flags of a run.

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod api;
 pub mod checker;
 pub mod cli;
 pub mod counters;
@@ -26,8 +27,8 @@ use std::path::Path;
 
 use anyhow::Context;
 
-/// Writes the report as pretty JSON.
-pub fn write_json(report: &Report, path: &Path) -> anyhow::Result<()> {
+/// Writes a report (a run's, or `loadtest api`'s) as pretty JSON.
+pub fn write_json<T: serde::Serialize>(report: &T, path: &Path) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(report)?;
     std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
 }

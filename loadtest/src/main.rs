@@ -39,6 +39,15 @@ fn main() -> ExitCode {
             let merged = Report::merge(&parsed)?;
             finish(&merged, &cli.run.prefix, json.as_deref(), plot.as_deref())
         })(),
+        Some(Command::Api(args)) => (|| {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let report = runtime.block_on(loadtest::api::run(args))?;
+            print!("{}", report.table());
+            if let Some(path) = &args.json {
+                write_json(&report, path)?;
+            }
+            Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        })(),
         None => (|| {
             let config = cli.run.config()?;
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -142,7 +142,7 @@ struct Shared {
 }
 
 /// Connections buffer little: a 100k-connection run must not spend 128 KiB on each.
-fn ws_config() -> WebSocketConfig {
+pub(crate) fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0)
 }
 
@@ -158,7 +158,7 @@ fn io_cause(e: &std::io::Error) -> String {
     }
 }
 
-fn ws_cause(e: &tungstenite::Error) -> String {
+pub(crate) fn ws_cause(e: &tungstenite::Error) -> String {
     match e {
         tungstenite::Error::Io(io) => io_cause(io),
         tungstenite::Error::Http(resp) => format!("http_{}", resp.status().as_u16()),
@@ -169,7 +169,7 @@ fn ws_cause(e: &tungstenite::Error) -> String {
     }
 }
 
-async fn dial(target: SocketAddr, src: Option<IpAddr>) -> Result<TcpStream, String> {
+pub(crate) async fn dial(target: SocketAddr, src: Option<IpAddr>) -> Result<TcpStream, String> {
     let socket = TcpSocket::new_v4().map_err(|e| io_cause(&e))?;
     if let Some(ip) = src {
         socket.bind(SocketAddr::new(ip, 0)).map_err(|e| io_cause(&e))?;
@@ -180,14 +180,24 @@ async fn dial(target: SocketAddr, src: Option<IpAddr>) -> Result<TcpStream, Stri
 }
 
 /// What a welcome (or Socket.IO's join ack) said.
-struct Welcome {
+pub(crate) struct Welcome {
     seq: Option<u64>,
     epoch: Option<String>,
     recovered: bool,
 }
 
 /// Reads until the member is in the room.
-async fn join(ws: &mut Ws, cfg: &RunConfig, room: &str) -> Result<Welcome, String> {
+pub(crate) async fn join(ws: &mut Ws, cfg: &RunConfig, room: &str) -> Result<Welcome, String> {
+    join_as(ws, cfg.dialect, cfg.pusher.as_ref(), room).await
+}
+
+/// [`join`] for `dialect` (`pusher`: the app a Pusher subscription is signed with).
+pub(crate) async fn join_as(
+    ws: &mut Ws,
+    dialect: Dialect,
+    pusher: Option<&PusherApp>,
+    room: &str,
+) -> Result<Welcome, String> {
     // Bounded by the caller's connect timeout, and in count: a server chatting forever
     // before the welcome is a failure too.
     for _ in 0..64 {
@@ -200,18 +210,18 @@ async fn join(ws: &mut Ws, cfg: &RunConfig, room: &str) -> Result<Welcome, Strin
             Some(Err(e)) => return Err(ws_cause(&e)),
             None => return Err("eof".into()),
         };
-        let reply = match dialect::parse(cfg.dialect, &text) {
+        let reply = match dialect::parse(dialect, &text) {
             Incoming::Joined { seq, epoch, recovered } => {
                 return Ok(Welcome { seq, epoch, recovered });
             }
             Incoming::Error { code } => return Err(format!("error_{code}")),
             Incoming::Open => dialect::SIO_CONNECT.to_owned(),
             Incoming::Connected => dialect::socketio_join(room),
-            Incoming::Established { socket_id } => match &cfg.pusher {
+            Incoming::Established { socket_id } => match pusher {
                 Some(app) => app.subscribe(&socket_id, room),
                 None => return Err("pusher_without_app".into()),
             },
-            Incoming::Ping => cfg.dialect.pong().to_owned(),
+            Incoming::Ping => dialect.pong().to_owned(),
             Incoming::Disconnect => return Err("disconnect".into()),
             _ => continue,
         };

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 const ORDERS: &str = "orders-secret-0123456789";
 const JUDGE: &str = "judge-secret-0123456789";
@@ -344,5 +345,100 @@ async fn a_durable_publish_the_store_could_not_take_is_not_delivered_again_on_re
     let (_, next) = admin(api, "POST", "/api/rooms/d:2/publish", &[], r#"{"body":"next"}"#).await;
     assert_eq!(next["code"], "not_stored", "{next}");
     assert_eq!(ann.recv_type("message").await["seq"], 2, "x-1 did not come twice");
+    stop.cancel();
+}
+
+/// `n` nodes on a `RedisBus` of `redis` and a router with the API (no keys, loopback) and
+/// short drains in front of them; cancel `stop` at the end.
+async fn over_redis(
+    redis: &shared::testkit::RedisServer,
+    n: usize,
+    stop: &CancellationToken,
+) -> Setup {
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let id = format!("node-{}", (b'a' + i as u8) as char);
+        let cfg = ws_node::Config { node_id: id, ..ws_node::Config::default() };
+        nodes.push(TestNode::on_redis(cfg, &redis.url(), stop.clone()).await);
+    }
+    let mut c = config(&nodes.iter().collect::<Vec<_>>());
+    c.api = Some("127.0.0.1:0".parse().unwrap());
+    c.api_keys = vec![format!("orders={ORDERS}").parse().unwrap()];
+    c.drain_window = Some(Duration::from_millis(50));
+    let router = router::Router::start(c).unwrap();
+    Setup { hub: ws_node::LocalHub::new(), nodes, router }
+}
+
+#[tokio::test]
+async fn over_redis_a_retry_after_a_drain_moved_the_room_gets_the_first_answer_once() {
+    let redis = shared::testkit::RedisServer::start().await;
+    let stop = CancellationToken::new();
+    let s = over_redis(&redis, 2, &stop).await;
+    let room = "moved:1";
+    let owner = s.placement(room).await["node"].as_str().unwrap().to_string();
+    let (mut ann, _) = join(&s.url(room, "ann")).await;
+    let order = json!({"body": "shipped", "id": "order-9"});
+    let (status, first) = publish(&s, room, order.clone()).await;
+    assert_eq!((status, first["seq"].as_u64()), (200, Some(1)), "{first}");
+    assert_eq!(first["node"], owner.as_str());
+    assert_eq!(ann.recv_type("message").await["seq"], 1);
+
+    // The owner drains: ann is closed with 1012 and the ring places the room elsewhere.
+    let (status, v) = s.admin("POST", &format!("/admin/nodes/{owner}/drain"), "").await;
+    assert_eq!(status, 202, "{v}");
+    assert_eq!(ann.closed(STEP).await, Some(1012));
+    shared::testkit::wait_until(STEP, "the room placed on another node", || async {
+        s.placement(room).await["node"] != owner.as_str()
+    })
+    .await;
+    let (mut ann, w) = join(&s.url(room, "ann")).await;
+    assert_ne!(w["node"], owner.as_str(), "{w}");
+    assert_eq!(w["seq"], 1, "the room's seq went on at its new owner: {w}");
+
+    let (status, again) = publish(&s, room, order).await;
+    assert_eq!((status, &again), (200, &first), "the retry gets the first answer");
+    let (_, next) = publish(&s, room, json!({"body": "next", "id": "order-10"})).await;
+    assert_eq!(next["seq"], 2, "{next}");
+    let m = ann.recv_type("message").await;
+    assert_eq!(
+        (m["seq"].as_u64(), m["id"].as_str()),
+        (Some(2), Some("order-10")),
+        "order-9 was not delivered again: {m}"
+    );
+    let mark = redis.command(&["GET", "roomfleet:{moved:1}:post:\"order-9\""]).await;
+    assert!(mark.contains(&format!("1 {owner}")), "the mark in Redis: {mark:?}");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn over_redis_the_history_of_a_room_open_on_no_node_is_read_from_its_stream() {
+    let redis = shared::testkit::RedisServer::start().await;
+    let stop = CancellationToken::new();
+    let s = over_redis(&redis, 2, &stop).await;
+    // Nobody is in the room: each publish opens it, stores the message and closes it.
+    for i in 1..=3 {
+        let (status, v) = publish(&s, "quiet:1", json!({"body": i})).await;
+        assert_eq!((status, v["seq"].as_u64()), (200, Some(i)), "{v}");
+    }
+    let path = "/api/rooms/quiet:1/messages?since=1&limit=1";
+    let read = || async { call(&s, "GET", path, Some(ORDERS), "").await };
+    shared::testkit::wait_until(STEP, "the room closed with its history stored", || async {
+        let (status, v) = read().await;
+        status == 200 && v["open"] == false && v["source"] == "store"
+    })
+    .await;
+    let (_, v) = read().await;
+    let seqs: Vec<u64> =
+        v["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [2], "since=1&limit=1: {v}");
+    assert_eq!((v["seq"].as_u64(), v["messages"][0]["body"].as_u64()), (Some(3), Some(2)), "{v}");
+    assert!(v["epoch"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+    // A room nothing was ever said in has nothing stored.
+    let (status, none) = call(&s, "GET", "/api/rooms/never:1/messages", Some(ORDERS), "").await;
+    assert_eq!(
+        (status, none["source"].as_str(), none["messages"].as_array().map(Vec::len)),
+        (200, Some("none"), Some(0)),
+        "{none}"
+    );
     stop.cancel();
 }

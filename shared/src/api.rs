@@ -47,7 +47,7 @@ pub fn check_id(id: &Option<ClientId>) -> Result<(), ApiError> {
 }
 
 /// Every `code` the API answers with, so metrics show zeros before the first refusal.
-pub const CODES: [&str; 17] = [
+pub const CODES: [&str; 18] = [
     "unauthorized",
     "bad_room",
     "bad_user",
@@ -64,6 +64,7 @@ pub const CODES: [&str; 17] = [
     "node_unavailable",
     "degraded",
     "not_stored",
+    "store_unavailable",
     "internal",
 ];
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
+use shared::api::Published;
 use shared::ids::{RoomId, UserId};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -175,6 +176,43 @@ pub trait Bus: Send + Sync + 'static {
     fn is_ready(&self) -> bool {
         true
     }
+    /// The first answer (`seq`, node) of the server publish `id` in `room` while its mark
+    /// lasts, whichever node stamped it: a retry after the room moved is not stamped again.
+    /// A bus that keeps no marks (the local hub) says `None`: ids stay per node.
+    fn post_mark(&self, _room: &RoomId, _id: &str) -> BoxFuture<'_, BusResult<Option<Published>>> {
+        Box::pin(async { Ok(None) })
+    }
+    /// Marks that the server publish `id` in `room` got `posted`, for `ttl`.
+    fn set_post_mark(
+        &self,
+        _room: &RoomId,
+        _id: &str,
+        _posted: &Published,
+        _ttl: Duration,
+    ) -> BoxFuture<'_, BusResult<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// The room's stored history after `since`, at most `limit` messages, read without
+    /// opening the room (no writer mark, no epoch decided); `None` when nothing is stored.
+    fn read_history(
+        &self,
+        _room: &RoomId,
+        _since: u64,
+        _limit: usize,
+    ) -> BoxFuture<'_, BusResult<Option<StoredPage>>> {
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// A page of a room's stored history (see [`Bus::read_history`]).
+#[derive(Debug, Clone, Default)]
+pub struct StoredPage {
+    /// The stored epoch; the room's next owner may yet start a new one (history.rs).
+    pub epoch: Option<String>,
+    /// The last `seq` stored for the room.
+    pub seq: u64,
+    /// Message frames after `since`, oldest first.
+    pub frames: Vec<Utf8Bytes>,
 }
 
 /// Builds the frame an envelope becomes once stamped with `seq`.

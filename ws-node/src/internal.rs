@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -16,8 +17,10 @@ use shared::auth::HOP_HEADER;
 use shared::http::{Body, percent_decode, query_param};
 use shared::ids::{RoomId, UserId};
 use shared::protocol::unix_ms;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::node::Node;
+use crate::posts::WINDOW;
 use crate::room::{MemberInfo, RoomInfo};
 use crate::room_core::PostError;
 
@@ -100,37 +103,55 @@ async fn publish(
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_from", format!("from: {e}")))?;
     let key = p.id.as_ref().map(|id| serde_json::to_string(id).unwrap_or_default());
     let rooms = &node.rooms;
+    let me = node.config.node_id.clone();
     // A message that went out but was not stored keeps its `seq` for a retry (it must not
     // go out twice); only this first call says it was not stored.
-    let unstored = std::sync::atomic::AtomicBool::new(false);
-    let seq = node
+    let unstored = AtomicBool::new(false);
+    let published = node
         .posts
-        .once(room, key, || async {
-            let env = crate::frames::message(0, room, &from, unix_ms(), &p.body, p.id.as_ref());
-            match rooms.post(room, env).await {
-                Ok(seq) => {
-                    node.metrics.posts.inc();
-                    Ok(seq)
+        .once(room, key.clone(), || async {
+            // Stamped by an earlier owner of the room (before a drain, a ring change)?
+            if let Some(k) = &key {
+                match rooms.bus.post_mark(room, k).await {
+                    Ok(Some(first)) => return Ok(first),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(%room, "publish id not checked in the bus: {e}"),
                 }
-                Err(PostError::NotStored(seq)) => {
-                    node.metrics.posts.inc();
-                    unstored.store(true, std::sync::atomic::Ordering::Relaxed);
-                    Ok(seq)
-                }
-                Err(PostError::Degraded) => Err(ApiError::unavailable(
-                    "degraded",
-                    "the room spans nodes and the bus is unavailable; the message was not published",
-                )),
             }
+            let env = crate::frames::message(0, room, &from, unix_ms(), &p.body, p.id.as_ref());
+            let seq = match rooms.post(room, env).await {
+                Ok(seq) => seq,
+                Err(PostError::NotStored(seq)) => {
+                    unstored.store(true, Ordering::Relaxed);
+                    seq
+                }
+                Err(PostError::Degraded) => {
+                    return Err(ApiError::unavailable(
+                        "degraded",
+                        "the room spans nodes and the bus is unavailable; the message was not published",
+                    ));
+                }
+            };
+            node.metrics.posts.inc();
+            let posted = Published { seq, node: me.clone() };
+            if let Some(k) = &key
+                && let Err(e) = rooms.bus.set_post_mark(room, k, &posted, WINDOW).await
+            {
+                tracing::warn!(%room, seq, "publish id not marked in the bus: {e}");
+            }
+            Ok(posted)
         })
         .await?;
-    if unstored.load(std::sync::atomic::Ordering::Relaxed) {
+    if unstored.load(Ordering::Relaxed) {
         return Err(ApiError::unavailable(
             "not_stored",
-            format!("the message went out as seq {seq} but the history store could not take it"),
+            format!(
+                "the message went out as seq {} but the history store could not take it",
+                published.seq
+            ),
         ));
     }
-    Ok(Published { seq, node: node.config.node_id.clone() })
+    Ok(published)
 }
 
 /// A room as one node holds it.
@@ -158,9 +179,16 @@ async fn inspect(node: &Node, room: &RoomId) -> Result<Held, ApiError> {
 struct Page {
     node: String,
     open: bool,
+    /// Where the page was read: `memory` (the room is open here), `store` (it is not; its
+    /// stored history, with `--redis`), or `none`.
+    source: &'static str,
     seq: Option<u64>,
     epoch: Option<String>,
     messages: Vec<Box<RawValue>>,
+}
+
+fn raw(frames: &[Utf8Bytes]) -> Vec<Box<RawValue>> {
+    frames.iter().filter_map(|f| RawValue::from_string(f.as_str().to_owned()).ok()).collect()
 }
 
 async fn messages(node: &Node, room: &RoomId, query: Option<&str>) -> Result<Page, ApiError> {
@@ -183,18 +211,38 @@ async fn messages(node: &Node, room: &RoomId, query: Option<&str>) -> Result<Pag
         Some(h) => h.messages(since, limit).await,
         None => None,
     };
-    let Some((info, frames)) = held else {
+    if let Some((info, frames)) = held {
         return Ok(Page {
             node: node_id,
+            open: true,
+            source: "memory",
+            seq: Some(info.seq),
+            epoch: Some(info.epoch),
+            messages: raw(&frames),
+        });
+    }
+    // Open on no node here: what the store keeps (a node opening the room reads the same).
+    let stored = node.rooms.bus.read_history(room, since, limit).await.map_err(|e| {
+        ApiError::unavailable("store_unavailable", format!("the room's stored history: {e}"))
+    })?;
+    Ok(match stored {
+        Some(p) => Page {
+            node: node_id,
             open: false,
+            source: "store",
+            seq: Some(p.seq),
+            epoch: p.epoch,
+            messages: raw(&p.frames),
+        },
+        None => Page {
+            node: node_id,
+            open: false,
+            source: "none",
             seq: None,
             epoch: None,
             messages: Vec::new(),
-        });
-    };
-    let messages =
-        frames.iter().filter_map(|f| RawValue::from_string(f.as_str().to_owned()).ok()).collect();
-    Ok(Page { node: node_id, open: true, seq: Some(info.seq), epoch: Some(info.epoch), messages })
+        },
+    })
 }
 
 #[derive(Serialize)]

@@ -40,7 +40,7 @@ pub struct Node {
     pub rooms: Arc<Rooms>,
     pub metrics: Arc<Metrics>,
     /// Server publish ids seen lately (idempotency).
-    pub(crate) posts: crate::posts::Posts,
+    pub(crate) posts: crate::posts::Posts<shared::api::Published>,
     pub(crate) kills: Kills,
     /// Cancelled when the node shuts down: sessions close with 1001.
     pub(crate) token: CancellationToken,

@@ -1,8 +1,9 @@
-//! Idempotent server publishes: the `seq` each `(room, id)` got, kept for a window, so a
+//! Idempotent server publishes: the answer each `(room, id)` got, kept for a window, so a
 //! back end that retries a publish (a timeout, a router that died before it acknowledged
 //! an inbox entry) gets the first answer instead of a second message. A retry that comes
 //! while the first is still in flight waits for it. Failures are not kept: they may be
-//! retried.
+//! retried. This is the node's own memory; with Redis, internal.rs also keeps a mark in
+//! Redis for the room's next owner.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,14 +18,21 @@ pub const WINDOW: Duration = Duration::from_secs(300);
 /// Ids remembered at most; past it the oldest go first (and a retry that late is new).
 pub const MAX_IDS: usize = 100_000;
 
-type Slot = (Instant, Arc<OnceCell<u64>>);
+type Slot<T> = (Instant, Arc<OnceCell<T>>);
 
-#[derive(Debug, Default)]
-pub struct Posts {
-    seen: Mutex<HashMap<(RoomId, String), Slot>>,
+/// The answers of recent publishes with an id; `T` is what a publish answers.
+#[derive(Debug)]
+pub struct Posts<T> {
+    seen: Mutex<HashMap<(RoomId, String), Slot<T>>>,
 }
 
-impl Posts {
+impl<T> Default for Posts<T> {
+    fn default() -> Self {
+        Self { seen: Mutex::default() }
+    }
+}
+
+impl<T: Clone> Posts<T> {
     /// Runs `publish` unless `(room, id)` was published within the window; either way the
     /// `seq`. Without an `id` every call publishes.
     pub async fn once<F, Fut, E>(
@@ -32,17 +40,17 @@ impl Posts {
         room: &RoomId,
         id: Option<String>,
         publish: F,
-    ) -> Result<u64, E>
+    ) -> Result<T, E>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<u64, E>>,
+        Fut: Future<Output = Result<T, E>>,
     {
         let Some(id) = id else { return publish().await };
         let cell = self.slot(room, id, Instant::now());
-        cell.get_or_try_init(publish).await.copied()
+        cell.get_or_try_init(publish).await.cloned()
     }
 
-    fn slot(&self, room: &RoomId, id: String, now: Instant) -> Arc<OnceCell<u64>> {
+    fn slot(&self, room: &RoomId, id: String, now: Instant) -> Arc<OnceCell<T>> {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.len() >= MAX_IDS {
             seen.retain(|_, (at, _)| now.duration_since(*at) < WINDOW);
@@ -79,7 +87,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_retried_id_gets_the_first_seq_and_a_failure_is_not_kept() {
-        let posts = Posts::default();
+        let posts = Posts::<u64>::default();
         let room = RoomId::parse("r").unwrap();
         let next = AtomicU64::new(0);
         let publish = || async { Ok::<_, ()>(next.fetch_add(1, Ordering::SeqCst) + 1) };
@@ -95,7 +103,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_retry_while_the_first_is_in_flight_waits_for_it() {
-        let posts = Arc::new(Posts::default());
+        let posts = Arc::new(Posts::<u64>::default());
         let room = RoomId::parse("r").unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<u64>();
         let first = {

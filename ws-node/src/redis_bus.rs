@@ -15,6 +15,7 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use redis::aio::{MultiplexedConnection, PubSubSink};
 use redis::{AsyncConnectionConfig, Client, Script};
+use shared::api::Published;
 use shared::ids::RoomId;
 use shared::registry::{NodeRecord, Registry};
 use tokio::sync::mpsc;
@@ -23,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::{
     Append, Bus, BusError, BusEvent, BusResult, Control, EVENT_QUEUE, Envelope, LOG_SIZE, LOG_TTL,
-    LoadRequest, Stored,
+    LoadRequest, Stored, StoredPage,
 };
 
 /// Settings of the Redis bus.
@@ -739,6 +740,75 @@ impl Bus for RedisBus {
 
     fn is_remote(&self) -> bool {
         true
+    }
+
+    fn post_mark(&self, room: &RoomId, id: &str) -> BoxFuture<'_, BusResult<Option<Published>>> {
+        let key = self.key(&format!("post:{id}"), room);
+        Box::pin(async move {
+            let v: Option<String> = redis::cmd("GET")
+                .arg(key)
+                .query_async(&mut self.conn()?)
+                .await
+                .map_err(unavailable)?;
+            Ok(v.and_then(|v| {
+                let (seq, node) = v.split_once(' ')?;
+                Some(Published { seq: seq.parse().ok()?, node: node.to_owned() })
+            }))
+        })
+    }
+
+    fn set_post_mark(
+        &self,
+        room: &RoomId,
+        id: &str,
+        posted: &Published,
+        ttl: Duration,
+    ) -> BoxFuture<'_, BusResult<()>> {
+        let key = self.key(&format!("post:{id}"), room);
+        let value = format!("{} {}", posted.seq, posted.node);
+        Box::pin(async move {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("PX")
+                .arg(ttl_ms(ttl))
+                .query_async::<()>(&mut self.conn()?)
+                .await
+                .map_err(unavailable)
+        })
+    }
+
+    fn read_history(
+        &self,
+        room: &RoomId,
+        since: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, BusResult<Option<StoredPage>>> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(self.key("epoch", room));
+        pipe.cmd("GET").arg(self.key("seq", room));
+        // Entries are `seq-1`; "(" excludes `since-1` itself.
+        pipe.cmd("XRANGE").arg(self.key("log", room)).arg(format!("({since}-1")).arg("+");
+        pipe.arg("COUNT").arg(limit);
+        pipe.cmd("XREVRANGE").arg(self.key("log", room)).arg("+").arg("-").arg("COUNT").arg(1);
+        Box::pin(async move {
+            type Reply = (
+                Option<String>,
+                Option<u64>,
+                redis::streams::StreamRangeReply,
+                redis::streams::StreamRangeReply,
+            );
+            let (epoch, seq, page, last): Reply =
+                pipe.query_async(&mut self.conn()?).await.map_err(unavailable)?;
+            let seq_of = |id: &str| id.split('-').next().and_then(|s| s.parse::<u64>().ok());
+            let top = last.ids.first().and_then(|e| seq_of(&e.id)).unwrap_or(0);
+            let frames: Vec<Utf8Bytes> =
+                page.ids.iter().filter_map(|e| e.get::<String>("f")).map(Utf8Bytes::from).collect();
+            if epoch.is_none() && seq.is_none() && top == 0 {
+                return Ok(None);
+            }
+            Ok(Some(StoredPage { epoch, seq: seq.unwrap_or(0).max(top), frames }))
+        })
     }
 
     fn is_ready(&self) -> bool {

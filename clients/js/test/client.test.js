@@ -31,6 +31,15 @@ test("publish resolves with the seq of its ack and the message reaches the other
   bob.close();
 });
 
+test("a room id with a colon (status:u42) is sent as it is and joins", async () => {
+  const room = `status:${freshRoom()}`;
+  const ann = join("ann", { room });
+  const open = await next(ann, "state", (e) => e.state === "open");
+  assert.ok(open.node, "welcomed by a node");
+  assert.equal(ann.room, room);
+  ann.close();
+});
+
 test("publishes made before the welcome are queued, sent once, and bounded", async () => {
   const room = freshRoom();
   const bob = join("bob", { room });

@@ -345,6 +345,9 @@ pub(super) async fn room(proxy: &Proxy, room: &RoomId) -> Result<RoomDetail, Api
 pub(super) struct Page {
     node: String,
     open: bool,
+    /// `memory`, `store` (read from Redis: open nowhere) or `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    source: Option<String>,
     seq: Option<u64>,
     epoch: Option<String>,
     messages: Vec<Box<RawValue>>,

@@ -146,3 +146,12 @@ impl RouterProcess {
         p["node"].as_str().expect("a node").to_string()
     }
 }
+
+/// The real `ws-node` binary on a free loopback port: `--listen 127.0.0.1:P --node-id ID
+/// ARGS`; returns the process and its address (it is ready once a router finds it healthy).
+pub fn ws_node(id: &str, args: &[&str]) -> (Process, SocketAddr) {
+    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut all = vec!["--listen".to_owned(), addr.to_string(), "--node-id".into(), id.into()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    (Process::bin("ws-node", &all), addr)
+}
