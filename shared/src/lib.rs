@@ -1,9 +1,10 @@
-//! Everything the roomfleet binaries share: the wire protocol, ID rules, config loading,
-//! small HTTP helpers, Prometheus metrics, the listener with file-limit handling, TLS
-//! certificates, and the shutdown helper.
+//! Everything the roomfleet binaries share: the wire protocol, the archive queue's format,
+//! ID rules, config loading, small HTTP helpers, Prometheus metrics, the listener with
+//! file-limit handling, TLS certificates, and the shutdown helper.
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod archive;
 pub mod auth;
 pub mod config;
 pub mod http;
