@@ -117,6 +117,13 @@ struct Up {
     /// Members one room may hold on each node; the next joiner is closed with 4009.
     #[arg(long, env = "FLEET_MAX_ROOM_MEMBERS", default_value_t = 10_000)]
     max_room_members: usize,
+    /// Where the in-process archiver keeps archived rooms' messages: sqlite:PATH (created
+    /// when missing) or postgres://... Every room is archived unless --no-archive.
+    #[arg(long, env = "FLEET_ARCHIVE_DB", default_value = "sqlite:roomfleet.db")]
+    archive_db: String,
+    /// Archive nothing (no database, no archiver).
+    #[arg(long, env = "FLEET_NO_ARCHIVE")]
+    no_archive: bool,
     /// The router's flags. Their `--redis URL` also makes the nodes span rooms through that
     /// Redis instead of the in-process hub.
     #[command(flatten)]
@@ -166,10 +173,12 @@ fn main() {
                         max_room_members: up.max_room_members,
                         webhooks: up.webhooks.clone(),
                         webhook_secret: up.webhook_secret.clone(),
+                        archive: !up.no_archive,
                         ..ws_node::Config::default()
                     },
                     router,
                     redis,
+                    archive: (!up.no_archive).then(|| fleet::Archive::new(up.archive_db.clone())),
                 })
         });
     let result = options.and_then(|o| run(o).map_err(|e| e.to_string()));

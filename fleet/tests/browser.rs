@@ -126,9 +126,15 @@ async fn up() -> Fleet {
         shutdown_grace: Duration::from_secs(2),
         ..router::Config::default()
     };
-    Fleet::up(Options { nodes: 3, router, node: ws_node::Config::default(), redis: None })
-        .await
-        .unwrap()
+    Fleet::up(Options {
+        nodes: 3,
+        router,
+        node: ws_node::Config::default(),
+        redis: None,
+        archive: None,
+    })
+    .await
+    .unwrap()
 }
 
 async fn api(f: &Fleet, method: &str, path: &str) -> Value {

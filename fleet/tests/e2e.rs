@@ -42,7 +42,7 @@ async fn up_with(nodes: usize, health: HealthConfig) -> Fleet {
     };
     let node =
         ws_node::Config { publish_rate: 1000.0, publish_burst: 1000.0, ..Default::default() };
-    Fleet::up(Options { nodes, router, node, redis: None }).await.unwrap()
+    Fleet::up(Options { nodes, router, node, redis: None, archive: None }).await.unwrap()
 }
 
 fn url(f: &Fleet, room: &str, user: &str) -> String {
