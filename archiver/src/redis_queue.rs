@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::MultiplexedConnection;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use redis::streams::{StreamId, StreamReadReply};
 use shared::archive::{GROUP, KIND_MESSAGE, Record, dead_key, stream_key};
 use tokio_util::sync::CancellationToken;
 
@@ -84,27 +84,10 @@ async fn consume(
     token: &CancellationToken,
     failures: &mut HashMap<String, u32>,
 ) -> redis::RedisResult<()> {
-    let client = redis::Client::open(cfg.redis.as_str())?;
-    let conf = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(cfg.block + Duration::from_secs(5)));
-    let mut conn = client.get_multiplexed_async_connection_with_config(&conf).await?;
+    let mut conn = shared::streams::connect(&cfg.redis, cfg.block).await?;
     let streams = cfg.streams();
     for s in &streams {
-        // From the start: what the nodes queued before any archiver came up counts too.
-        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(s)
-            .arg(GROUP)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut conn)
-            .await;
-        if let Err(e) = created
-            && e.code() != Some("BUSYGROUP")
-        {
-            return Err(e);
-        }
+        shared::streams::ensure_group(&mut conn, s, GROUP).await?;
     }
     tracing::info!(shards = cfg.shards, consumer = cfg.consumer, "reading the archive queue");
     let batch = cfg.batch.clamp(1, MAX_BATCH);
@@ -278,43 +261,18 @@ async fn ack(conn: &mut MultiplexedConnection, entries: &[Entry]) -> redis::Redi
     pipe.query_async::<()>(conn).await
 }
 
-/// Moves an entry to the dead-letter stream with `why`, and acknowledges it, atomically.
+/// Moves an entry to the dead-letter stream with `why`, and acknowledges and deletes it.
 async fn bury(
     conn: &mut MultiplexedConnection,
     cfg: &QueueConfig,
     e: &Entry,
     why: &str,
 ) -> redis::RedisResult<()> {
-    let mut add = redis::cmd("XADD");
-    add.arg(dead_key(&cfg.prefix))
-        .arg("*")
-        .arg("stream")
-        .arg(&e.stream)
-        .arg("entry")
-        .arg(&e.raw.id)
-        .arg("reason")
-        .arg(why);
-    for (k, v) in &e.raw.map {
-        if let Ok(s) = redis::from_redis_value_ref::<String>(v) {
-            add.arg(format!("field:{k}")).arg(s);
-        }
-    }
     tracing::warn!(entry = e.raw.id, reason = why, "archive: dead-lettered");
-    redis::pipe()
-        .atomic()
-        .add_command(add)
-        .ignore()
-        .cmd("XACK")
-        .arg(&e.stream)
-        .arg(GROUP)
-        .arg(&e.raw.id)
-        .ignore()
-        .cmd("XDEL")
-        .arg(&e.stream)
-        .arg(&e.raw.id)
-        .ignore()
-        .query_async::<()>(conn)
-        .await
+    let dead = dead_key(&cfg.prefix);
+    let grave =
+        shared::streams::Grave { stream: &e.stream, group: GROUP, dead: &dead, delete: true };
+    shared::streams::bury(conn, grave, &e.raw, why, &[("stream", &e.stream)]).await
 }
 
 /// Claims up to `count` entries of `stream` pending longer than `claim_idle`.
@@ -324,16 +282,8 @@ async fn claim(
     stream: &str,
     count: usize,
 ) -> redis::RedisResult<Vec<StreamId>> {
-    let r: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-        .arg(stream)
-        .arg(GROUP)
-        .arg(&cfg.consumer)
-        .arg(cfg.claim_idle.as_millis() as u64)
-        .arg("0-0")
-        .arg("COUNT")
-        .arg(count)
-        .query_async(conn)
-        .await?;
+    let idle = cfg.claim_idle;
+    let r = shared::streams::claim(conn, stream, GROUP, &cfg.consumer, idle, "0-0", count).await?;
     // Entries deleted meanwhile come back without fields: someone archived them.
     Ok(r.claimed.into_iter().filter(|e| !e.map.is_empty()).collect())
 }
