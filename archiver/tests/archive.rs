@@ -123,8 +123,11 @@ impl Chatter {
             while !stop.load(Ordering::Relaxed) && id < 100_000 {
                 if !epoch.is_empty() {
                     id += 1;
-                    let body =
-                        if poison && id % 50 == 0 { json!("bad\u{0}") } else { json!({"n": id}) };
+                    let body = if poison && id.is_multiple_of(50) {
+                        json!("bad\u{0}")
+                    } else {
+                        json!({"n": id})
+                    };
                     let frame = json!({"type": "publish", "body": body, "id": id}).to_string();
                     if ws.send(Message::text(frame)).await.is_err() {
                         return;
