@@ -200,7 +200,11 @@ fn hold(archive: &mut Vec<Record>, r: Record, metrics: &Metrics) {
         let over = archive.len() + 1 - ARCHIVE_HOLD;
         archive.drain(..over);
         metrics.archive_dropped.add(over as u64);
-        tracing::warn!(dropped = over, "archive queue away too long: oldest records given up");
+        // Once per 10,000 given up, not once per message.
+        if metrics.archive_dropped.get() % 10_000 < over as u64 {
+            let dropped = metrics.archive_dropped.get();
+            tracing::warn!(dropped, "archive queue away too long: oldest records given up");
+        }
     }
     archive.push(r);
     metrics.archive_held.set(archive.len() as i64);

@@ -121,8 +121,9 @@ struct Args {
     /// Seconds a message stays in a room's history (rooms no `--rooms` entry matches).
     #[arg(long, env = "WSNODE_HISTORY_TTL", default_value = "300", value_parser = parse_secs)]
     history_ttl: Duration,
-    /// History per room-name pattern, `pattern=chat:*,history_size=50,history_ttl=60`;
-    /// repeatable, first match wins. In the config file: `[[rooms]]` tables.
+    /// History and archive per room-name pattern,
+    /// `pattern=chat:*,history_size=50,history_ttl=60,archive=true`; repeatable, first
+    /// match wins. In the config file: `[[rooms]]` tables.
     #[arg(long = "rooms", env = "WSNODE_ROOMS", value_delimiter = ';')]
     rooms: Vec<String>,
     /// Archive the messages of rooms no `--rooms` entry sets `archive` for (needs --redis:
