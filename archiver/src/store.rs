@@ -26,6 +26,39 @@ pub struct Row {
     pub at: i64,
 }
 
+/// Where a page of a room's archive starts (exclusive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cursor {
+    After(i64),
+    Before(i64),
+}
+
+/// One archived message of a page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub seq: i64,
+    pub sender: String,
+    /// JSON text.
+    pub body: String,
+    pub at: i64,
+}
+
+/// A room's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    pub title: Option<String>,
+    pub topic: Option<String>,
+    /// Custom JSON text (`{}` when none was set).
+    pub meta: String,
+    /// Unix ms: the first archived message, or the first `set_meta`.
+    pub created: i64,
+}
+
+/// SQLite's numbered placeholders (`?N`) for PostgreSQL's (`$N`).
+fn sqlite(sql: &str) -> String {
+    sql.replace('$', "?")
+}
+
 /// Columns per message row (a batch's bind parameters are this times its rows).
 const COLUMNS: usize = 6;
 
@@ -163,6 +196,92 @@ impl Store {
         match self {
             Self::Postgres(pool) => write!(pool, true),
             Self::Sqlite(pool) => write!(pool, false),
+        }
+    }
+
+    /// The epoch of the room's newest archived message (`None`: nothing archived).
+    pub async fn newest_epoch(&self, room: &str) -> Result<Option<String>, sqlx::Error> {
+        let sql = "SELECT epoch FROM messages WHERE room = $1 ORDER BY at DESC, seq DESC LIMIT 1";
+        match self {
+            Self::Postgres(p) => sqlx::query_scalar(sql).bind(room).fetch_optional(p).await,
+            Self::Sqlite(p) => sqlx::query_scalar(&sqlite(sql)).bind(room).fetch_optional(p).await,
+        }
+    }
+
+    /// At most `limit` messages of `room` in `epoch` from `cursor`: after it oldest first,
+    /// before it newest first. Keyed by `seq`, so a page never shifts while messages
+    /// keep arriving.
+    pub async fn page(
+        &self,
+        room: &str,
+        epoch: &str,
+        cursor: Cursor,
+        limit: u32,
+    ) -> Result<Vec<Message>, sqlx::Error> {
+        let (op, order, seq) = match cursor {
+            Cursor::After(s) => (">", "ASC", s),
+            Cursor::Before(s) => ("<", "DESC", s),
+        };
+        let body = if matches!(self, Self::Postgres(_)) { "body::text" } else { "body" };
+        let sql = format!(
+            "SELECT seq, sender, {body}, at FROM messages WHERE room = $1 AND epoch = $2 \
+             AND seq {op} $3 ORDER BY seq {order} LIMIT $4"
+        );
+        type R = (i64, String, String, i64);
+        let rows: Vec<R> = match self {
+            Self::Postgres(p) => {
+                let q = sqlx::query_as(&sql).bind(room).bind(epoch).bind(seq);
+                q.bind(i64::from(limit)).fetch_all(p).await?
+            }
+            Self::Sqlite(p) => {
+                let sql = sqlite(&sql);
+                let q = sqlx::query_as(&sql).bind(room).bind(epoch).bind(seq);
+                q.bind(i64::from(limit)).fetch_all(p).await?
+            }
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(seq, sender, body, at)| Message { seq, sender, body, at })
+            .collect())
+    }
+
+    /// The room's metadata (`None` for a room the archive does not know).
+    pub async fn meta(&self, room: &str) -> Result<Option<Meta>, sqlx::Error> {
+        let meta = if matches!(self, Self::Postgres(_)) { "meta::text" } else { "meta" };
+        let sql = format!("SELECT title, topic, {meta}, created FROM rooms WHERE room = $1");
+        type R = (Option<String>, Option<String>, String, i64);
+        let row: Option<R> = match self {
+            Self::Postgres(p) => sqlx::query_as(&sql).bind(room).fetch_optional(p).await?,
+            Self::Sqlite(p) => sqlx::query_as(&sqlite(&sql)).bind(room).fetch_optional(p).await?,
+        };
+        Ok(row.map(|(title, topic, meta, created)| Meta { title, topic, meta, created }))
+    }
+
+    /// Replaces the room's title, topic and custom JSON (`meta`, JSON text); a room the
+    /// archive does not know yet is created `now` (unix ms).
+    pub async fn set_meta(&self, room: &str, m: &Meta) -> Result<(), sqlx::Error> {
+        let cast = if matches!(self, Self::Postgres(_)) { "::jsonb" } else { "" };
+        let sql = format!(
+            "INSERT INTO rooms (room, title, topic, meta, created) VALUES ($1, $2, $3, $4{cast}, $5) \
+             ON CONFLICT (room) DO UPDATE SET title = EXCLUDED.title, topic = EXCLUDED.topic, \
+             meta = EXCLUDED.meta"
+        );
+        macro_rules! run {
+            ($pool:expr, $sql:expr) => {
+                sqlx::query($sql)
+                    .bind(room)
+                    .bind(&m.title)
+                    .bind(&m.topic)
+                    .bind(&m.meta)
+                    .bind(m.created)
+                    .execute($pool)
+                    .await
+                    .map(|_| ())
+            };
+        }
+        match self {
+            Self::Postgres(p) => run!(p, &sql),
+            Self::Sqlite(p) => run!(p, &sqlite(&sql)),
         }
     }
 
@@ -306,6 +425,16 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(created, 1001);
+        assert_eq!(store.newest_epoch("r").await.unwrap().as_deref(), Some("e"));
+        let after = store.page("r", "e", Cursor::After(1), 10).await.unwrap();
+        assert_eq!(after.iter().map(|m| m.seq).collect::<Vec<_>>(), [2, 3]);
+        let before = store.page("r", "e", Cursor::Before(3), 1).await.unwrap();
+        assert_eq!((before[0].seq, before[0].body.as_str()), (2, r#"{"t":"hi"}"#));
+        let m =
+            Meta { title: Some("T".into()), topic: None, meta: r#"{"a":1}"#.into(), created: 5 };
+        store.set_meta("r", &m).await.unwrap();
+        assert_eq!(store.meta("r").await.unwrap(), Some(Meta { created: 1001, ..m }));
+        assert_eq!(store.meta("nobody").await.unwrap(), None);
         store.close().await;
         let _ = std::fs::remove_dir_all(&dir);
     }

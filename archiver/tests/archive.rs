@@ -361,3 +361,42 @@ async fn a_poison_message_is_dead_lettered_while_the_rest_flow() {
     assert!(dead.contains("refused 3 times") && dead.contains("Unicode"), "the reason: {dead}");
     assert!(archiver.metric("archiver_dead_total").await > 0.0);
 }
+
+#[tokio::test]
+async fn postgres_pages_by_seq_and_keeps_room_metadata() {
+    use archiver::store::{Cursor, Meta, Row};
+    let pg = PostgresServer::start().await;
+    let store = archiver::Store::open(&pg.url()).await.unwrap();
+    let row = |epoch: &str, seq| Row {
+        room: "r".into(),
+        epoch: epoch.into(),
+        seq,
+        sender: "ann".into(),
+        body: format!(r#"{{"n":{seq}}}"#),
+        at: 1000 + seq,
+    };
+    let rows: Vec<Row> =
+        (1..=5).map(|s| row("old", s)).chain((1..=3).map(|s| row("new", s + 10))).collect();
+    assert_eq!(store.insert(&rows).await.unwrap(), 8);
+    assert_eq!(store.newest_epoch("r").await.unwrap().as_deref(), Some("new"));
+    let page = store.page("r", "old", Cursor::After(2), 2).await.unwrap();
+    assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [3, 4]);
+    assert_eq!(page[0].body, r#"{"n": 3}"#, "jsonb's own text form");
+    let back = store.page("r", "old", Cursor::Before(3), 10).await.unwrap();
+    assert_eq!(back.iter().map(|m| m.seq).collect::<Vec<_>>(), [2, 1]);
+    let m = Meta {
+        title: Some("T".into()),
+        topic: Some("x".into()),
+        meta: r#"{"a":1}"#.into(),
+        created: 7,
+    };
+    store.set_meta("r", &m).await.unwrap();
+    let got = store.meta("r").await.unwrap().unwrap();
+    assert_eq!(
+        (got.title.as_deref(), got.meta.as_str(), got.created),
+        (Some("T"), r#"{"a": 1}"#, 1001)
+    );
+    store.set_meta("fresh", &m).await.unwrap();
+    assert_eq!(store.meta("fresh").await.unwrap().unwrap().created, 7);
+    store.close().await;
+}

@@ -140,6 +140,10 @@ impl Fleet {
             nodes.push(FleetNode { id, addr, node, serving });
         }
         let mut config = opts.router;
+        // The server API serves the archive the in-process archiver writes.
+        if let Some(a) = &archiver {
+            config.archive.get_or_insert_with(|| a.store.clone());
+        }
         config.nodes = nodes
             .iter()
             .map(|n| NodeSpec::new(&n.id, &n.addr.to_string(), None))

@@ -117,11 +117,8 @@ struct Up {
     /// Members one room may hold on each node; the next joiner is closed with 4009.
     #[arg(long, env = "FLEET_MAX_ROOM_MEMBERS", default_value_t = 10_000)]
     max_room_members: usize,
-    /// Where the in-process archiver keeps archived rooms' messages: sqlite:PATH (created
-    /// when missing) or postgres://... Every room is archived unless --no-archive.
-    #[arg(long, env = "FLEET_ARCHIVE_DB", default_value = "sqlite:roomfleet.db")]
-    archive_db: String,
-    /// Archive nothing (no database, no archiver).
+    /// Archive nothing (no database, no archiver). Otherwise every room is archived, into
+    /// --archive-db (default sqlite:roomfleet.db in the working directory).
     #[arg(long, env = "FLEET_NO_ARCHIVE")]
     no_archive: bool,
     /// The router's flags. Their `--redis URL` also makes the nodes span rooms through that
@@ -151,6 +148,7 @@ fn main() {
                 }
             };
             let redis = up.router.redis.clone();
+            let archive_db = up.router.archive_db.clone();
             if up.max_room_members == 0 {
                 return Err("--max-room-members must be at least 1".to_owned());
             }
@@ -178,7 +176,10 @@ fn main() {
                     },
                     router,
                     redis,
-                    archive: (!up.no_archive).then(|| fleet::Archive::new(up.archive_db.clone())),
+                    archive: (!up.no_archive).then(|| {
+                        let db = archive_db.clone();
+                        fleet::Archive::new(db.unwrap_or_else(|| "sqlite:roomfleet.db".into()))
+                    }),
                 })
         });
     let result = options.and_then(|o| run(o).map_err(|e| e.to_string()));

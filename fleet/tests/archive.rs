@@ -1,10 +1,12 @@
 //! `fleet up` keeps what was said: every room is archived into SQLite through the
-//! in-process queue, and the messages of one run are still there after a restart.
+//! in-process queue, the messages of one run are still there after a restart, and the
+//! server API pages through them and keeps room metadata.
 
 use std::time::Duration;
 
 use fleet::{Archive, Fleet, Options};
 use serde_json::json;
+use shared::testkit::http;
 use shared::testkit::ws::WsClient;
 
 async fn up(db: &str) -> Fleet {
@@ -34,6 +36,12 @@ async fn say(f: &Fleet, room: &str, n: u64) {
         assert_eq!(ack["id"], id);
     }
     c.close().await;
+}
+
+async fn api(f: &Fleet, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let addr = f.router.api_addr().expect("the API listener");
+    let (status, text) = http(addr, method, path, &[], body).await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or_default())
 }
 
 async fn count(f: &Fleet, sql: &str) -> i64 {
@@ -72,5 +80,72 @@ async fn fleet_up_keeps_what_was_said_across_restarts() {
         assert_eq!(rooms, 2);
         again.close().await;
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn the_api_pages_through_the_archive_and_keeps_room_metadata() {
+    let dir = std::env::temp_dir().join(format!("fleet-archive-api-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = up(&format!("sqlite:{}", dir.join("a.db").display())).await;
+    say(&f, "pages", 25).await;
+    // Archived asynchronously: wait for the last one.
+    shared::testkit::wait_until(Duration::from_secs(10), "the archive to hold 25", || async {
+        count(&f, "SELECT COUNT(*) FROM messages WHERE room = 'pages'").await == 25
+    })
+    .await;
+    let mut seqs: Vec<i64> = Vec::new();
+    let mut after = 0;
+    for _ in 0..10 {
+        let (s, page) =
+            api(&f, "GET", &format!("/api/rooms/pages/messages?after={after}&limit=10"), "").await;
+        assert_eq!(s, 200, "{page}");
+        let got: Vec<i64> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["seq"].as_i64().unwrap())
+            .collect();
+        seqs.extend(&got);
+        // Arriving messages never shift a page that was read.
+        say(&f, "pages", 1).await;
+        match page["next"].as_i64() {
+            Some(n) => after = n,
+            None => break,
+        }
+    }
+    assert_eq!(seqs[..25], (1..=25).collect::<Vec<i64>>()[..], "contiguous, in order, once");
+    let (_, newest) = api(&f, "GET", "/api/rooms/pages/messages?before=1000&limit=3", "").await;
+    let top: Vec<i64> =
+        newest["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_i64().unwrap()).collect();
+    assert_eq!(top.len(), 3);
+    assert!(top[0] > top[1] && top[1] > top[2], "newest first: {top:?}");
+    assert_eq!(newest["messages"][0]["from"], "ann");
+    assert!(newest["messages"][0]["body"]["n"].is_number());
+    for bad in [
+        "after=x",
+        "after=1&before=2",
+        "after=1&limit=0",
+        "after=1&limit=5000",
+        "after=1&epoch=no%20pe",
+    ] {
+        let (s, v) = api(&f, "GET", &format!("/api/rooms/pages/messages?{bad}"), "").await;
+        assert_eq!((s, v["code"].as_str()), (400, Some("bad_query")), "{bad}: {v}");
+    }
+    let (s, v) = api(&f, "GET", "/api/rooms/nobody/meta", "").await;
+    assert_eq!((s, v["code"].as_str()), (404, Some("unknown_room")));
+    let put = r#"{"title":"Pages","meta":{"color":"red"}}"#;
+    let (s, v) = api(&f, "PUT", "/api/rooms/pages/meta", put).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!((v["title"].as_str(), v["meta"]["color"].as_str()), (Some("Pages"), Some("red")));
+    let (_, v) = api(&f, "GET", "/api/rooms/pages/meta", "").await;
+    assert_eq!(v["title"], "Pages");
+    assert!(v["topic"].is_null());
+    let (s, v) = api(&f, "PUT", "/api/rooms/pages/meta", r#"{"meta":[1]}"#).await;
+    assert_eq!((s, v["code"].as_str()), (400, Some("bad_meta")));
+    let (s, _) = api(&f, "PUT", "/api/rooms/pages/meta", r#"{"nope":1}"#).await;
+    assert_eq!(s, 400);
+    f.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

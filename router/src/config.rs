@@ -83,6 +83,8 @@ pub struct Config {
     pub api_keys: Vec<crate::api::ApiKey>,
     /// Read the Redis inbox (`--inbox`) and publish its entries.
     pub inbox: Option<crate::inbox::InboxConfig>,
+    /// The archive database the server API reads (`--archive-db`; opened by the binary).
+    pub archive: Option<archiver::Store>,
 }
 
 impl Default for Config {
@@ -117,6 +119,7 @@ impl Default for Config {
             api: None,
             api_keys: Vec::new(),
             inbox: None,
+            archive: None,
         }
     }
 }
@@ -313,6 +316,10 @@ pub struct RouterArgs {
     /// publish. Repeat for more. Required when --api is not loopback.
     #[arg(long = "api-key", env = "ROUTER_API_KEY", value_delimiter = ',')]
     pub api_keys: Vec<crate::api::ApiKey>,
+    /// The archive database the server API serves history pages and room metadata from
+    /// (`postgres://...` or `sqlite:PATH`, the archivers' --db); without it those answer 404.
+    #[arg(long, env = "ROUTER_ARCHIVE_DB")]
+    pub archive_db: Option<String>,
     /// Read the Redis inbox `{prefix}:inbox` (needs --redis) in the consumer group
     /// `routers` and publish its entries like the server API does.
     #[arg(long, env = "ROUTER_INBOX")]
@@ -444,6 +451,8 @@ impl RouterArgs {
                     claim_idle: self.inbox_claim_idle,
                 }),
             },
+            // Opened by the binary (it is async); `archive_db` names it.
+            archive: None,
         })
     }
 }
