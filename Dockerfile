@@ -1,11 +1,12 @@
-# One image for every roomfleet role: router, ws-node and fleet.
+# One image for every roomfleet role: router, ws-node, archiver and fleet.
 # Build once (release, locked), run as a non-root user on a slim base.
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin router --bin ws-node --bin fleet \
+RUN cargo build --release --locked --bin router --bin ws-node --bin archiver --bin fleet \
  && mkdir /out \
- && cp target/release/router target/release/ws-node target/release/fleet /out/
+ && cp target/release/router target/release/ws-node target/release/archiver \
+       target/release/fleet /out/
 
 FROM debian:bookworm-slim
 RUN apt-get update \

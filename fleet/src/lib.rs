@@ -1,6 +1,7 @@
 //! `fleet up`: one router and N ws-nodes in one process, the nodes on free loopback ports
 //! over one in-process bus (or Redis), so the whole fleet runs on a laptop and in the
-//! end-to-end tests. [`Fleet::up`] starts it; tests use port 0 everywhere.
+//! end-to-end tests, with an archiver that keeps archived rooms in SQLite (or any
+//! database `archiver` takes). [`Fleet::up`] starts it; tests use port 0 everywhere.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -21,6 +22,8 @@ pub enum Error {
     Router(#[from] router::Error),
     #[error("--nodes must be 1..={max}")]
     Nodes { max: usize },
+    #[error("archive: {0}")]
+    Archive(#[from] archiver::store::Error),
 }
 
 /// How long shutdown waits for each node to close its connections.
@@ -52,6 +55,29 @@ impl std::str::FromStr for DataPath {
     }
 }
 
+/// Records the in-process archive queue holds before the nodes' history writers wait.
+const ARCHIVE_QUEUE: usize = 10_000;
+
+/// How long shutdown waits for the archiver to write what was queued.
+const ARCHIVE_STOP: Duration = Duration::from_secs(10);
+
+/// The archiver `fleet up` runs in its process.
+#[derive(Debug, Clone)]
+pub struct Archive {
+    /// `sqlite:PATH` (the default `sqlite:roomfleet.db`) or `postgres://...`.
+    pub db: String,
+    /// Messages per transaction.
+    pub batch: usize,
+    /// Times the database may refuse a message before it is given up (logged).
+    pub max_failures: u32,
+}
+
+impl Archive {
+    pub fn new(db: impl Into<String>) -> Self {
+        Self { db: db.into(), batch: 500, max_failures: 3 }
+    }
+}
+
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -63,6 +89,10 @@ pub struct Options {
     /// Redis for spanning rooms (URL and key prefix); `None` = one in-process hub.
     pub redis: Option<RedisConfig>,
     pub data_path: DataPath,
+    /// The archiver to run in this process: it drains the in-process queue (or, with
+    /// `redis`, the Redis queue) into its database. Which rooms are archived is the
+    /// nodes' `archive` / `rooms` setting.
+    pub archive: Option<Archive>,
 }
 
 /// One started node.
@@ -81,6 +111,18 @@ pub struct Fleet {
     pub nodes: Vec<FleetNode>,
     bus_token: CancellationToken,
     auth_off: bool,
+    archiver: Option<Archiver>,
+}
+
+/// The archiver running in the fleet's process.
+#[derive(Debug)]
+struct Archiver {
+    /// The database URL, password hidden (for the banner).
+    db: String,
+    store: archiver::Store,
+    metrics: Arc<archiver::Metrics>,
+    token: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// `node-a` ... `node-z`, then `node-27` and on.
@@ -100,6 +142,10 @@ impl Fleet {
         opts.router.validate()?;
         let hub = LocalHub::new();
         let bus_token = CancellationToken::new();
+        let archiver = match &opts.archive {
+            Some(a) => Some(start_archiver(a, &hub, opts.redis.as_ref()).await?),
+            None => None,
+        };
         let mut nodes = Vec::with_capacity(opts.nodes);
         for i in 0..opts.nodes {
             let id = node_id(i);
@@ -118,6 +164,10 @@ impl Fleet {
             nodes.push(FleetNode { id, addr, node, serving });
         }
         let mut config = opts.router;
+        // The server API serves the archive the in-process archiver writes.
+        if let Some(a) = &archiver {
+            config.archive.get_or_insert_with(|| a.store.clone());
+        }
         config.nodes = nodes
             .iter()
             .map(|n| NodeSpec::new(&n.id, &n.addr.to_string(), None))
@@ -131,7 +181,7 @@ impl Fleet {
         }
         let auth_off = config.jwt.is_none();
         let router = Router::start(config)?;
-        Ok(Self { router, nodes, bus_token, auth_off })
+        Ok(Self { router, nodes, bus_token, auth_off, archiver })
     }
 
     /// Where WebSocket clients connect.
@@ -162,7 +212,18 @@ impl Fleet {
         true
     }
 
-    /// Stops the router (tunnels get its grace), then the nodes.
+    /// The in-process archiver's metrics (`None` without an archive).
+    pub fn archive_metrics(&self) -> Option<&archiver::Metrics> {
+        self.archiver.as_ref().map(|a| &*a.metrics)
+    }
+
+    /// The archive database of the in-process archiver.
+    pub fn archive_store(&self) -> Option<&archiver::Store> {
+        self.archiver.as_ref().map(|a| &a.store)
+    }
+
+    /// Stops the router (tunnels get its grace), then the nodes, then the archiver once it
+    /// wrote what they queued.
     pub async fn shutdown(mut self) {
         if !self.router.shutdown().await {
             tracing::warn!("router: some tunnels were cut at the end of the grace");
@@ -174,6 +235,16 @@ impl Fleet {
             if let Some(h) = n.serving.take() {
                 let _ = tokio::time::timeout(NODE_STOP, h).await;
             }
+        }
+        for n in &self.nodes {
+            n.node.rooms.flush_history().await;
+        }
+        if let Some(a) = self.archiver.take() {
+            a.token.cancel();
+            if tokio::time::timeout(ARCHIVE_STOP, a.task).await.is_err() {
+                tracing::warn!("archiver: stopped before it wrote everything queued");
+            }
+            a.store.close().await;
         }
         self.bus_token.cancel();
     }
@@ -199,6 +270,9 @@ impl Fleet {
                 n.id, n.addr, n.addr
             ));
         }
+        if let Some(a) = &self.archiver {
+            out.push_str(&format!("  archive: {} (archived rooms are kept there)\n", a.db));
+        }
         if self.auth_off {
             out.push_str("  WARNING: auth is off (no --jwt-key): anyone may connect as any user\n");
         }
@@ -206,10 +280,59 @@ impl Fleet {
     }
 }
 
+/// Opens the archive database (running its migrations) and starts draining the queue:
+/// the in-process one, which `hub`'s nodes then fill, or Redis's with `redis`.
+async fn start_archiver(
+    a: &Archive,
+    hub: &LocalHub,
+    redis: Option<&RedisConfig>,
+) -> Result<Archiver, Error> {
+    let store = archiver::Store::open(&a.db).await?;
+    let metrics = archiver::Metrics::new();
+    let token = CancellationToken::new();
+    let task = match redis {
+        None => {
+            let (tx, rx) = shared::archive::local_queue(ARCHIVE_QUEUE);
+            hub.archive_to(tx);
+            let run = archiver::local::run(
+                store.clone(),
+                rx,
+                a.batch,
+                a.max_failures,
+                metrics.clone(),
+                token.clone(),
+            );
+            tokio::spawn(run)
+        }
+        Some(redis) => {
+            let cfg = archiver::QueueConfig {
+                redis: redis.url.clone(),
+                prefix: redis.prefix.clone(),
+                shards: shared::archive::DEFAULT_SHARDS,
+                consumer: format!("fleet-{}", std::process::id()),
+                batch: a.batch,
+                block: Duration::from_millis(500),
+                claim_idle: Duration::from_secs(30),
+                max_failures: a.max_failures,
+            };
+            tokio::spawn(archiver::redis_queue::run(
+                store.clone(),
+                cfg,
+                metrics.clone(),
+                token.clone(),
+            ))
+        }
+    };
+    Ok(Archiver { db: archiver::store::redact(&a.db), store, metrics, token, task })
+}
+
 impl Drop for Fleet {
     fn drop(&mut self) {
         for n in &self.nodes {
             n.node.shutdown();
+        }
+        if let Some(a) = &self.archiver {
+            a.token.cancel();
         }
         self.bus_token.cancel();
     }

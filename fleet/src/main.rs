@@ -122,6 +122,10 @@ struct Up {
     /// the router, as with nodes on other hosts).
     #[arg(long, env = "FLEET_DATA_PATH", default_value = "handoff")]
     data_path: fleet::DataPath,
+    /// Archive nothing (no database, no archiver). Otherwise every room is archived, into
+    /// --archive-db (default sqlite:roomfleet.db in the working directory).
+    #[arg(long, env = "FLEET_NO_ARCHIVE")]
+    no_archive: bool,
     /// The router's flags. Their `--redis URL` also makes the nodes span rooms through that
     /// Redis instead of the in-process hub.
     #[command(flatten)]
@@ -154,6 +158,7 @@ fn main() {
                 prefix: up.router.redis_prefix.clone(),
                 ..ws_node::RedisConfig::new(url)
             });
+            let archive_db = up.router.archive_db.clone();
             if up.max_room_members == 0 {
                 return Err("--max-room-members must be at least 1".to_owned());
             }
@@ -176,11 +181,16 @@ fn main() {
                         max_room_members: up.max_room_members,
                         webhooks: up.webhooks.clone(),
                         webhook_secret: up.webhook_secret.clone(),
+                        archive: !up.no_archive,
                         ..ws_node::Config::default()
                     },
                     router,
                     redis,
                     data_path: up.data_path,
+                    archive: (!up.no_archive).then(|| {
+                        let db = archive_db.clone();
+                        fleet::Archive::new(db.unwrap_or_else(|| "sqlite:roomfleet.db".into()))
+                    }),
                 })
         });
     let result = options.and_then(|o| run(o).map_err(|e| e.to_string()));

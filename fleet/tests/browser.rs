@@ -132,6 +132,7 @@ async fn up() -> Fleet {
         node: ws_node::Config::default(),
         redis: None,
         data_path: Default::default(),
+        archive: None,
     })
     .await
     .unwrap()

@@ -42,7 +42,9 @@ async fn up_with(nodes: usize, health: HealthConfig) -> Fleet {
     };
     let node =
         ws_node::Config { publish_rate: 1000.0, publish_burst: 1000.0, ..Default::default() };
-    Fleet::up(Options { nodes, router, node, redis: None, data_path: data_path() }).await.unwrap()
+    Fleet::up(Options { nodes, router, node, redis: None, data_path: data_path(), archive: None })
+        .await
+        .unwrap()
 }
 
 /// This run's data path (`ROOMFLEET_TEST_DATA_PATH`): fleet up's default, the in-process

@@ -16,10 +16,15 @@ async fn a_short_loadtest_through_the_fleet_has_zero_loss() {
     };
     let node =
         ws_node::Config { publish_rate: 1000.0, publish_burst: 1000.0, ..Default::default() };
-    let fleet =
-        Fleet::up(Options { nodes: 3, router, node, redis: None, data_path: Default::default() })
-            .await
-            .unwrap();
+    let options = Options {
+        nodes: 3,
+        router,
+        node,
+        redis: None,
+        data_path: Default::default(),
+        archive: None,
+    };
+    let fleet = Fleet::up(options).await.unwrap();
     let mut cfg = RunConfig::small(&fleet.ws_url()).unwrap();
     cfg.conns = 200;
     cfg.rooms = 40;

@@ -85,6 +85,8 @@ pub struct Config {
     pub inbox: Option<crate::inbox::InboxConfig>,
     /// Nodes in this process that take clients handed over (`fleet up`), by node id.
     pub in_process: std::collections::BTreeMap<String, crate::handoff::InProcess>,
+    /// The archive database the server API reads (`--archive-db`; opened by the binary).
+    pub archive: Option<archiver::Store>,
 }
 
 impl Default for Config {
@@ -120,6 +122,7 @@ impl Default for Config {
             api_keys: Vec::new(),
             inbox: None,
             in_process: Default::default(),
+            archive: None,
         }
     }
 }
@@ -316,6 +319,10 @@ pub struct RouterArgs {
     /// publish. Repeat for more. Required when --api is not loopback.
     #[arg(long = "api-key", env = "ROUTER_API_KEY", value_delimiter = ',')]
     pub api_keys: Vec<crate::api::ApiKey>,
+    /// The archive database the server API serves history pages and room metadata from
+    /// (`postgres://...` or `sqlite:PATH`, the archivers' --db); without it those answer 404.
+    #[arg(long, env = "ROUTER_ARCHIVE_DB")]
+    pub archive_db: Option<String>,
     /// Read the Redis inbox `{prefix}:inbox` (needs --redis) in the consumer group
     /// `routers` and publish its entries like the server API does.
     #[arg(long, env = "ROUTER_INBOX")]
@@ -448,6 +455,8 @@ impl RouterArgs {
                 }),
             },
             in_process: Default::default(),
+            // Opened by the binary (it is async); `archive_db` names it.
+            archive: None,
         })
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use redis::streams::{StreamId, StreamReadReply};
 use serde_json::value::RawValue;
 use shared::api::{ApiError, PublishRequest};
 use shared::ids::{RoomId, UserId};
@@ -79,26 +79,9 @@ async fn consume(
     cfg: &InboxConfig,
     token: &CancellationToken,
 ) -> redis::RedisResult<()> {
-    let client = redis::Client::open(cfg.redis.as_str())?;
-    let conf = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(BLOCK + Duration::from_secs(5)));
-    let mut conn = client.get_multiplexed_async_connection_with_config(&conf).await?;
+    let mut conn = shared::streams::connect(&cfg.redis, BLOCK).await?;
     let stream = cfg.stream();
-    // From the start: entries workers appended before any router came up count too.
-    let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&stream)
-        .arg(GROUP)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(&mut conn)
-        .await;
-    if let Err(e) = created
-        && e.code() != Some("BUSYGROUP")
-    {
-        return Err(e);
-    }
+    shared::streams::ensure_group(&mut conn, &stream, GROUP).await?;
     tracing::info!(stream, consumer = cfg.consumer, "reading the inbox");
     let mut next_claim = tokio::time::Instant::now();
     loop {
@@ -111,15 +94,8 @@ async fn consume(
             proxy.metrics.inbox_dead.add(n);
             let mut start = "0-0".to_string();
             loop {
-                let r: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-                    .arg(&stream)
-                    .arg(GROUP)
-                    .arg(&cfg.consumer)
-                    .arg(cfg.claim_idle.as_millis() as u64)
-                    .arg(&start)
-                    .arg("COUNT")
-                    .arg(BATCH)
-                    .query_async(&mut conn)
+                let (idle, who) = (cfg.claim_idle, &cfg.consumer);
+                let r = shared::streams::claim(&mut conn, &stream, GROUP, who, idle, &start, BATCH)
                     .await?;
                 if !r.claimed.is_empty() {
                     proxy.metrics.inbox_claimed.add(r.claimed.len() as u64);
@@ -257,25 +233,11 @@ async fn bury(
     e: &StreamId,
     why: &str,
 ) -> redis::RedisResult<()> {
-    let mut add = redis::cmd("XADD");
-    add.arg(cfg.dead()).arg("*").arg("entry").arg(&e.id).arg("reason").arg(why);
-    for (k, v) in &e.map {
-        if let Ok(s) = redis::from_redis_value_ref::<String>(v) {
-            add.arg(format!("field:{k}")).arg(s);
-        }
-    }
     tracing::warn!(entry = e.id, reason = why, "inbox: dead-lettered");
-    redis::pipe()
-        .atomic()
-        .add_command(add)
-        .ignore()
-        .cmd("XACK")
-        .arg(cfg.stream())
-        .arg(GROUP)
-        .arg(&e.id)
-        .ignore()
-        .query_async::<()>(conn)
-        .await
+    let (stream, dead) = (cfg.stream(), cfg.dead());
+    let grave =
+        shared::streams::Grave { stream: &stream, group: GROUP, dead: &dead, delete: false };
+    shared::streams::bury(conn, grave, e, why, &[]).await
 }
 
 /// Dead-letters pending entries delivered [`MAX_DELIVERIES`] times or more; how many.

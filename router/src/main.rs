@@ -40,13 +40,14 @@ fn main() {
         shared::config::args_with_file("ROUTER_").map_err(|e| e.to_string()).and_then(|argv| {
             let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| e.exit());
             let nodes = NodeSpec::parse_flags(&cli.nodes).map_err(|e| format!("--node {e}"))?;
+            let archive = cli.router.archive_db.clone();
             let mut c =
                 cli.router.build(cli.listen, cli.admin, nodes).map_err(|e| e.to_string())?;
             c.api = Some(cli.api);
             c.validate().map_err(|e| e.to_string())?;
-            Ok(c)
+            Ok((c, archive))
         });
-    let result = config.and_then(|c| run(c).map_err(|e| e.to_string()));
+    let result = config.and_then(|(c, a)| run(c, a).map_err(|e| e.to_string()));
     if let Err(e) = result {
         eprintln!("router: {e}");
         std::process::exit(2);
@@ -54,7 +55,12 @@ fn main() {
 }
 
 #[tokio::main]
-async fn run(config: Config) -> Result<(), router::Error> {
+async fn run(mut config: Config, archive: Option<String>) -> Result<(), router::Error> {
+    if let Some(url) = archive {
+        let store = archiver::Store::open(&url).await;
+        config.archive =
+            Some(store.map_err(|e| router::Error::Config(format!("--archive-db: {e}")))?);
+    }
     if config.nodes.is_empty() {
         tracing::warn!("no --node given: add nodes through POST /admin/nodes");
     }

@@ -94,6 +94,12 @@ impl Exposition {
         let _ = writeln!(self.out, "{name} {v}");
     }
 
+    /// A gauge whose value has a fraction (seconds).
+    pub fn gauge_f64(&mut self, name: &str, help: &str, v: f64) {
+        self.header(name, "gauge", help);
+        let _ = writeln!(self.out, "{name} {v}");
+    }
+
     /// One metric with a label, one line per `(label value, value)`.
     pub fn labeled<'a>(
         &mut self,
@@ -152,11 +158,13 @@ mod tests {
         let mut e = Exposition::new();
         e.counter("x_total", "x", &c);
         e.gauge("g", "g", -2);
+        e.gauge_f64("s", "s", 1.5);
         e.labeled("l_total", "counter", "l", "code", [("a\"b", 1)]);
         e.histogram("h_seconds", "h", &h);
         let t = e.finish();
         assert_eq!(sample(&t, "x_total"), Some(3.0));
         assert_eq!(sample(&t, "g"), Some(-2.0));
+        assert_eq!(sample(&t, "s"), Some(1.5));
         assert_eq!(sample(&t, "h_seconds_count"), Some(1.0));
         assert!(t.contains("h_seconds_bucket{le=\"0.0025\"} 1"));
         assert!(t.contains("l_total{code=\"a\\\"b\"} 1"));

@@ -1,7 +1,9 @@
 //! Helpers for tests across the workspace: waiting on a condition, a raw HTTP/1.1 client,
-//! a WebSocket client ([`ws`]), the workspace's binaries as processes ([`process`]), and a
-//! real `redis-server` on a free port that a test can kill and restart.
+//! a WebSocket client ([`ws`]), the workspace's binaries as processes ([`process`]), a real
+//! `redis-server` on a free port that a test can kill and restart, and a real PostgreSQL
+//! ([`postgres`]).
 
+pub mod postgres;
 pub mod process;
 pub mod ws;
 

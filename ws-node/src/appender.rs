@@ -2,12 +2,14 @@
 //! appended to the store in batches, one round trip for all of the node's rooms per flush
 //! interval (never one per message). A batch the store refuses is kept and retried, with
 //! back-off, so a Redis restart loses no history the rooms still hold. Durable rooms are
-//! told how far their history is stored: they deliver and ack only then.
+//! told how far their history is stored: they deliver and ack only then. Archived rooms'
+//! messages ride in the same batch to the archive queue (no round trip of their own).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use shared::archive::Record;
 use shared::ids::RoomId;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -23,6 +25,9 @@ const FLUSH_AT: usize = 4096;
 /// Longest wait between retries of a refused batch (durable rooms deliver unacknowledged
 /// messages after each failed try, so it stays short).
 const MAX_BACKOFF: Duration = Duration::from_millis(200);
+/// Archive records held while the queue refuses them (Redis away); past it the oldest are
+/// given up on and counted (`wsnode_archive_dropped_total`).
+const ARCHIVE_HOLD: usize = 200_000;
 
 /// One stamped message for the store.
 #[derive(Debug)]
@@ -35,10 +40,13 @@ pub(crate) struct Entry {
     /// The owner of a durable room, told how far the store holds its history (its
     /// messages wait for that); `None` for the others, which nothing waits on.
     pub(crate) owner: Option<mpsc::Sender<Input>>,
+    /// The message goes to the archive queue too.
+    pub archive: bool,
 }
 
 enum Msg {
     Entry(Entry),
+    Archive(Record),
     Flush(oneshot::Sender<()>),
 }
 
@@ -52,6 +60,7 @@ impl std::fmt::Debug for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Msg::Entry(e) => write!(f, "Entry({} {})", e.room, e.seq),
+            Msg::Archive(r) => write!(f, "Archive({} {})", r.room, r.seq),
             Msg::Flush(_) => f.write_str("Flush"),
         }
     }
@@ -69,6 +78,18 @@ impl Appender {
     /// queued (older entries of a refused batch are dropped), so the bound is the rooms'.
     pub fn append(&self, e: Entry) {
         let _ = self.tx.send(Msg::Entry(e));
+    }
+
+    /// Queues a message for the archive only (a spanning room's: the bus stored its
+    /// history when it stamped it).
+    pub fn archive(&self, room: &RoomId, epoch: &str, seq: u64, frame: &Utf8Bytes) {
+        let r = Record {
+            room: room.to_string(),
+            epoch: epoch.to_owned(),
+            seq,
+            frame: frame.as_str().to_owned(),
+        };
+        let _ = self.tx.send(Msg::Archive(r));
     }
 
     /// Returns once everything queued so far was offered to the store (stored, or kept for
@@ -96,6 +117,7 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Msg>,
 ) {
     let mut pending: HashMap<RoomId, Pending> = HashMap::new();
+    let mut archive: Vec<Record> = Vec::new();
     let mut queued = 0usize;
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -105,34 +127,32 @@ async fn run(
         let mut waiters = Vec::new();
         tokio::select! {
             m = rx.recv() => match m {
-                Some(Msg::Entry(e)) => {
+                Some(Msg::Flush(done)) => waiters.push(done),
+                Some(m) => {
                     queued += 1;
-                    add(&mut pending, e);
+                    take(m, &mut pending, &mut archive, &metrics, &mut waiters);
                     if queued < FLUSH_AT {
                         continue;
                     }
                 }
-                Some(Msg::Flush(done)) => waiters.push(done),
                 None => {
-                    flush(&*bus, &metrics, &mut pending).await;
+                    flush(&*bus, &metrics, &mut pending, &mut archive).await;
                     return;
                 }
             },
             _ = tick.tick() => {
-                if pending.is_empty() || retry_at.is_some_and(|t| tokio::time::Instant::now() < t) {
+                let idle = pending.is_empty() && archive.is_empty();
+                if idle || retry_at.is_some_and(|t| tokio::time::Instant::now() < t) {
                     continue;
                 }
             }
         }
         // Take whatever else is queued right now into the same batch.
         while let Ok(m) = rx.try_recv() {
-            match m {
-                Msg::Entry(e) => add(&mut pending, e),
-                Msg::Flush(done) => waiters.push(done),
-            }
+            take(m, &mut pending, &mut archive, &metrics, &mut waiters);
         }
         queued = 0;
-        if flush(&*bus, &metrics, &mut pending).await {
+        if flush(&*bus, &metrics, &mut pending, &mut archive).await {
             backoff = every;
             retry_at = None;
         } else {
@@ -143,6 +163,51 @@ async fn run(
             let _ = w.send(());
         }
     }
+}
+
+fn take(
+    m: Msg,
+    pending: &mut HashMap<RoomId, Pending>,
+    archive: &mut Vec<Record>,
+    metrics: &Metrics,
+    waiters: &mut Vec<oneshot::Sender<()>>,
+) {
+    match m {
+        Msg::Entry(e) => {
+            if e.archive {
+                hold(archive, record(&e), metrics);
+            }
+            add(pending, e)
+        }
+        Msg::Archive(r) => hold(archive, r, metrics),
+        Msg::Flush(done) => waiters.push(done),
+    }
+}
+
+fn record(e: &Entry) -> Record {
+    Record {
+        room: e.room.to_string(),
+        epoch: e.epoch.to_string(),
+        seq: e.seq,
+        frame: e.frame.as_str().to_owned(),
+    }
+}
+
+/// Keeps a record for the next batch; a hold that overflowed (the queue away for long)
+/// gives up its oldest, counted.
+fn hold(archive: &mut Vec<Record>, r: Record, metrics: &Metrics) {
+    if archive.len() >= ARCHIVE_HOLD {
+        let over = archive.len() + 1 - ARCHIVE_HOLD;
+        archive.drain(..over);
+        metrics.archive_dropped.add(over as u64);
+        // Once per 10,000 given up, not once per message.
+        if metrics.archive_dropped.get() % 10_000 < over as u64 {
+            let dropped = metrics.archive_dropped.get();
+            tracing::warn!(dropped, "archive queue away too long: oldest records given up");
+        }
+    }
+    archive.push(r);
+    metrics.archive_held.set(archive.len() as i64);
 }
 
 fn add(pending: &mut HashMap<RoomId, Pending>, e: Entry) {
@@ -166,14 +231,22 @@ fn add(pending: &mut HashMap<RoomId, Pending>, e: Entry) {
     }
 }
 
-/// Offers every room's pending entries to the store in one call and tells each room how
-/// far it got; refused rooms keep theirs for the next try. True when all were taken.
-async fn flush(bus: &dyn Bus, metrics: &Metrics, pending: &mut HashMap<RoomId, Pending>) -> bool {
-    if pending.is_empty() {
+/// Offers every room's pending entries and the archive records to the store in one call
+/// and tells each room how far it got; refused rooms keep theirs for the next try, and so
+/// do refused archive records. True when all were taken.
+async fn flush(
+    bus: &dyn Bus,
+    metrics: &Metrics,
+    pending: &mut HashMap<RoomId, Pending>,
+    archive: &mut Vec<Record>,
+) -> bool {
+    if pending.is_empty() && archive.is_empty() {
         return true;
     }
-    let rooms: Vec<RoomId> = pending.keys().cloned().collect();
-    let batch: Vec<Append> = rooms
+    // Rooms with history off are here only to be told (durable archived rooms).
+    let (stored, told): (Vec<RoomId>, Vec<RoomId>) =
+        pending.keys().cloned().partition(|r| pending[r].policy.is_on());
+    let batch: Vec<Append> = stored
         .iter()
         .map(|r| {
             let p = &pending[r];
@@ -187,16 +260,25 @@ async fn flush(bus: &dyn Bus, metrics: &Metrics, pending: &mut HashMap<RoomId, P
         .collect();
     let entries: usize = batch.iter().map(|a| a.entries.len()).sum();
     metrics.history_flushes.inc();
-    let took = match bus.append_history(batch).await {
-        Ok(v) => v,
+    let (took, archived) = match bus.append_history(batch, archive.clone()).await {
+        Ok(a) => (a.rooms, a.archived),
         Err(e) => {
             metrics.redis_errors.inc();
-            tracing::warn!(rooms = rooms.len(), entries, "cannot store history: {e}");
-            vec![false; rooms.len()]
+            tracing::warn!(rooms = stored.len(), entries, "cannot store history: {e}");
+            (vec![false; stored.len()], false)
         }
     };
-    let mut all = true;
-    for (room, ok) in rooms.into_iter().zip(took.into_iter().chain(std::iter::repeat(false))) {
+    if archived {
+        metrics.archive_queued.add(archive.len() as u64);
+        archive.clear();
+    }
+    metrics.archive_held.set(archive.len() as i64);
+    let took = took.into_iter().chain(std::iter::repeat(false));
+    let mut all = archived;
+    let results = stored.into_iter().zip(took).chain(told.into_iter().map(|r| (r, true)));
+    for (room, ok) in results {
+        // A durable archived room's message is safe once both took it.
+        let ok = ok && archived;
         let Some(p) = pending.get(&room) else { continue };
         let upto = p.entries.last().map_or(0, |e| e.0);
         if let Some(owner) = &p.owner {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use shared::api::Published;
+use shared::archive::Record;
 use shared::ids::{RoomId, UserId};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -120,6 +121,14 @@ pub struct Append {
     pub entries: Vec<(u64, Utf8Bytes)>,
 }
 
+/// What one flush stored: per [`Append`] of the batch whether the room's history took,
+/// and whether every archive record did.
+#[derive(Debug, Clone, Default)]
+pub struct Appended {
+    pub rooms: Vec<bool>,
+    pub archived: bool,
+}
+
 /// How a room asks for its stored history.
 #[derive(Debug, Clone)]
 pub struct LoadRequest {
@@ -163,8 +172,13 @@ pub trait Bus: Send + Sync + 'static {
     /// Reads the room's stored history, epoch and last `seq`; marks this node as the
     /// room's writer.
     fn load_history(&self, room: &RoomId, req: LoadRequest) -> BoxFuture<'_, BusResult<Stored>>;
-    /// Appends new history for many rooms in one round trip; says per room whether it took.
-    fn append_history(&self, batch: Vec<Append>) -> BoxFuture<'_, BusResult<Vec<bool>>>;
+    /// Appends new history for many rooms, and puts archived rooms' messages on the
+    /// archive queue, in one round trip; says per room whether it took.
+    fn append_history(
+        &self,
+        batch: Vec<Append>,
+        archive: Vec<Record>,
+    ) -> BoxFuture<'_, BusResult<Appended>>;
     /// The event stream; the node takes it once at start.
     fn take_events(&self) -> Option<mpsc::Receiver<BusEvent>>;
     /// Whether this bus reaches other processes (a Redis bus does; a local hub does not).
@@ -283,6 +297,8 @@ struct HubState {
     nodes: HashMap<Arc<str>, mpsc::Sender<BusEvent>>,
     /// Nodes [`LocalHub::kill`] cut off: their bus calls fail, as a dead process's would.
     dead: HashSet<Arc<str>>,
+    /// The in-process archive queue (`fleet up`), when something archives.
+    archive: Option<mpsc::Sender<Record>>,
 }
 
 /// The in-process hub behind every `LocalBus` of one process (`fleet up`, tests).
@@ -308,6 +324,12 @@ impl LocalHub {
         let id: Arc<str> = Arc::from(node_id);
         self.lock().nodes.insert(id.clone(), tx);
         LocalBus { hub: self.clone(), id, events: Mutex::new(Some(rx)) }
+    }
+
+    /// Sends archived rooms' messages of every node of this hub to `queue` (bounded: a
+    /// full queue makes the nodes' history writers wait, never drop).
+    pub fn archive_to(&self, queue: mpsc::Sender<Record>) {
+        self.lock().archive = Some(queue);
     }
 
     /// Cuts a node off as if it died: it leaves every room set, hears nothing more and
@@ -593,7 +615,11 @@ impl Bus for LocalBus {
         Self::now(stored)
     }
 
-    fn append_history(&self, batch: Vec<Append>) -> BoxFuture<'_, BusResult<Vec<bool>>> {
+    fn append_history(
+        &self,
+        batch: Vec<Append>,
+        archive: Vec<Record>,
+    ) -> BoxFuture<'_, BusResult<Appended>> {
         if self.cut_off() {
             return Self::gone();
         }
@@ -625,7 +651,28 @@ impl Bus for LocalBus {
             *s = (*s).max(last);
             done.push(true);
         }
-        Self::now(done)
+        let queue = st.archive.clone();
+        drop(st);
+        Box::pin(async move {
+            let archived = match queue {
+                _ if archive.is_empty() => true,
+                Some(q) => {
+                    let mut ok = true;
+                    for r in archive {
+                        if q.send(r).await.is_err() {
+                            ok = false;
+                            break;
+                        }
+                    }
+                    ok
+                }
+                None => {
+                    tracing::warn!("archived rooms on a hub without an archive queue");
+                    false
+                }
+            };
+            Ok(Appended { rooms: done, archived })
+        })
     }
 
     fn take_events(&self) -> Option<mpsc::Receiver<BusEvent>> {

@@ -7,20 +7,25 @@ use shared::auth::{HopKey, Verifier};
 
 use crate::history::Policy;
 
-/// A `[[rooms]]` table: the history policy of rooms whose name matches `pattern`.
+/// A `[[rooms]]` table: the history and archive policy of rooms whose name matches
+/// `pattern`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomPolicy {
     /// A room id, or a prefix followed by `*`.
     pub pattern: String,
     pub history: Policy,
+    /// Whether the rooms' messages go to the archive; `None` = the node's `archive`.
+    pub archive: Option<bool>,
 }
 
 impl RoomPolicy {
-    /// Parses `pattern=chat:*,history_size=50,history_ttl=60` (what a `[[rooms]]` table
-    /// becomes on the command line); sizes and TTLs left out take `defaults`.
+    /// Parses `pattern=chat:*,history_size=50,history_ttl=60,archive=true` (what a
+    /// `[[rooms]]` table becomes on the command line); sizes and TTLs left out take
+    /// `defaults`.
     pub fn parse(s: &str, defaults: Policy) -> Result<Self, String> {
         let mut pattern = None;
         let mut history = defaults;
+        let mut archive = None;
         for part in s.split(',') {
             let (k, v) =
                 part.split_once('=').ok_or_else(|| format!("{part:?} is not KEY=VALUE"))?;
@@ -33,9 +38,16 @@ impl RoomPolicy {
                         .map_err(|_| format!("history_size {v:?} is not a count"))?
                 }
                 "history_ttl" => history.ttl = shared::config::parse_secs(v)?,
+                "archive" => {
+                    archive = Some(match v.trim() {
+                        "true" => true,
+                        "false" => false,
+                        _ => return Err(format!("archive {v:?} is not true or false")),
+                    })
+                }
                 other => {
                     return Err(format!(
-                        "unknown [[rooms]] key {other:?} (pattern, history_size, history_ttl)"
+                        "unknown [[rooms]] key {other:?} (pattern, history_size, history_ttl, archive)"
                     ));
                 }
             }
@@ -45,7 +57,7 @@ impl RoomPolicy {
         if !id.is_empty() {
             shared::ids::RoomId::parse(id).map_err(|e| format!("pattern {pattern:?}: {e}"))?;
         }
-        Ok(Self { pattern, history })
+        Ok(Self { pattern, history, archive })
     }
 }
 
@@ -105,6 +117,9 @@ pub struct Config {
     pub history: Policy,
     /// History per room-name pattern; the first match wins.
     pub rooms: Vec<RoomPolicy>,
+    /// Whether rooms whose `rooms` entry does not say go to the archive (off for a node,
+    /// on in `fleet up`).
+    pub archive: bool,
     /// A resume that missed more than this many messages gets `recovered:false`.
     pub max_recovery: usize,
     /// Messages a room stamps go out and are acked only once the store holds them.
@@ -129,6 +144,16 @@ impl Config {
             .iter()
             .find(|r| shared::ids::pattern_matches(&r.pattern, room))
             .map_or(self.history, |r| r.history)
+    }
+
+    /// Whether `room`'s messages go to the archive: the first matching `rooms` entry that
+    /// says, else `archive`.
+    pub fn archive_of(&self, room: &str) -> bool {
+        self.rooms
+            .iter()
+            .find(|r| shared::ids::pattern_matches(&r.pattern, room))
+            .and_then(|r| r.archive)
+            .unwrap_or(self.archive)
     }
 
     /// The longest history TTL of any room (how long the store keeps spanning rooms' logs).
@@ -165,6 +190,7 @@ impl Default for Config {
             max_header_bytes: 16 * 1024,
             history: Policy::default(),
             rooms: Vec::new(),
+            archive: false,
             max_recovery: 500,
             durable_ack: false,
             history_flush: Duration::from_millis(10),
@@ -199,8 +225,24 @@ mod tests {
         assert_eq!(cfg.history_of("chat:1"), chat.history);
         assert_eq!(cfg.history_of("game"), off.history);
         assert_eq!(Config::default().history_of("x"), d);
+        assert!(!cfg.archive_of("chat:1"), "archive is off by default");
+    }
+
+    #[test]
+    fn archive_follows_the_first_matching_table_that_says() {
+        let d = Policy::default();
+        let on = RoomPolicy::parse("pattern=chat:*,archive=true", d).unwrap();
+        let off = RoomPolicy::parse("pattern=chat:tmp*,archive=false", d).unwrap();
+        let silent = RoomPolicy::parse("pattern=game*,history_size=5", d).unwrap();
+        assert_eq!((on.archive, silent.archive), (Some(true), None));
+        let cfg = Config { rooms: vec![off, on, silent], ..Config::default() };
+        assert!(cfg.archive_of("chat:1"));
+        assert!(!cfg.archive_of("chat:tmp1"));
+        assert!(!cfg.archive_of("game1"), "a table that does not say takes the node's default");
+        assert!(Config { archive: true, ..cfg.clone() }.archive_of("game1"));
+        assert!(!Config { archive: true, ..cfg }.archive_of("chat:tmp1"));
         for bad in
-            ["history_size=5", "pattern=a b", "pattern=x,archive=true", "pattern=x,history_size=-1"]
+            ["history_size=5", "pattern=a b", "pattern=x,archive=yes", "pattern=x,history_size=-1"]
         {
             assert!(RoomPolicy::parse(bad, d).is_err(), "{bad}");
         }

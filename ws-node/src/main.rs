@@ -125,10 +125,19 @@ struct Args {
     /// Seconds a message stays in a room's history (rooms no `--rooms` entry matches).
     #[arg(long, env = "WSNODE_HISTORY_TTL", default_value = "300", value_parser = parse_secs)]
     history_ttl: Duration,
-    /// History per room-name pattern, `pattern=chat:*,history_size=50,history_ttl=60`;
-    /// repeatable, first match wins. In the config file: `[[rooms]]` tables.
+    /// History and archive per room-name pattern,
+    /// `pattern=chat:*,history_size=50,history_ttl=60,archive=true`; repeatable, first
+    /// match wins. In the config file: `[[rooms]]` tables.
     #[arg(long = "rooms", env = "WSNODE_ROOMS", value_delimiter = ';')]
     rooms: Vec<String>,
+    /// Archive the messages of rooms no `--rooms` entry sets `archive` for (needs --redis:
+    /// they go to the queue `{prefix}:archive:{N}` that `archiver` drains).
+    #[arg(long, env = "WSNODE_ARCHIVE")]
+    archive: bool,
+    /// Shards of the archive queue (streams `{prefix}:archive:{0..N-1}`); every node and
+    /// archiver of a fleet must use the same number.
+    #[arg(long, env = "WSNODE_ARCHIVE_SHARDS", default_value_t = shared::archive::DEFAULT_SHARDS)]
+    archive_shards: u32,
     /// A resume that missed more than this many messages gets `recovered:false`.
     #[arg(long, env = "WSNODE_MAX_RECOVERY", default_value_t = 500)]
     max_recovery: usize,
@@ -160,6 +169,7 @@ impl Args {
             prefix: self.redis_prefix.clone(),
             heartbeat_ttl: ttl,
             advertise,
+            archive_shards: self.archive_shards,
             ..RedisConfig::new(url)
         }))
     }
@@ -201,6 +211,16 @@ impl Args {
             .iter()
             .map(|r| RoomPolicy::parse(r, history).map_err(|e| anyhow::anyhow!("--rooms: {e}")))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        anyhow::ensure!(
+            (1..=shared::archive::MAX_SHARDS).contains(&self.archive_shards),
+            "--archive-shards must be 1..={}",
+            shared::archive::MAX_SHARDS
+        );
+        anyhow::ensure!(
+            self.redis.is_some()
+                || !(self.archive || rooms.iter().any(|r| r.archive == Some(true))),
+            "archiving queues messages in Redis for the archiver: it needs --redis"
+        );
         let d = Config::default();
         Ok(Config {
             node_id: self.node_id,
@@ -222,6 +242,7 @@ impl Args {
             suspect_ttl: self.heartbeat_ttl,
             history,
             rooms,
+            archive: self.archive,
             max_recovery: self.max_recovery,
             durable_ack: self.durable_ack,
             history_flush: self.history_flush,

@@ -46,6 +46,12 @@ pub struct Metrics {
     pub history_flushes: Counter,
     /// Messages the store took from the history writer.
     pub history_appends: Counter,
+    /// Messages of archived rooms the archive queue took, and the ones given up on (the
+    /// queue away so long that the writer's hold overflowed).
+    pub archive_queued: Counter,
+    pub archive_dropped: Counter,
+    /// Messages waiting in the history writer for the archive queue.
+    pub archive_held: Gauge,
     /// Resumes answered with `recovered:true` / `recovered:false`.
     pub resumes_recovered: Counter,
     pub resumes_lost: Counter,
@@ -200,6 +206,21 @@ impl Metrics {
             "wsnode_history_appends_total",
             "Messages appended to the stored history.",
             &self.history_appends,
+        );
+        e.counter(
+            "wsnode_archive_queued_total",
+            "Messages of archived rooms put on the archive queue.",
+            &self.archive_queued,
+        );
+        e.counter(
+            "wsnode_archive_dropped_total",
+            "Messages of archived rooms given up on: the queue stayed away past the hold.",
+            &self.archive_dropped,
+        );
+        e.gauge(
+            "wsnode_archive_held",
+            "Messages of archived rooms waiting in the node for the archive queue.",
+            self.archive_held.get(),
         );
         e.labeled(
             "wsnode_resumes_total",

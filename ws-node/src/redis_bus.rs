@@ -23,9 +23,10 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{
-    Append, Bus, BusError, BusEvent, BusResult, Control, EVENT_QUEUE, Envelope, LOG_SIZE, LOG_TTL,
-    LoadRequest, Stored, StoredPage,
+    Append, Appended, Bus, BusError, BusEvent, BusResult, Control, EVENT_QUEUE, Envelope, LOG_SIZE,
+    LOG_TTL, LoadRequest, Stored, StoredPage,
 };
+use shared::archive::Record;
 
 /// Settings of the Redis bus.
 #[derive(Debug, Clone)]
@@ -42,6 +43,8 @@ pub struct RedisConfig {
     /// How long a spanning room's stored messages outlive its last one (the longest
     /// history TTL of the node's room policies).
     pub log_ttl: Duration,
+    /// Shards of the archive queue (`{prefix}:archive:{N}`), as the archivers read it.
+    pub archive_shards: u32,
 }
 
 impl RedisConfig {
@@ -53,6 +56,7 @@ impl RedisConfig {
             command_timeout: Duration::from_secs(2),
             advertise: None,
             log_ttl: LOG_TTL,
+            archive_shards: shared::archive::DEFAULT_SHARDS,
         }
     }
 }
@@ -694,7 +698,11 @@ impl Bus for RedisBus {
         })
     }
 
-    fn append_history(&self, batch: Vec<Append>) -> BoxFuture<'_, BusResult<Vec<bool>>> {
+    fn append_history(
+        &self,
+        batch: Vec<Append>,
+        archive: Vec<Record>,
+    ) -> BoxFuture<'_, BusResult<Appended>> {
         let mut pipe = redis::pipe();
         let n = batch.len();
         for a in &batch {
@@ -715,20 +723,33 @@ impl Bus for RedisBus {
                 cmd.arg(*seq).arg(frame.as_str());
             }
         }
+        // The archive queue rides in the same round trip: one XADD per record, to the
+        // stream of its room's shard.
+        for r in &archive {
+            let shard = shared::archive::shard(&r.room, self.cfg.archive_shards);
+            let cmd =
+                pipe.cmd("XADD").arg(shared::archive::stream_key(&self.cfg.prefix, shard)).arg("*");
+            for (k, v) in r.fields() {
+                cmd.arg(k).arg(v);
+            }
+        }
         Box::pin(async move {
             let mut conn = self.conn()?;
             let no_script = redis::ErrorKind::Server(redis::ServerErrorKind::NoScript);
             let mut r: redis::RedisResult<Vec<redis::Value>> = pipe.query_async(&mut conn).await;
             if r.as_ref().is_err_and(|e| e.kind() == no_script) {
-                // A new or restarted Redis does not know the script yet: load it, go again.
+                // A new or restarted Redis does not know the script yet: load it, go again
+                // (archive records sent twice are archived once).
                 let _ = self.scripts.append.prepare_invoke().load_async(&mut conn).await;
                 r = pipe.query_async(&mut conn).await;
             }
+            let ok = |x: &redis::Value| !matches!(x, redis::Value::ServerError(_));
             match r {
-                Ok(v) if v.len() == n => {
-                    Ok(v.iter().map(|x| !matches!(x, redis::Value::ServerError(_))).collect())
-                }
-                Ok(_) => Ok(vec![false; n]),
+                Ok(v) if v.len() == n + archive.len() => Ok(Appended {
+                    rooms: v[..n].iter().map(ok).collect(),
+                    archived: v[n..].iter().all(ok),
+                }),
+                Ok(_) => Ok(Appended { rooms: vec![false; n], archived: archive.is_empty() }),
                 Err(e) => Err(unavailable(e)),
             }
         })

@@ -491,7 +491,11 @@ impl Owner {
                     seq,
                     frame,
                     owner: self.core.durable().then(|| self.handle.tx.clone()),
+                    archive: self.core.archived(),
                 }),
+                Action::Archive { seq, frame } => {
+                    self.shared.appender.archive(&self.handle.id, self.core.epoch(), seq, &frame)
+                }
                 Action::Refuse { conn } => {
                     if let Some((_, reply)) = self.pending.remove(&conn) {
                         let _ = reply.send(Err(JoinError::RoomFull));

@@ -57,6 +57,8 @@ pub struct Settings {
     pub durable: bool,
     /// Users whose read (and delivered) markers the room keeps at most.
     pub max_markers: usize,
+    /// The room's messages go to the archive queue as well (`[[rooms]] archive`).
+    pub archive: bool,
 }
 
 /// Where the room's events are ordered.
@@ -290,8 +292,15 @@ pub enum Action {
         conn: Conn,
     },
     Bus(BusOp),
-    /// Append a message this room stamped to the store's history (batched by the node).
+    /// Append a message this room stamped to the store's history (batched by the node),
+    /// and to the archive queue when the room is archived.
     Store {
+        seq: u64,
+        frame: Utf8Bytes,
+    },
+    /// Queue a message the bus stamped (a spanning room) for the archive. Every holder
+    /// queues it, so it is archived while any of them lives; the archive keeps it once.
+    Archive {
         seq: u64,
         frame: Utf8Bytes,
     },
@@ -485,6 +494,10 @@ impl RoomCore {
     /// Whether its messages go out only once stored.
     pub fn durable(&self) -> bool {
         self.cfg.durable
+    }
+    /// Whether its messages go to the archive.
+    pub fn archived(&self) -> bool {
+        self.cfg.archive
     }
     pub fn epoch(&self) -> &Arc<str> {
         &self.epoch
@@ -747,7 +760,7 @@ impl RoomCore {
     fn stamp_here(&mut self, q: Queued, out: &mut Vec<Action>) {
         self.seq += 1;
         let frame = stamp(&q.env, self.seq);
-        if self.cfg.history.is_on() {
+        if self.cfg.history.is_on() || self.cfg.archive {
             out.push(Action::Store { seq: self.seq, frame: frame.clone() });
             if self.cfg.durable {
                 let u = Unstored { seq: self.seq, frame, conn: q.conn, id: q.id };
@@ -1163,6 +1176,9 @@ impl RoomCore {
         }
         self.seq = seq;
         self.history.push(seq, self.now, frame.clone());
+        if self.cfg.archive {
+            out.push(Action::Archive { seq, frame: frame.clone() });
+        }
         if !self.members.is_empty() {
             out.push(Action::Deliver { to: To::All, frame });
         }

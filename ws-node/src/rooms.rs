@@ -187,6 +187,7 @@ impl Rooms {
             max_recovery: self.config.max_recovery,
             max_markers: MAX_MARKERS,
             durable: self.config.durable_ack,
+            archive: self.config.archive_of(id.as_str()),
         };
         let me = self.me.clone();
         let shared = Shared {

@@ -46,6 +46,11 @@ fn bad_config_exits_non_zero_with_one_line() {
         vec!["--ping-interval".into(), "0".into()],
         vec!["--repair-interval".into(), "0".into()],
         vec!["--span-timeout".into(), "0".into()],
+        // The archive queue lives in Redis.
+        vec!["--archive".into()],
+        vec!["--rooms".into(), "pattern=chat:*,archive=true".into()],
+        vec!["--rooms".into(), "pattern=chat:*,archive=maybe".into()],
+        vec!["--archive-shards".into(), "0".into()],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_ws-node")).args(&args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");

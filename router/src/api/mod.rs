@@ -1,9 +1,11 @@
 //! The server API for back ends on its own listener (`--api`): publish into a room (routed
 //! to the room's owner by the same placement as an upgrade), broadcast to many rooms, list
-//! rooms and members across the nodes, read a room's history, remove a user. JSON in and
-//! out; every refusal is `{"code","message"}` ([`shared::api::ApiError`]). Keys are checked
-//! by [`keys`]; what a node does for a call is in the node's `internal.rs`.
+//! rooms and members across the nodes, read a room's history (and its archive, [`archive`]),
+//! remove a user. JSON in and out; every refusal is `{"code","message"}`
+//! ([`shared::api::ApiError`]). Keys are checked by [`keys`]; what a node does for a call
+//! is in the node's `internal.rs`.
 
+mod archive;
 mod keys;
 mod nodes;
 
@@ -66,7 +68,22 @@ async fn route(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
             }
             (&Method::GET, ["api", "rooms", room, "messages"]) => {
                 let room = room_id(room)?;
-                to_value(nodes::messages(proxy, &room, req.uri().query()).await)
+                let query = req.uri().query();
+                if archive::wants(query) {
+                    let store = proxy.config.archive.as_ref();
+                    to_value(archive::messages(store, &room, query).await)
+                } else {
+                    to_value(nodes::messages(proxy, &room, query).await)
+                }
+            }
+            (&Method::GET, ["api", "rooms", room, "meta"]) => {
+                let room = room_id(room)?;
+                to_value(archive::get_meta(proxy.config.archive.as_ref(), &room).await)
+            }
+            (&Method::PUT, ["api", "rooms", room, "meta"]) => {
+                let room = room_id(room)?;
+                let m: archive::MetaPut = read_json(req).await?;
+                to_value(archive::put_meta(proxy.config.archive.as_ref(), &room, m).await)
             }
             (&Method::DELETE, ["api", "rooms", room, "members", user]) => {
                 let room = room_id(room)?;
@@ -76,7 +93,7 @@ async fn route(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
                 to_value(nodes::remove(proxy, &room, &user).await)
             }
             (_, ["api", "rooms", _, "publish"] | ["api", "broadcast"] | ["api", "rooms"])
-            | (_, ["api", "rooms", _] | ["api", "rooms", _, "messages"])
+            | (_, ["api", "rooms", _] | ["api", "rooms", _, "messages" | "meta"])
             | (_, ["api", "rooms", _, "members", _]) => {
                 Err(ApiError::method_not_allowed(&method, &path))
             }

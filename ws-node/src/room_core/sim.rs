@@ -155,6 +155,7 @@ impl World {
             max_recovery: 100,
             durable: false,
             max_markers: 100,
+            archive: false,
         }
     }
 

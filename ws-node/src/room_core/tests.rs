@@ -18,6 +18,7 @@ fn settings(node: &str) -> Settings {
         max_recovery: 5,
         durable: false,
         max_markers: 100,
+        archive: false,
     }
 }
 
@@ -113,7 +114,11 @@ fn spanning(t: Instant, seq: u64, users: &[&str]) -> RoomCore {
 /// A room on node `a` whose member 1 (ann) waits while it opens; the bus said `holder`
 /// holds the room too.
 fn opening(t: Instant, holder: &str) -> RoomCore {
-    let mut r = RoomCore::new(settings("a"));
+    opening_with(settings("a"), t, holder)
+}
+
+fn opening_with(s: Settings, t: Instant, holder: &str) -> RoomCore {
+    let mut r = RoomCore::new(s);
     r.start(t);
     r.on(join(1, "ann"), t);
     r.on(Event::Registered(Some(vec![holder.into()])), t);
@@ -122,7 +127,11 @@ fn opening(t: Instant, holder: &str) -> RoomCore {
 
 /// A room on node `a` whose member 1 (ann) joined alone.
 fn local_room(t: Instant) -> RoomCore {
-    let mut r = RoomCore::new(settings("a"));
+    local_room_with(settings("a"), t)
+}
+
+fn local_room_with(s: Settings, t: Instant) -> RoomCore {
+    let mut r = RoomCore::new(s);
     r.start(t);
     r.on(join(1, "ann"), t);
     let out = r.on(Event::Registered(Some(vec![])), t);
@@ -586,4 +595,65 @@ fn hooks_are_raised_where_the_change_happened_once_for_the_fleet() {
     alone.on(Event::Registered(Some(vec![])), t);
     let out = alone.on(loaded(0), t);
     assert_eq!(hooks(&out), vec![Hook::Occupied, Hook::Joined { user: user("cy"), info: None }]);
+}
+
+// ---- archive -----------------------------------------------------------------------------
+
+fn stored(actions: &[Action]) -> Vec<u64> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Store { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .collect()
+}
+
+fn archived(actions: &[Action]) -> Vec<u64> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Archive { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_archived_room_stores_what_it_stamps_even_with_history_off() {
+    let t = Instant::now();
+    let off = crate::history::Policy { size: 0, ..crate::history::Policy::default() };
+    let mut plain = local_room_with(Settings { history: off, ..settings("a") }, t);
+    assert!(stored(&plain.on(publish(1, "x"), t)).is_empty(), "no history, no archive: nothing");
+    let s = Settings { history: off, archive: true, ..settings("a") };
+    let mut r = local_room_with(s, t);
+    assert!(r.archived());
+    let out = r.on(publish(1, "x"), t);
+    assert_eq!(stored(&out), vec![1]);
+    let messages = delivered(&out).iter().filter(|f| f.contains(r#""type":"message""#)).count();
+    assert_eq!(messages, 1, "delivered at once: the archive never holds it up");
+}
+
+#[test]
+fn a_spanning_archived_room_archives_every_message_the_bus_stamped_once() {
+    let t = Instant::now();
+    let s = Settings { archive: true, ..settings("a") };
+    let mut r = opening_with(s, t, "b");
+    r.on(Event::Subscribed(true), t);
+    let out = r.on(sync_from("b", 0, &[]), t);
+    read_history(&mut r, out, 0, t);
+    assert_eq!(r.mode(), Mode::Spanning);
+    let msg = |s: u64| Event::BusFrame {
+        seq: s,
+        origin: Arc::from("b"),
+        conn: 9,
+        frame: message_frame(s),
+    };
+    assert_eq!(archived(&r.on(msg(1), t)), vec![1]);
+    r.on(msg(3), t);
+    let log = vec![(2, message_frame(2)), (3, message_frame(3))];
+    assert_eq!(archived(&r.on(Event::CaughtUp(Some(log)), t)), vec![2, 3]);
+    assert!(archived(&r.on(msg(3), t)).is_empty(), "a duplicate is not archived again");
+    let mut plain = spanning(t, 0, &[]);
+    assert!(archived(&plain.on(msg(1), t)).is_empty());
 }

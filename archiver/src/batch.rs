@@ -1,0 +1,152 @@
+//! One batch on its way into the database, whatever queue it came from: queue records
+//! become rows (or the reason they cannot), the batch is written in one transaction and
+//! retried with exponential back-off while the database is away or slow, and a batch the
+//! database refuses for good is written row by row so only the bad rows are held back.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use shared::archive::Record;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::store::{Row, Store, is_permanent};
+
+/// The first wait after a failed write; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest one write may take before it counts as failed (the database stuck, or a
+/// connection that died without a word) and is tried again.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The parts of a `message` frame the archive keeps.
+#[derive(Deserialize)]
+struct Frame<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(borrow)]
+    from: std::borrow::Cow<'a, str>,
+    ts: i64,
+    #[serde(borrow)]
+    body: &'a RawValue,
+}
+
+/// The row of a queue record, or why it cannot be archived (it never will be).
+pub fn row(r: &Record) -> Result<Row, String> {
+    let f: Frame = serde_json::from_str(&r.frame).map_err(|e| format!("frame: {e}"))?;
+    if f.kind != "message" {
+        return Err(format!("frame type {:?} is not message", f.kind));
+    }
+    let seq = i64::try_from(r.seq).map_err(|_| format!("seq {} is too big", r.seq))?;
+    Ok(Row {
+        room: r.room.clone(),
+        epoch: r.epoch.clone(),
+        seq,
+        sender: f.from.into_owned(),
+        body: f.body.get().to_owned(),
+        at: f.ts,
+    })
+}
+
+/// Writes `rows`; what became of each: `Ok` (archived now or before) or the database's
+/// reason for refusing it for good. `None` when `token` stopped the retries.
+pub async fn write(
+    store: &Store,
+    rows: &[Row],
+    metrics: &Metrics,
+    token: &CancellationToken,
+) -> Option<Vec<Result<(), String>>> {
+    if rows.is_empty() {
+        return Some(Vec::new());
+    }
+    match write_retrying(store, rows, metrics, token).await? {
+        Ok(()) => Some(vec![Ok(()); rows.len()]),
+        Err(reason) if rows.len() == 1 => Some(vec![Err(reason)]),
+        Err(_) => {
+            // Some row spoils the batch: find it by writing them one by one.
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                let one = std::slice::from_ref(r);
+                out.push(write_retrying(store, one, metrics, token).await?);
+            }
+            Some(out)
+        }
+    }
+}
+
+/// One transaction for `rows`, again and again while the failure is the database's (down,
+/// restarting, busy); `Err` with the reason when it refuses the rows themselves.
+async fn write_retrying(
+    store: &Store,
+    rows: &[Row],
+    metrics: &Metrics,
+    token: &CancellationToken,
+) -> Option<Result<(), String>> {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let started = std::time::Instant::now();
+        let wrote = tokio::time::timeout(WRITE_TIMEOUT, store.insert(rows)).await;
+        let wrote = wrote.unwrap_or(Err(sqlx::Error::PoolTimedOut));
+        match wrote {
+            Ok(n) => {
+                metrics.batches.inc();
+                metrics.batch_seconds.observe(started.elapsed());
+                metrics.rows.add(rows.len() as u64);
+                metrics.inserted.add(n);
+                return Some(Ok(()));
+            }
+            Err(e) if is_permanent(&e) => {
+                metrics.failures.inc();
+                tracing::info!(rows = rows.len(), "archive database refused the rows: {e}");
+                return Some(Err(e.to_string()));
+            }
+            Err(e) => {
+                metrics.failures.inc();
+                metrics.db_up.set(0);
+                tracing::warn!(rows = rows.len(), ?backoff, "archive database: {e}; retrying");
+            }
+        }
+        tokio::select! {
+            _ = token.cancelled() => return None,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+        metrics.db_up.set(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(frame: &str) -> Record {
+        Record { room: "r".into(), epoch: "e".into(), seq: 7, frame: frame.into() }
+    }
+
+    #[test]
+    fn a_message_frame_becomes_a_row() {
+        let r = row(&rec(
+            r#"{"type":"message","room":"r","from":"ann","seq":7,"ts":1700,"body":{"t":"hi"},"id":3}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            (r.seq, r.sender.as_str(), r.body.as_str(), r.at),
+            (7, "ann", r#"{"t":"hi"}"#, 1700)
+        );
+        let escaped = row(&rec(r#"{"type":"message","from":"a\"b","ts":1,"body":"x"}"#)).unwrap();
+        assert_eq!(escaped.sender, "a\"b");
+    }
+
+    #[test]
+    fn other_frames_are_refused_with_a_reason() {
+        assert!(row(&rec("not json")).unwrap_err().starts_with("frame:"));
+        assert!(
+            row(&rec(r#"{"type":"ack","from":"a","ts":1,"body":1}"#)).unwrap_err().contains("ack")
+        );
+        assert!(row(&rec(r#"{"type":"message","ts":1,"body":1}"#)).is_err(), "no sender");
+        let big =
+            Record { seq: u64::MAX, ..rec(r#"{"type":"message","from":"a","ts":1,"body":1}"#) };
+        assert!(row(&big).unwrap_err().contains("too big"));
+    }
+}
