@@ -125,7 +125,7 @@ mod tests {
     }
     impl Write for Pipe {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.output.write(buf)
+            Write::write(&mut self.output, buf)
         }
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
