@@ -8,11 +8,13 @@
 # runs under `valgrind --tool=callgrind` at a tenth of the load (200 connections, 20 rooms)
 # and the row gives our own (user-space) instructions per delivery over the measured window:
 # repeatable whatever else the machine does, unlike CPU seconds.
-# Usage: bench/hotpath.sh ANCHOR_BIN NEW_BIN   (ws-node binaries; loadtest from target/release)
+# Usage: bench/hotpath.sh ANCHOR_BIN NEW_BIN [quick]   (ws-node binaries; loadtest from
+# target/release, built when missing)
 source "$(dirname "$0")/lib.sh"
 A=${1:?anchor ws-node binary}
 B=${2:?new ws-node binary}
 DUR=${DUR:-12}; RATES=${RATES:-"1.5 3"}; ROUNDS=${ROUNDS:-2}; PORT=${PORT:-$(free_ports 1)}
+[ "${3:-}" = quick ] && { DUR=5; RATES=1.5; ROUNDS=1; }
 [ -x "$BIN/loadtest" ] || (cd "$ROOT" && cargo build --release --quiet --bin loadtest)
 
 # run BIN TAG RATE: one node, one load run; prints a row.
