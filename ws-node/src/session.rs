@@ -348,7 +348,10 @@ async fn drain_queue(
 /// written in time the connection just drops, rather than close inside a frame.
 async fn finish(ws: &mut Ws, outbox: &mut Outbox, reason: Option<CloseReason>, timeout: Duration) {
     let _ = tokio::time::timeout(timeout, async {
-        if !outbox.is_empty() && outbox.write_to(ws.get_mut()).await.is_err() {
+        // A pong cut short comes before the outbox (whose writes start only after it).
+        if !outbox.is_empty()
+            && (ws.flush().await.is_err() || outbox.write_to(ws.get_mut()).await.is_err())
+        {
             return;
         }
         if let Some(r) = reason {
