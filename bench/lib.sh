@@ -52,9 +52,10 @@ rss_kib() {
   awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"
 }
 
-# metric URL NAME: one unlabeled sample from a Prometheus text endpoint.
+# metric URL NAME: one unlabeled sample from a Prometheus text endpoint. awk reads to the
+# end: exiting early makes curl fail on a closed pipe, which `set -o pipefail` turns fatal.
 metric() {
-  curl -fsS "$1" | awk -v n="$2" '$1 == n { print $2; exit }'
+  curl -fsS "$1" | awk -v n="$2" '$1 == n && !found { print $2; found = 1 }'
 }
 
 # machine: one line naming the machine, for the report.

@@ -14,6 +14,7 @@ mod internal;
 pub mod markers;
 pub mod metrics;
 mod node;
+mod outbox;
 mod posts;
 mod presence;
 mod rate;

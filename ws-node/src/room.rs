@@ -20,6 +20,7 @@ use crate::bus::{Bus, BusError, Control, Envelope, LoadRequest};
 use crate::history::{Loaded, new_epoch};
 use crate::hooks::{HookEvent, Hooks};
 use crate::metrics::Metrics;
+use crate::outbox;
 use crate::room_core::{
     Action, BusOp, Conn, Event, Hook, Mode, POST, PostError, RoomCore, Settings, To, Welcome,
 };
@@ -84,7 +85,8 @@ impl Kill {
 /// own session writes it, so admitting a member costs the room O(1), not O(members).
 #[derive(Debug)]
 pub enum Outbound {
-    Frame(Utf8Bytes),
+    /// A text frame encoded for the wire ([`outbox::text`]), shared by every recipient.
+    Wire(bytes::Bytes),
     Welcome(Box<Welcome>),
 }
 
@@ -565,15 +567,17 @@ impl Owner {
         tracing::debug!(room = %self.handle.id, from = from.name(), to = to.name(), "room mode");
     }
 
-    /// Queues `frame` to the chosen members; a member whose queue is full is a slow
-    /// consumer and is closed, so it never slows the room.
+    /// Queues `frame` to the chosen members, encoded as a WebSocket frame once for all of
+    /// them; a member whose queue is full is a slow consumer and is closed, so it never
+    /// slows the room.
     fn deliver(&self, to: To, frame: Utf8Bytes) {
         let metrics = &self.shared.metrics;
+        let wire = outbox::text(frame);
         let send = |m: &Member| -> u64 {
             if m.kill.is_killed() {
                 return 0;
             }
-            match m.tx.try_send(Outbound::Frame(frame.clone())) {
+            match m.tx.try_send(Outbound::Wire(wire.clone())) {
                 Ok(()) => 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     if m.kill.kill(CloseReason::SLOW_CONSUMER) {

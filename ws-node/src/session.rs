@@ -1,6 +1,7 @@
 //! One client connection: a single `select!` loop that reads frames, writes the queued
 //! frames in batches, pings, enforces the per-connection limits, and closes with the
-//! documented code.
+//! documented code. Tungstenite reads and writes control frames; the queued text frames,
+//! already encoded, go out raw through the connection's [`Outbox`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::frames;
 use crate::node::Node;
+use crate::outbox::{self, Outbox};
 use crate::rate::TokenBucket;
 use crate::room::{CloseReason, JoinError, Kill, Member, Outbound};
 use crate::rooms::Membership;
@@ -75,7 +77,8 @@ pub(crate) async fn run(
         j = node.rooms.join(&room_id, member.clone()) => j,
         _ = kill.token().cancelled() => {
             node.kills.remove(conn);
-            finish(&mut ws, kill.reason().or(Some(GOING_AWAY)), cfg.close_timeout).await;
+            let reason = kill.reason().or(Some(GOING_AWAY));
+            finish(&mut ws, &mut Outbox::default(), reason, cfg.close_timeout).await;
             return;
         }
     };
@@ -88,11 +91,12 @@ pub(crate) async fn run(
             let err =
                 ServerFrame::error(ErrorCode::RoomFull, "room holds its maximum number of members");
             let _ = ws.feed(Message::Text(frames::text(&err))).await;
-            finish(&mut ws, Some(ROOM_FULL), cfg.close_timeout).await;
+            finish(&mut ws, &mut Outbox::default(), Some(ROOM_FULL), cfg.close_timeout).await;
             return;
         }
     };
-    let reason = serve(&node, &mut ws, &membership, &member, access, &mut rx).await;
+    let mut outbox = Outbox::default();
+    let reason = serve(&node, &mut ws, &membership, &member, access, &mut rx, &mut outbox).await;
     node.kills.remove(conn);
     drop(membership);
     match reason {
@@ -103,7 +107,7 @@ pub(crate) async fn run(
         Some(r) if r == EXPIRED => node.metrics.token_expired_closes.inc(),
         _ => {}
     }
-    finish(&mut ws, reason, cfg.close_timeout).await;
+    finish(&mut ws, &mut outbox, reason, cfg.close_timeout).await;
 }
 
 /// The connection's loop; returns the close to send (`None`: the peer is gone or closed).
@@ -114,8 +118,12 @@ async fn serve(
     member: &Member,
     mut access: Option<Identity>,
     rx: &mut mpsc::Receiver<Outbound>,
+    outbox: &mut Outbox,
 ) -> Option<CloseReason> {
     let cfg = &node.config;
+    // Set when tungstenite has a pong of its own to send: it goes out, whole, before the
+    // next raw write, so the two never interleave inside a frame.
+    let mut pong_due = false;
     let expiry = tokio::time::sleep_until(deadline(access.as_ref()));
     tokio::pin!(expiry);
     let mut bucket = TokenBucket::new(cfg.publish_rate, cfg.publish_burst);
@@ -137,7 +145,7 @@ async fn serve(
             out = rx.recv() => {
                 let first = out?;
                 tokio::select! {
-                    r = write_batch(ws, first, rx) => r.ok()?,
+                    r = write_batch(ws, &mut pong_due, first, rx, outbox) => r.ok()?,
                     _ = &mut stopped => return why(),
                 }
             }
@@ -149,7 +157,7 @@ async fn serve(
                     Some(Err(WsError::Capacity(e))) => {
                         tracing::debug!(conn = member.conn, "frame too large: {e}");
                         reply(node, member, ErrorCode::FrameTooLarge, format!("frame larger than {} bytes", cfg.max_frame_bytes));
-                        let _ = tokio::time::timeout(cfg.close_timeout, drain_queue(ws, rx)).await;
+                        let _ = tokio::time::timeout(cfg.close_timeout, drain_queue(ws, &mut pong_due, rx, outbox)).await;
                         return Some(TOO_BIG);
                     }
                     Some(Err(WsError::Utf8(e))) => {
@@ -194,7 +202,8 @@ async fn serve(
                     }
                     Message::Binary(_) => reply(node, member, ErrorCode::BinaryUnsupported, "binary frames are not part of the protocol; send JSON text"),
                     Message::Close(_) => return None,
-                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                    Message::Ping(_) => pong_due = true,
+                    Message::Pong(_) | Message::Frame(_) => {}
                 }
             }
             _ = ping.tick() => {
@@ -276,53 +285,75 @@ async fn handle(node: &Arc<Node>, room: &Membership, member: &Member, frame: Cli
 /// Queues an `error` frame behind whatever the connection already has queued.
 fn reply(node: &Node, member: &Member, code: ErrorCode, message: impl Into<String>) {
     node.metrics.error(code);
-    let frame = frames::text(&ServerFrame::error(code, message));
-    if member.tx.try_send(Outbound::Frame(frame)).is_err()
+    let frame = outbox::text(frames::text(&ServerFrame::error(code, message)));
+    if member.tx.try_send(Outbound::Wire(frame)).is_err()
         && member.kill.kill(CloseReason::SLOW_CONSUMER)
     {
         node.metrics.slow_consumer_closes.inc();
     }
 }
 
-/// Writes `first` and whatever else is queued, then flushes once: one syscall for many
-/// frames when a connection falls a little behind.
+/// Writes `first` and whatever else is queued with one vectored write (more when the
+/// socket takes less): one syscall for many frames when a connection falls a little behind.
 async fn write_batch(
     ws: &mut Ws,
+    pong_due: &mut bool,
     first: Outbound,
     rx: &mut mpsc::Receiver<Outbound>,
+    outbox: &mut Outbox,
 ) -> Result<(), WsError> {
-    ws.feed(message(first)).await?;
+    outbox.push(wire(first));
     for _ in 1..MAX_BATCH {
         match rx.try_recv() {
-            Ok(m) => ws.feed(message(m)).await?,
+            Ok(m) => outbox.push(wire(m)),
             Err(_) => break,
         }
     }
-    ws.flush().await
+    write_out(ws, pong_due, outbox).await
 }
 
-/// The WebSocket message of a queued frame; a welcome is serialized here, by its own
+/// Tungstenite's pending pong first (whole), then the outbox.
+async fn write_out(ws: &mut Ws, pong_due: &mut bool, outbox: &mut Outbox) -> Result<(), WsError> {
+    if *pong_due {
+        ws.flush().await?;
+        *pong_due = false;
+    }
+    outbox.write_to(ws.get_mut()).await.map_err(WsError::Io)
+}
+
+/// The wire bytes of a queued frame; a welcome is serialized here, by its own
 /// connection's task.
-fn message(o: Outbound) -> Message {
+fn wire(o: Outbound) -> bytes::Bytes {
     match o {
-        Outbound::Frame(f) => Message::Text(f),
-        Outbound::Welcome(w) => Message::Text(w.to_json().into()),
+        Outbound::Wire(b) => b,
+        Outbound::Welcome(w) => outbox::text(w.to_json()),
     }
 }
 
 /// Writes out everything still queued (used before closing on our own initiative).
-async fn drain_queue(ws: &mut Ws, rx: &mut mpsc::Receiver<Outbound>) {
+async fn drain_queue(
+    ws: &mut Ws,
+    pong_due: &mut bool,
+    rx: &mut mpsc::Receiver<Outbound>,
+    outbox: &mut Outbox,
+) {
     while let Ok(m) = rx.try_recv() {
-        if ws.feed(message(m)).await.is_err() {
-            return;
-        }
+        outbox.push(wire(m));
     }
-    let _ = ws.flush().await;
+    let _ = write_out(ws, pong_due, outbox).await;
 }
 
-/// Sends our close frame (when we close) and waits briefly for the peer's, bounded.
-async fn finish(ws: &mut Ws, reason: Option<CloseReason>, timeout: Duration) {
+/// Sends our close frame (when we close) and waits briefly for the peer's, bounded. What
+/// the outbox still holds (a write cut short by a kill) goes first; when it cannot be
+/// written in time the connection just drops, rather than close inside a frame.
+async fn finish(ws: &mut Ws, outbox: &mut Outbox, reason: Option<CloseReason>, timeout: Duration) {
     let _ = tokio::time::timeout(timeout, async {
+        // A pong cut short comes before the outbox (whose writes start only after it).
+        if !outbox.is_empty()
+            && (ws.flush().await.is_err() || outbox.write_to(ws.get_mut()).await.is_err())
+        {
+            return;
+        }
         if let Some(r) = reason {
             let frame = CloseFrame { code: CloseCode::from(r.code), reason: r.reason.into() };
             if ws.close(Some(frame)).await.is_err() {

@@ -149,3 +149,55 @@ async fn client_pings_are_answered() {
         other => panic!("expected a pong, got {other:?}"),
     }
 }
+
+/// Frames go out pre-encoded, once per room: every member gets the same bytes, whatever
+/// the frame's length format (7-bit, 16-bit, 64-bit), parsed by a real client.
+#[tokio::test]
+async fn every_member_gets_the_same_bytes_across_every_frame_length_format() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let node =
+        TestNode::start(ws_node::Config { max_frame_bytes: 256 * 1024, ..config("n1") }).await;
+    let mut clients = Vec::new();
+    for u in ["a", "b", "c", "d"] {
+        clients.push(Client::join(&node.url("bytes", u)).await.0);
+    }
+    // Bodies whose frames fall on both sides of 125/126 and 65535/65536 payload bytes.
+    let sizes = [0usize, 1, 40, 70, 90, 65_380, 65_420, 65_460, 65_500, 100_000];
+    for n in sizes {
+        clients[0].publish(json!("x".repeat(n))).await;
+    }
+    let mut seen: Vec<Vec<String>> = Vec::new();
+    for c in clients.iter_mut() {
+        let mut texts = Vec::new();
+        while texts.len() < sizes.len() {
+            let m = tokio::time::timeout(common::STEP, c.ws.next()).await;
+            let Ok(Some(Ok(Message::Text(t)))) = m else { panic!("no frame: {m:?}") };
+            if t.as_str().starts_with(r#"{"type":"message""#) {
+                texts.push(t.as_str().to_owned());
+            }
+        }
+        seen.push(texts);
+    }
+    for (i, n) in sizes.iter().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(&seen[0][i]).unwrap();
+        assert_eq!(v["body"].as_str().map(str::len), Some(*n));
+        assert_eq!(v["seq"], i as u64 + 1);
+    }
+    assert!(seen.iter().all(|s| *s == seen[0]), "every member got the same bytes");
+    // The close handshake still works after raw frames: the node answers our close.
+    for mut c in clients {
+        c.ws.close(None).await.unwrap();
+        // Frames already on their way (others' leaves) come first, then the answer.
+        let answered = tokio::time::timeout(common::STEP, async {
+            loop {
+                match c.ws.next().await {
+                    Some(Ok(Message::Close(_))) => return true,
+                    Some(Ok(_)) => continue,
+                    _ => return false,
+                }
+            }
+        });
+        assert_eq!(answered.await, Ok(true), "the node answers the close");
+    }
+}
