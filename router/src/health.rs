@@ -230,6 +230,7 @@ pub(crate) async fn run_with<P, F>(
                 tracing::info!(node = %id, %addr, "{what}");
             }
         }
+        metrics.probe_rounds.inc();
     }
 }
 

@@ -166,6 +166,8 @@ pub struct Metrics {
     pub health_down: Counter,
     pub health_up: Counter,
     pub probe_failures: Counter,
+    /// Probe rounds finished: an operator (or a test) sees the checker is running.
+    pub probe_rounds: Counter,
     /// The ring generation in use; membership sets it on every rebuild.
     pub ring_generation: Arc<Gauge>,
     /// Full reads of the Redis node registry (`--discovery redis`).
@@ -352,6 +354,11 @@ impl Metrics {
             [("down", self.health_down.get()), ("up", self.health_up.get())],
         );
         e.counter("router_probe_failures_total", "Failed health probes.", &self.probe_failures);
+        e.counter(
+            "router_probe_rounds_total",
+            "Health probe rounds finished (one probe of every node each).",
+            &self.probe_rounds,
+        );
         e.counter(
             "router_registry_syncs_total",
             "Full reads of the Redis node registry.",

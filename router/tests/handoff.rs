@@ -126,6 +126,18 @@ async fn a_draining_node_gives_the_client_back_and_the_next_node_takes_it() {
         (NodeProcess::start("node-a", true).await, NodeProcess::start("node-b", true).await);
     let r = router(&[&a, &b]);
     let room = room_on(&r, "node-a").await;
+    // The drain must come after the router's first probe round (the next is an hour away):
+    // a probe that saw it would take node-a off the ring, and nothing would be handed back.
+    // A router over node-a alone, for the end. Both must have finished their first probe
+    // round (the next is an hour away) before the drain: a probe that saw the drain would
+    // take node-a off their rings, and nothing would be handed back.
+    let only = router(&[&a]);
+    for router in [&r, &only] {
+        wait_until(std::time::Duration::from_secs(10), "a router's first probe round", || async {
+            metric(router, "router_probe_rounds_total").await >= 1.0
+        })
+        .await;
+    }
     let (status, _) = http(a.addr, "POST", "/admin/drain", &[], "").await.unwrap();
     assert_eq!(status, 202);
     let (_ws, w) = join(&format!("ws://{}/ws?room={room}&user=u", r.proxy_addr())).await;
@@ -136,7 +148,6 @@ async fn a_draining_node_gives_the_client_back_and_the_next_node_takes_it() {
     assert_eq!(metric(&r, "router_retries_total").await, 1.0);
 
     // With no other node the refused client is proxied, and gets the node's own answer.
-    let only = router(&[&a]);
     let path = format!("/ws?room={room}&user=v");
     let (status, body) = raw_upgrade(only.proxy_addr(), &path, &UPGRADE).await;
     assert_eq!(status, 503, "{body}");
