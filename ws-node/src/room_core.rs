@@ -422,6 +422,9 @@ pub struct RoomCore {
     /// Bus messages that arrived ahead of a gap, while a catch-up reads what is missing.
     ahead: BTreeMap<u64, Utf8Bytes>,
     catching_up: bool,
+    /// The catch-up in flight was asked before the last bus restore: it may have read the
+    /// log before messages the lost channel then dropped, so another one follows it.
+    catch_up_stale: bool,
     /// Registered again after a bus restore: publishes wait for the `seq` to be raised.
     resync: bool,
     /// When the room was first seen alone while spanning.
@@ -461,6 +464,7 @@ impl RoomCore {
             synced: HashSet::new(),
             ahead: BTreeMap::new(),
             catching_up: false,
+            catch_up_stale: false,
             resync: false,
             alone_since: None,
             unspan_to: None,
@@ -1185,10 +1189,26 @@ impl RoomCore {
     }
 
     fn on_caught_up(&mut self, r: Option<Vec<(u64, Utf8Bytes)>>, out: &mut Vec<Action>) {
-        self.catching_up = false;
         for (seq, frame) in r.unwrap_or_default() {
             self.ahead.entry(seq).or_insert(frame);
         }
+        if std::mem::take(&mut self.catch_up_stale)
+            && matches!(self.mode, Mode::Spanning | Mode::Unspanning)
+        {
+            // Read before the restore: what it lacks may still be in the log. What follows
+            // on without a gap goes out; the rest waits for a catch-up read after it.
+            while let Some(e) = self.ahead.first_entry()
+                && *e.key() <= self.seq + 1
+            {
+                let (seq, frame) = e.remove_entry();
+                if seq > self.seq {
+                    self.deliver_bus(seq, frame, out);
+                }
+            }
+            out.push(Action::Bus(BusOp::CatchUp { after: self.seq }));
+            return;
+        }
+        self.catching_up = false;
         // Everything held now goes out in order; what the bus no longer had is a gap.
         for (seq, frame) in std::mem::take(&mut self.ahead) {
             if seq > self.seq {
@@ -1301,7 +1321,9 @@ impl RoomCore {
                 self.resync = true;
                 out.push(Action::Bus(BusOp::Register));
                 out.push(Action::Bus(BusOp::RaiseSeq(self.seq)));
-                if !self.catching_up {
+                if self.catching_up {
+                    self.catch_up_stale = true;
+                } else {
                     self.catching_up = true;
                     out.push(Action::Bus(BusOp::CatchUp { after: self.seq }));
                 }

@@ -749,6 +749,7 @@ fn a_pubsub_kill_between_joins_and_work_loses_nothing() {
     use Step::*;
     let base = Instant::now();
     let mut w = World::new();
+    #[rustfmt::skip]
     let steps = [
         Kill(0), Join(1), Join(1), Join(2), Join(1), Tick(1), PubsubKill, Publish(1, 0),
         Work(1, 0), Work(1, 0), Work(2, 0), Publish(1, 0), Work(1, 0), Work(1, 0), Work(1, 0),

@@ -657,3 +657,29 @@ fn a_spanning_archived_room_archives_every_message_the_bus_stamped_once() {
     let mut plain = spanning(t, 0, &[]);
     assert!(archived(&plain.on(msg(1), t)).is_empty());
 }
+
+#[test]
+fn a_catch_up_read_before_a_bus_restore_is_followed_by_one_read_after() {
+    // The log read of the catch-up in flight may predate messages the lost channel then
+    // dropped: its answer alone would turn them into a gap.
+    let t = Instant::now();
+    let mut r = spanning(t, 0, &[]);
+    let msg = |s: u64| Event::BusFrame {
+        seq: s,
+        origin: Arc::from("b"),
+        conn: 9,
+        frame: message_frame(s),
+    };
+    assert_eq!(ops(&r.on(msg(3), t)), vec![BusOp::CatchUp { after: 0 }]);
+    r.on(Event::BusLost, t);
+    let out = r.on(Event::BusRestored, t);
+    assert!(!ops(&out).iter().any(|o| matches!(o, BusOp::CatchUp { .. })), "{out:?}");
+    // The first answer was read before the restore: 1 follows on, 2 and 3 wait.
+    let out = r.on(Event::CaughtUp(Some(vec![(1, message_frame(1))])), t);
+    assert_eq!(seqs_of(&delivered(&out)), [1]);
+    assert_eq!(ops(&out), vec![BusOp::CatchUp { after: 1 }]);
+    let log = (2..=3).map(|s| (s, message_frame(s))).collect();
+    let out = r.on(Event::CaughtUp(Some(log)), t);
+    assert_eq!(seqs_of(&delivered(&out)), [2, 3]);
+    assert!(!out.iter().any(|a| matches!(a, Action::Gap { .. })), "{out:?}");
+}
