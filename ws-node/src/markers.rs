@@ -62,6 +62,18 @@ impl Markers {
         true
     }
 
+    /// Every read marker this node knows, held ones included (the higher of the two), for
+    /// a sync: a node that joins later learns a marker held here from no one else.
+    pub fn known(&self) -> Vec<(UserId, u64)> {
+        let mut all: BTreeMap<UserId, u64> =
+            self.read.iter().map(|(u, s)| (u.clone(), *s)).collect();
+        for (u, s) in &self.held {
+            let e = all.entry(u.clone()).or_insert(0);
+            *e = (*e).max(*s);
+        }
+        all.into_iter().collect()
+    }
+
     /// Keeps `user`'s marker `seq` until the room has seen that far (at most `cap` users).
     pub fn hold(&mut self, user: &UserId, seq: u64) {
         if let Some(s) = self.held.get_mut(user) {
@@ -169,6 +181,16 @@ mod tests {
         assert_eq!(m.release(3), [(u("b"), 3)]);
         assert_eq!(m.release(9), [(u("a"), 5)]);
         assert!(m.release(9).is_empty(), "c did not fit");
+    }
+
+    #[test]
+    fn known_markers_include_held_ones() {
+        let mut m = Markers::new(10);
+        m.read(&u("a"), 2, |_| true);
+        m.read(&u("b"), 4, |_| true);
+        m.hold(&u("a"), 5);
+        m.hold(&u("c"), 3);
+        assert_eq!(m.known(), [(u("a"), 5), (u("b"), 4), (u("c"), 3)]);
     }
 
     #[test]

@@ -959,7 +959,8 @@ impl RoomCore {
     fn sync(&self, out: &mut Vec<Action>) {
         let users =
             self.presence.local_users().into_iter().map(|(u, i)| (u, i.map(|i| i.to_string())));
-        let reads = self.markers.reads().iter().map(|(u, s)| (u.clone(), *s)).collect();
+        // Held markers too: this node may be the only one left that was told them.
+        let reads = self.markers.known();
         let note = Note::Sync { seq: self.seq, users: users.collect(), reads };
         out.push(Action::Bus(BusOp::Send(note.envelope())));
     }

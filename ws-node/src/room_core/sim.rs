@@ -762,3 +762,22 @@ fn a_pubsub_kill_between_joins_and_work_loses_nothing() {
     }
     w.check(base);
 }
+
+#[test]
+fn a_read_marker_held_for_a_lost_message_reaches_a_node_that_joins_later() {
+    // Found by the property test (shrunk): node 0 held u2's marker for the seq the kill
+    // dropped, synced node 2 without it, and node 1 (where u2 read) then closed.
+    use Step::*;
+    let base = Instant::now();
+    let mut w = World::new();
+    #[rustfmt::skip]
+    let steps = [
+        JoinWithHistory(0, 0), JoinWithHistory(1, 0), Tick(1), Read(2, 0, 0), Publish(1, 0),
+        Work(1, 0), Work(1, 73), Read(1, 0, 0), PubsubKill, Publish(0, 0), Resume(1, 0, 2),
+    ];
+    for s in steps {
+        w.run(s, base);
+        w.check_reads();
+    }
+    w.check(base);
+}
