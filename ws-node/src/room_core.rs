@@ -1074,9 +1074,17 @@ impl RoomCore {
             Mode::Local => self.switch(Vec::new(), out),
             Mode::Spanning if !self.resync => self.sync(out),
             // Two nodes opening at once wait for each other: an opening room has nobody
-            // to welcome yet, so it can say it spans as soon as it listens.
-            Mode::Opening if self.subscribed => self.sync(out),
-            Mode::Opening => self.sync_owed = true,
+            // to welcome yet, so it can say it spans as soon as it listens. The asker
+            // listens already and takes our sync as a promise: it counts as synced, so this
+            // room opens spanning too rather than alone (a split) when nobody else syncs.
+            Mode::Opening if self.subscribed => {
+                self.synced.insert(from);
+                self.sync(out)
+            }
+            Mode::Opening => {
+                self.synced.insert(from);
+                self.sync_owed = true
+            }
             Mode::Closing | Mode::Closed => out.push(Action::Bus(BusOp::Absent { to: from })),
             Mode::Unspanning => {
                 self.set_mode(Mode::Spanning);

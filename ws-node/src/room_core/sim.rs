@@ -781,3 +781,24 @@ fn a_read_marker_held_for_a_lost_message_reaches_a_node_that_joins_later() {
     }
     w.check(base);
 }
+
+#[test]
+fn a_node_opening_that_answered_a_span_does_not_open_alone() {
+    // Found by the property test (shrunk): nodes 1 and 2 opened while node 0 died; node 1
+    // answered node 2's span with its sync, then opened alone (nobody synced it) while node
+    // 2 opened spanning: a split, and seq 1 stamped on node 1 never reached node 2.
+    use Step::*;
+    let base = Instant::now();
+    let mut w = World::new();
+    #[rustfmt::skip]
+    let steps = [
+        Join(0), Join(1), Join(0), Work(0, 0), Join(2), Work(1, 0), Work(2, 0),
+        JoinWithHistory(1, 0), Join(2), Kill(0), Tick(500), Join(2), JoinWithHistory(2, 0),
+        Publish(1, 0), PubsubKill, Publish(2, 0),
+    ];
+    for s in steps {
+        w.run(s, base);
+        w.check_reads();
+    }
+    w.check(base);
+}

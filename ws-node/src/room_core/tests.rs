@@ -277,6 +277,22 @@ fn two_nodes_opening_at_once_do_not_wait_for_each_other() {
 }
 
 #[test]
+fn a_room_opening_that_answered_a_span_opens_spanning_when_its_holder_is_dead() {
+    // b listens and took our sync: were we to open alone, b would span with a room that
+    // stamps its own seq (a split).
+    let t = Instant::now();
+    let mut a = opening(t, "dead");
+    a.on(Event::Subscribed(true), t);
+    assert!(has_sync(&a.on(Event::SpanRequest { from: "b".into() }, t)));
+    let out = a.on(Event::Tick, t + Duration::from_millis(500));
+    assert!(ops(&out).contains(&BusOp::Prune("dead".into())));
+    assert!(!ops(&out).contains(&BusOp::Unsubscribe), "{out:?}");
+    let out = read_history(&mut a, out, 0, t);
+    assert_eq!(admitted(&out), vec![1]);
+    assert_eq!(a.mode(), Mode::Spanning);
+}
+
+#[test]
 fn a_member_of_two_nodes_is_one_presence() {
     let t = Instant::now();
     let mut r = opening(t, "b");
