@@ -652,18 +652,24 @@ fn room() -> RoomId {
     RoomId::parse("r").unwrap()
 }
 
+/// Runs `steps` on a new world, checking the read markers after each and the guarantees at
+/// the end.
+fn play(steps: impl IntoIterator<Item = Step>) {
+    let base = Instant::now();
+    let mut w = World::new();
+    for s in steps {
+        w.run(s, base);
+        w.check_reads();
+    }
+    w.check(base);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn random_fleets_keep_the_delivery_guarantees(steps in prop::collection::vec(step(), 1..200)) {
-        let base = Instant::now();
-        let mut w = World::new();
-        for s in steps {
-            w.run(s, base);
-            w.check_reads();
-        }
-        w.check(base);
+        play(steps);
     }
 }
 
@@ -747,8 +753,6 @@ fn a_read_marker_crosses_the_simulated_fleet_and_a_late_joiner_gets_history() {
 fn a_pubsub_kill_between_joins_and_work_loses_nothing() {
     // Found by the property test (shrunk): a member on node 2 missed the room's first message.
     use Step::*;
-    let base = Instant::now();
-    let mut w = World::new();
     #[rustfmt::skip]
     let steps = [
         Kill(0), Join(1), Join(1), Join(2), Join(1), Tick(1), PubsubKill, Publish(1, 0),
@@ -756,11 +760,7 @@ fn a_pubsub_kill_between_joins_and_work_loses_nothing() {
         Work(2, 0), Work(1, 0), Publish(0, 0), Work(1, 0), Join(0), Join(0), Work(2, 177),
         Work(1, 54), PubsubKill, Join(0), Join(0), Join(0),
     ];
-    for s in steps {
-        w.run(s, base);
-        w.check_reads();
-    }
-    w.check(base);
+    play(steps);
 }
 
 #[test]
@@ -768,18 +768,12 @@ fn a_read_marker_held_for_a_lost_message_reaches_a_node_that_joins_later() {
     // Found by the property test (shrunk): node 0 held u2's marker for the seq the kill
     // dropped, synced node 2 without it, and node 1 (where u2 read) then closed.
     use Step::*;
-    let base = Instant::now();
-    let mut w = World::new();
     #[rustfmt::skip]
     let steps = [
         JoinWithHistory(0, 0), JoinWithHistory(1, 0), Tick(1), Read(2, 0, 0), Publish(1, 0),
         Work(1, 0), Work(1, 73), Read(1, 0, 0), PubsubKill, Publish(0, 0), Resume(1, 0, 2),
     ];
-    for s in steps {
-        w.run(s, base);
-        w.check_reads();
-    }
-    w.check(base);
+    play(steps);
 }
 
 #[test]
@@ -788,17 +782,11 @@ fn a_node_opening_that_answered_a_span_does_not_open_alone() {
     // answered node 2's span with its sync, then opened alone (nobody synced it) while node
     // 2 opened spanning: a split, and seq 1 stamped on node 1 never reached node 2.
     use Step::*;
-    let base = Instant::now();
-    let mut w = World::new();
     #[rustfmt::skip]
     let steps = [
         Join(0), Join(1), Join(0), Work(0, 0), Join(2), Work(1, 0), Work(2, 0),
         JoinWithHistory(1, 0), Join(2), Kill(0), Tick(500), Join(2), JoinWithHistory(2, 0),
         Publish(1, 0), PubsubKill, Publish(2, 0),
     ];
-    for s in steps {
-        w.run(s, base);
-        w.check_reads();
-    }
-    w.check(base);
+    play(steps);
 }
