@@ -1019,6 +1019,11 @@ impl RoomCore {
             self.sync(out);
         }
         self.admit_waiting(out);
+        if self.mode == Mode::Local && std::mem::take(&mut self.sync_owed) {
+            // Asked to span after it had found itself alone: the asker waits for our sync
+            // (and would take us for dead without it), so span now rather than split.
+            self.switch(Vec::new(), out);
+        }
     }
 
     /// After every event: an empty room closes; a settled room sends what waited.

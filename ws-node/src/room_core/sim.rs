@@ -790,3 +790,17 @@ fn a_node_opening_that_answered_a_span_does_not_open_alone() {
     ];
     play(steps);
 }
+
+#[test]
+fn a_node_asked_to_span_while_it_opens_alone_spans_after() {
+    // Found by the property test (shrunk): node 0 registered alone, then node 2's span came
+    // while it read its history; it opened local and never synced, node 2 took it for dead
+    // and opened alone too: a split, and node 0 never saw node 2's seq 1 nor u1's read of it.
+    use Step::*;
+    #[rustfmt::skip]
+    let steps = [
+        Join(2), Join(0), Work(0, 0), Join(0), Work(2, 0), Work(2, 0), Join(2), Work(2, 0),
+        Tick(500), Join(0), Publish(2, 0), Work(0, 0), Read(2, 0, 0),
+    ];
+    play(steps);
+}

@@ -277,6 +277,24 @@ fn two_nodes_opening_at_once_do_not_wait_for_each_other() {
 }
 
 #[test]
+fn a_room_asked_to_span_while_it_opens_alone_switches_once_open() {
+    // The asker waits for our sync and would take us for dead without it (a split).
+    let t = Instant::now();
+    let mut a = RoomCore::new(settings("a"));
+    a.start(t);
+    a.on(join(1, "ann"), t);
+    let out = a.on(Event::Registered(Some(vec![])), t);
+    assert!(a.on(Event::SpanRequest { from: "b".into() }, t).is_empty(), "not before it listens");
+    let out = read_history(&mut a, out, 0, t);
+    assert_eq!(admitted(&out), vec![1]);
+    assert_eq!(a.mode(), Mode::Switching);
+    assert!(ops(&out).contains(&BusOp::Subscribe), "{out:?}");
+    a.on(Event::Subscribed(true), t);
+    assert!(has_sync(&a.on(Event::SeqRaised(true), t)));
+    assert_eq!(a.mode(), Mode::Spanning);
+}
+
+#[test]
 fn a_room_opening_that_answered_a_span_opens_spanning_when_its_holder_is_dead() {
     // b listens and took our sync: were we to open alone, b would span with a room that
     // stamps its own seq (a split).
