@@ -603,7 +603,9 @@ impl World {
             }
         }
         // Read markers reach every node that holds the room (none was lost with a node).
-        if holding.len() > 1 && !self.killed {
+        // After a Redis restart a healed split may leave a node below the room's seq until
+        // the next message (protocol.md): the markers above it wait there until then.
+        if holding.len() > 1 && !self.killed && !self.lossy {
             let reads = |n: usize| self.nodes[n].core.as_ref().map(|c| c.markers().read);
             for n in &holding[1..] {
                 assert_eq!(
