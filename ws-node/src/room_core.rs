@@ -794,7 +794,10 @@ impl RoomCore {
 
     /// Sends the publishes that waited, now that the room has settled.
     fn flush_queued(&mut self, out: &mut Vec<Action>) {
-        while let Some(q) = self.queued.pop_front() {
+        // Each once: one that must wait again (a resync still raising `seq`) goes back to
+        // the end in order, and the room does not spin on it.
+        for _ in 0..self.queued.len() {
+            let Some(q) = self.queued.pop_front() else { break };
             self.on_publish(q, out);
             if !matches!(self.mode, Mode::Local | Mode::Spanning) {
                 break;
