@@ -32,7 +32,9 @@ APP=bench-key:bench-secret
 wait_tcp() { for i in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 not up" >&2; return 1; }
 sum_cpu() { python3 -c "import sys; print(sum(float(x) for x in sys.argv[1:]))" $(for p in "$@"; do cpu_secs "$p"; done); }
 sockudo() { # sockudo NAME PORT ADAPTER
-  PORT=$2 HOST=127.0.0.1 ADAPTER_DRIVER=$3 REDIS_URL=$REDIS APP_MANAGER_DRIVER=memory CACHE_DRIVER=memory \
+  # Clustered sockudo refuses a node-local cache: the Redis adapter takes the Redis cache.
+  local cache=memory; [ "$3" = redis ] && cache=redis
+  PORT=$2 HOST=127.0.0.1 ADAPTER_DRIVER=$3 REDIS_URL=$REDIS APP_MANAGER_DRIVER=memory CACHE_DRIVER=$cache \
     QUEUE_DRIVER=memory RATE_LIMITER_ENABLED=false METRICS_ENABLED=false SOCKUDO_MAX_CONNECTIONS=100000 \
     SOCKUDO_DEFAULT_APP_ID=bench SOCKUDO_DEFAULT_APP_KEY=${APP%%:*} SOCKUDO_DEFAULT_APP_SECRET=${APP##*:} \
     SOCKUDO_DEFAULT_APP_ENABLED=true SOCKUDO_DEFAULT_APP_ENABLE_CLIENT_MESSAGES=true \
@@ -75,14 +77,15 @@ up() {
   esac
 }
 down() { local p; for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; for p in "${PIDS[@]}"; do wait_exit "$p" 20 || kill -9 "$p" 2>/dev/null || true; done; }
-# run NAME RATE: two shards of the one load client; prints a row.
+# run NAME RATE: two shards of the one load client, each from 250 loopback source addresses
+# (the router limits connections per address); prints a row.
 run() {
   local name=$1 rate=$2 c0 c1 shards=()
   c0=$(sum_cpu "${PIDS[@]}")
   for k in 0 1; do
     local u=$U0; [ $k = 1 ] && u=$U1
     "$BIN/loadtest" --no-bar --dialect "$DIALECT" "${EXTRA[@]}" --url "$u" --conns 2000 --rooms 200 --senders 10 \
-      --rate "$rate" --warmup 3 --duration "$DUR" --shard "$k/2" --prefix "d$name${rate/./_}" \
+      --src-ips "127.0.$((10 + k)).1-127.0.$((10 + k)).250" --rate "$rate" --warmup 3 --duration "$DUR" --shard "$k/2" --prefix "d$name${rate/./_}" \
       --json "$OUT/delivery-$name-$rate-$k.json" >"$OUT/delivery-$name-$rate-$k.log" 2>&1 &
     shards+=($!)
   done
