@@ -7,7 +7,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 
 use common::*;
 use serde_json::json;
@@ -173,47 +172,18 @@ async fn a_node_without_its_handoff_socket_is_proxied() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_at_a_low_file_limit_keeps_handing_off_clients() {
     let node = NodeProcess::start("node-a", true).await;
-    let (port, admin_port) = (free_port(), free_port());
-    let bin = env!("CARGO_BIN_EXE_router");
-    let script = format!(
-        "ulimit -n 64 && exec {bin} --listen 127.0.0.1:{port} --admin 127.0.0.1:{admin_port} \
-         --api 127.0.0.1:0 --node {} --max-connections 1000",
-        node.spec()
-    );
-    let child = Command::new("bash")
-        .args(["-c", &script])
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn router");
-    let _router = Killed(child);
-    let admin_addr: SocketAddr = ([127, 0, 0, 1], admin_port).into();
-    wait_until(STEP * 3, "the router to serve", || async move {
-        http(admin_addr, "GET", "/healthz", &[], "").await.is_ok()
-    })
-    .await;
+    let router = LimitedRouter::start(&node.spec(), 0).await;
     let mut open = Vec::new();
     for i in 0..150 {
-        let (ws, w) = join(&format!("ws://127.0.0.1:{port}/ws?room=big&user=u{i}")).await;
+        let (ws, w) = join(&router.url("big", &format!("u{i}"))).await;
         assert_eq!(w["node"], "node-a");
         open.push(ws);
     }
     open[0].publish(json!("all here")).await;
     assert_eq!(open[149].recv_type("message").await["body"], "all here");
-    let text = http(admin_addr, "GET", "/metrics", &[], "").await.unwrap().1;
+    let text = router.get("/metrics").await;
     let got = |name: &str| shared::metrics::sample(&text, name).unwrap_or(0.0);
     assert_eq!(got("router_handoffs_total{outcome=\"unix\"}"), 150.0, "{text}");
     assert_eq!(got("router_refused_total{reason=\"fd_limit\"}"), 0.0, "{text}");
     assert_eq!(node.metric("wsnode_connections").await, 150.0);
-}
-
-/// A child killed on drop.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -2,6 +2,10 @@
 //! router's integration tests.
 #![allow(dead_code)]
 
+mod limited;
+#[allow(unused_imports)]
+pub use limited::LimitedRouter;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
