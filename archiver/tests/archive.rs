@@ -262,7 +262,7 @@ async fn a_database_outage_under_load_loses_nothing_and_slows_no_room() {
 #[tokio::test]
 async fn an_archiver_killed_with_a_batch_in_hand_is_taken_over() {
     let redis = RedisServer::start().await;
-    let pg = PostgresServer::start().await;
+    let mut pg = PostgresServer::start().await;
     let node = Node::start(&redis, &[]).await;
     let first = Archiver::start(&redis, &pg.url(), "first", 50).await;
     let mut chat = Chatter::new();
@@ -270,7 +270,9 @@ async fn an_archiver_killed_with_a_batch_in_hand_is_taken_over() {
         chat.spawn(node.url(&format!("room-{i}"), "bob"), &format!("room-{i}"), false);
     }
     chat.more(200, "messages").await;
-    // Kill it while it holds entries it read but has not acknowledged.
+    // Kill it while it holds entries it read but has not acknowledged: with the database
+    // down it cannot commit (and so cannot acknowledge) what it read, whatever the timing.
+    pg.stop();
     let pending = || async {
         let mut n = 0;
         for s in 0..shared::archive::DEFAULT_SHARDS {
@@ -289,6 +291,7 @@ async fn an_archiver_killed_with_a_batch_in_hand_is_taken_over() {
     })
     .await;
     first.process.signal("KILL");
+    pg.start_again().await;
     chat.more(200, "messages after the kill").await;
     let second = Archiver::start(&redis, &pg.url(), "second", 50).await;
     chat.more(100, "messages with the second archiver").await;
