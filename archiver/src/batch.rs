@@ -1,5 +1,5 @@
 //! One batch on its way into the database, whatever queue it came from: queue records
-//! become rows (or the reason they cannot), the batch is written in one transaction and
+//! become rows of messages or markers (or the reason they cannot), the batch is written in one transaction and
 //! retried with exponential back-off while the database is away or slow, and a batch the
 //! database refuses for good is written row by row so only the bad rows are held back.
 
@@ -8,10 +8,13 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use shared::archive::Record;
+
+/// Milliseconds in a day of retention.
+const DAY_MS: i64 = 86_400_000;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::store::{Row, Store, is_permanent};
+use crate::store::{Item, MarkerRow, Row, Store, is_permanent};
 
 /// The first wait after a failed write; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -33,27 +36,41 @@ struct Frame<'a> {
 }
 
 /// The row of a queue record, or why it cannot be archived (it never will be).
-pub fn row(r: &Record) -> Result<Row, String> {
-    let f: Frame = serde_json::from_str(&r.frame).map_err(|e| format!("frame: {e}"))?;
-    if f.kind != "message" {
-        return Err(format!("frame type {:?} is not message", f.kind));
+pub fn item(r: &Record) -> Result<Item, String> {
+    let num = |what: &str, n: u64| i64::try_from(n).map_err(|_| format!("{what} {n} is too big"));
+    match r {
+        Record::Message(m) => {
+            let f: Frame = serde_json::from_str(&m.frame).map_err(|e| format!("frame: {e}"))?;
+            if f.kind != "message" {
+                return Err(format!("frame type {:?} is not message", f.kind));
+            }
+            let keep_until = m.keep_days.map(|d| f.ts.saturating_add(i64::from(d) * DAY_MS));
+            Ok(Item::Message(Row {
+                room: m.room.clone(),
+                epoch: m.epoch.clone(),
+                seq: num("seq", m.seq)?,
+                sender: f.from.into_owned(),
+                body: f.body.get().to_owned(),
+                at: f.ts,
+                keep_until,
+            }))
+        }
+        Record::Marker(m) => Ok(Item::Marker(MarkerRow {
+            room: m.room.clone(),
+            user: m.user.clone(),
+            epoch: m.epoch.clone(),
+            read: num("read", m.read.unwrap_or(0))?,
+            delivered: num("delivered", m.delivered)?,
+            at: m.at,
+        })),
     }
-    let seq = i64::try_from(r.seq).map_err(|_| format!("seq {} is too big", r.seq))?;
-    Ok(Row {
-        room: r.room.clone(),
-        epoch: r.epoch.clone(),
-        seq,
-        sender: f.from.into_owned(),
-        body: f.body.get().to_owned(),
-        at: f.ts,
-    })
 }
 
 /// Writes `rows`; what became of each: `Ok` (archived now or before) or the database's
 /// reason for refusing it for good. `None` when `token` stopped the retries.
 pub async fn write(
     store: &Store,
-    rows: &[Row],
+    rows: &[Item],
     metrics: &Metrics,
     token: &CancellationToken,
 ) -> Option<Vec<Result<(), String>>> {
@@ -79,7 +96,7 @@ pub async fn write(
 /// restarting, busy); `Err` with the reason when it refuses the rows themselves.
 async fn write_retrying(
     store: &Store,
-    rows: &[Row],
+    rows: &[Item],
     metrics: &Metrics,
     token: &CancellationToken,
 ) -> Option<Result<(), String>> {
@@ -121,7 +138,20 @@ mod tests {
     use super::*;
 
     fn rec(frame: &str) -> Record {
-        Record { room: "r".into(), epoch: "e".into(), seq: 7, frame: frame.into() }
+        Record::Message(shared::archive::Message {
+            room: "r".into(),
+            epoch: "e".into(),
+            seq: 7,
+            frame: frame.into(),
+            keep_days: None,
+        })
+    }
+
+    fn row(r: &Record) -> Result<Row, String> {
+        match item(r)? {
+            Item::Message(row) => Ok(row),
+            Item::Marker(_) => Err("a marker".into()),
+        }
     }
 
     #[test]
@@ -131,11 +161,32 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(
-            (r.seq, r.sender.as_str(), r.body.as_str(), r.at),
-            (7, "ann", r#"{"t":"hi"}"#, 1700)
+            (r.seq, r.sender.as_str(), r.body.as_str(), r.at, r.keep_until),
+            (7, "ann", r#"{"t":"hi"}"#, 1700, None)
         );
         let escaped = row(&rec(r#"{"type":"message","from":"a\"b","ts":1,"body":"x"}"#)).unwrap();
         assert_eq!(escaped.sender, "a\"b");
+        let Record::Message(mut m) = rec(r#"{"type":"message","from":"a","ts":1000,"body":1}"#)
+        else {
+            unreachable!()
+        };
+        m.keep_days = Some(2);
+        let kept = row(&Record::Message(m)).unwrap();
+        assert_eq!(kept.keep_until, Some(1000 + 2 * DAY_MS), "days after the message was sent");
+    }
+
+    #[test]
+    fn a_marker_becomes_a_row_with_an_absent_read_as_zero() {
+        let m = shared::archive::Marker {
+            room: "r".into(),
+            epoch: "e".into(),
+            user: "ann".into(),
+            read: None,
+            delivered: 5,
+            at: 9,
+        };
+        let Ok(Item::Marker(row)) = item(&Record::Marker(m)) else { panic!("a marker row") };
+        assert_eq!((row.read, row.delivered, row.at, row.user.as_str()), (0, 5, 9, "ann"));
     }
 
     #[test]
@@ -145,8 +196,10 @@ mod tests {
             row(&rec(r#"{"type":"ack","from":"a","ts":1,"body":1}"#)).unwrap_err().contains("ack")
         );
         assert!(row(&rec(r#"{"type":"message","ts":1,"body":1}"#)).is_err(), "no sender");
-        let big =
-            Record { seq: u64::MAX, ..rec(r#"{"type":"message","from":"a","ts":1,"body":1}"#) };
+        let Record::Message(m) = rec(r#"{"type":"message","from":"a","ts":1,"body":1}"#) else {
+            unreachable!()
+        };
+        let big = Record::Message(shared::archive::Message { seq: u64::MAX, ..m });
         assert!(row(&big).unwrap_err().contains("too big"));
     }
 }

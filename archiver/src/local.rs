@@ -55,7 +55,7 @@ pub async fn run(
         let mut rows = Vec::with_capacity(recs.len());
         let mut kept = Vec::with_capacity(recs.len());
         for (r, n) in recs {
-            match batch::row(&r) {
+            match batch::item(&r) {
                 Ok(row) => {
                     rows.push(row);
                     kept.push((r, n));
@@ -79,11 +79,5 @@ pub async fn run(
 
 fn dead(r: &Record, why: &str, metrics: &Metrics) {
     metrics.dead.inc();
-    tracing::error!(
-        room = r.room,
-        epoch = r.epoch,
-        seq = r.seq,
-        reason = why,
-        "archive: record given up"
-    );
+    tracing::error!(record = ?r, reason = why, "archive: record given up");
 }

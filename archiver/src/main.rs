@@ -46,6 +46,11 @@ struct Args {
     /// Times the database may refuse an entry before it is dead-lettered.
     #[arg(long, env = "ARCHIVER_MAX_FAILURES", default_value_t = 3)]
     max_failures: u32,
+    /// Seconds between retention rounds (each deletes expired messages of rooms with
+    /// `archive_days`, 1,000 per transaction).
+    #[arg(long, env = "ARCHIVER_RETENTION_EVERY", default_value = "60", value_parser = parse_secs)]
+    retention_every: Duration,
+
     /// Address of `GET /metrics` and `GET /healthz`.
     #[arg(long, env = "ARCHIVER_METRICS", default_value = "127.0.0.1:9102")]
     metrics: SocketAddr,
@@ -74,6 +79,7 @@ fn check(a: &Args) -> anyhow::Result<()> {
     anyhow::ensure!((1..=most).contains(&a.batch), "--batch must be 1..={most}");
     anyhow::ensure!(a.max_failures >= 1, "--max-failures must be at least 1");
     anyhow::ensure!(!a.claim_idle.is_zero(), "--claim-idle must be more than 0");
+    anyhow::ensure!(!a.retention_every.is_zero(), "--retention-every must be more than 0");
     anyhow::ensure!(
         a.queue.starts_with("redis://") || a.queue.starts_with("rediss://"),
         "--queue must be a redis:// URL"
@@ -104,6 +110,9 @@ async fn run(a: Args) -> anyhow::Result<()> {
         max_failures: a.max_failures,
     };
     tracing::info!(db = archiver::store::redact(&a.db), metrics = %a.metrics, "archiver running");
+    let retention =
+        archiver::retention::run(store.clone(), a.retention_every, metrics.clone(), token.clone());
+    tokio::spawn(retention);
     let work = tokio::spawn(archiver::redis_queue::run(store.clone(), cfg, metrics, token.clone()));
     shared::shutdown::signal().await;
     // A batch in flight commits or is rolled back; either way its entries stay pending

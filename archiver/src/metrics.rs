@@ -37,6 +37,8 @@ pub struct Metrics {
     pub db_up: Gauge,
     /// Queue (Redis) errors that made the archiver reconnect.
     pub queue_errors: Counter,
+    /// Messages retention deleted (`archive_days`).
+    pub expired: Counter,
 }
 
 impl Metrics {
@@ -76,6 +78,11 @@ impl Metrics {
             &self.claimed,
         );
         e.counter("archiver_queue_errors_total", "Queue errors (reconnects).", &self.queue_errors);
+        e.counter(
+            "archiver_expired_total",
+            "Messages retention deleted (archive_days).",
+            &self.expired,
+        );
         e.gauge(
             "archiver_lag_entries",
             "Queue entries not archived yet, over every shard.",

@@ -8,16 +8,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamId, StreamReadReply};
-use shared::archive::{GROUP, KIND_MESSAGE, Record, dead_key, stream_key};
+use shared::archive::{GROUP, Record, dead_key, stream_key};
 use tokio_util::sync::CancellationToken;
 
 use crate::batch;
 use crate::metrics::Metrics;
-use crate::store::{MAX_BATCH, Row, Store};
+use crate::store::{Item, MAX_BATCH, Store, now_ms};
 
 /// Where and how to read the queue.
 #[derive(Debug, Clone)]
@@ -178,7 +178,7 @@ async fn handle(
 ) -> redis::RedisResult<Option<Vec<Entry>>> {
     let mut dead: Vec<(Entry, String)> = Vec::new();
     let mut ok: Vec<Entry> = Vec::new();
-    let mut rows: Vec<(Entry, Row)> = Vec::new();
+    let mut rows: Vec<(Entry, Item)> = Vec::new();
     let mut seen: std::collections::HashSet<(String, String)> = Default::default();
     for e in entries {
         // A claimed entry may also be among our own pending ones.
@@ -190,12 +190,12 @@ async fn handle(
             ok.push(e);
             continue;
         }
-        match parse(&e.raw).and_then(|r| batch::row(&r)) {
+        match parse(&e.raw).and_then(|r| batch::item(&r)) {
             Ok(row) => rows.push((e, row)),
             Err(why) => dead.push((e, why)),
         }
     }
-    let only: Vec<Row> = rows.iter().map(|(_, r)| r.clone()).collect();
+    let only: Vec<Item> = rows.iter().map(|(_, r)| r.clone()).collect();
     let Some(outcomes) = batch::write(store, &only, metrics, token).await else {
         return Ok(None);
     };
@@ -230,18 +230,7 @@ async fn handle(
 
 /// The record an entry carries, or why it is malformed.
 fn parse(e: &StreamId) -> Result<Record, String> {
-    let field = |name: &str| e.get::<String>(name).ok_or_else(|| format!("no {name} field"));
-    let kind = field("k")?;
-    if kind != KIND_MESSAGE {
-        return Err(format!("unknown kind {kind:?}"));
-    }
-    let seq = field("seq")?;
-    Ok(Record {
-        room: field("room")?,
-        epoch: field("epoch")?,
-        seq: seq.parse().map_err(|_| format!("seq {seq:?} is not a number"))?,
-        frame: field("f")?,
-    })
+    Record::from_fields(|name| e.get::<String>(name))
 }
 
 /// XACK then XDEL for every entry, per stream, in one round trip.
@@ -347,10 +336,6 @@ fn id_ms(id: &str) -> Option<i64> {
     id.split('-').next()?.parse().ok()
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,11 +351,22 @@ mod tests {
     #[test]
     fn entries_parse_or_say_why() {
         let ok = entry(&[("k", "m"), ("room", "r"), ("epoch", "e"), ("seq", "3"), ("f", "{}")]);
-        assert_eq!(parse(&ok).unwrap().seq, 3);
+        let Ok(Record::Message(m)) = parse(&ok) else { panic!("a message") };
+        assert_eq!(m.seq, 3);
         assert_eq!(parse(&entry(&[("k", "x")])).unwrap_err(), "unknown kind \"x\"");
-        assert_eq!(parse(&entry(&[("k", "m")])).unwrap_err(), "no seq field");
+        assert_eq!(parse(&entry(&[("k", "m")])).unwrap_err(), "no room field");
         let bad = entry(&[("k", "m"), ("room", "r"), ("epoch", "e"), ("seq", "z"), ("f", "{}")]);
         assert!(parse(&bad).unwrap_err().contains("not a number"));
+        let marker = entry(&[
+            ("k", "u"),
+            ("room", "r"),
+            ("epoch", "e"),
+            ("user", "ann"),
+            ("delivered", "4"),
+            ("at", "17"),
+        ]);
+        let Ok(Record::Marker(m)) = parse(&marker) else { panic!("a marker") };
+        assert_eq!((m.user.as_str(), m.read, m.delivered), ("ann", None, 4));
         assert_eq!(id_ms("1700-3"), Some(1700));
     }
 }

@@ -1,7 +1,10 @@
 //! The database: PostgreSQL for deployments, SQLite for `fleet up`, behind one [`Store`].
 //! It runs the migrations kept in `archiver/migrations/` (built into the binary) at open,
-//! and writes a batch of messages in one transaction with one multi-row insert that skips
-//! what it already holds, so a batch written twice is archived once.
+//! and writes a batch in one transaction: one multi-row insert of messages that skips what
+//! it already holds (a batch written twice is archived once) and one upsert of markers
+//! that keeps the highest (a marker written twice, or late, changes nothing). It serves
+//! pages that never skip a message still on its way, and deletes expired messages in
+//! bounded batches.
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -24,6 +27,28 @@ pub struct Row {
     pub body: String,
     /// Unix milliseconds (the frame's `ts`).
     pub at: i64,
+    /// Unix milliseconds after which retention deletes it; `None` = kept for good.
+    pub keep_until: Option<i64>,
+}
+
+/// A user's markers in a room, as the archive keeps them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarkerRow {
+    pub room: String,
+    pub user: String,
+    /// The room's epoch the two `seq`s are of.
+    pub epoch: String,
+    pub read: i64,
+    pub delivered: i64,
+    /// Unix ms of the newest change.
+    pub at: i64,
+}
+
+/// One queue entry as the database takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    Message(Row),
+    Marker(MarkerRow),
 }
 
 /// Where a page of a room's archive starts (exclusive).
@@ -43,6 +68,25 @@ pub struct Message {
     pub at: i64,
 }
 
+/// A page of a room's archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub messages: Vec<Message>,
+    /// The page stopped early, before a `seq` the archive does not hold yet while later
+    /// ones arrived less than [`SETTLE`] ago (another archiver, or a retry, is still
+    /// writing it): ask again from the page's last `seq` shortly.
+    pub pending: bool,
+}
+
+/// How long a missing `seq` counts as on its way rather than gone for good (a message
+/// dead-lettered, a node that died before queueing it, expired by retention). It covers an
+/// archiver's `--claim-idle` (30 s) plus its longest back-off (5 s) with room to spare.
+pub const SETTLE: Duration = Duration::from_secs(60);
+
+/// Rows retention deletes per statement: each delete is a short transaction, so it never
+/// holds up the writers for long.
+pub const EXPIRE_BATCH: u32 = 1000;
+
 /// A room's metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Meta {
@@ -60,7 +104,9 @@ fn sqlite(sql: &str) -> String {
 }
 
 /// Columns per message row (a batch's bind parameters are this times its rows).
-const COLUMNS: usize = 6;
+const COLUMNS: usize = 8;
+/// Columns per marker row.
+const MARKER_COLUMNS: usize = 6;
 
 /// Most rows one insert may carry: PostgreSQL takes at most 65,535 bind parameters.
 pub const MAX_BATCH: usize = 65_535 / COLUMNS;
@@ -71,9 +117,14 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
 type Migrations = &'static [(i64, &'static str, &'static str)];
 
-const POSTGRES: Migrations =
-    &[(1, "archive", include_str!("../migrations/postgres/0001_archive.sql"))];
-const SQLITE: Migrations = &[(1, "archive", include_str!("../migrations/sqlite/0001_archive.sql"))];
+const POSTGRES: Migrations = &[
+    (1, "archive", include_str!("../migrations/postgres/0001_archive.sql")),
+    (2, "retention and markers", include_str!("../migrations/postgres/0002_retention_markers.sql")),
+];
+const SQLITE: Migrations = &[
+    (1, "archive", include_str!("../migrations/sqlite/0001_archive.sql")),
+    (2, "retention and markers", include_str!("../migrations/sqlite/0002_retention_markers.sql")),
+];
 
 /// The migrations of one database, built into the binary from `archiver/migrations/`.
 #[derive(Debug)]
@@ -157,38 +208,59 @@ impl Store {
         }
     }
 
-    /// Writes `rows` in one transaction, skipping messages already archived, and notes
-    /// each room's first message in `rooms`; the number of new messages. At most
-    /// [`MAX_BATCH`] rows.
-    pub async fn insert(&self, rows: &[Row]) -> Result<u64, sqlx::Error> {
-        if rows.is_empty() {
+    /// Writes `items` in one transaction: messages skipping those already archived (each
+    /// room's first noted in `rooms`), markers keeping the highest of each user. The number
+    /// of new messages. At most [`MAX_BATCH`] items.
+    pub async fn insert(&self, items: &[Item]) -> Result<u64, sqlx::Error> {
+        let rows: Vec<&Row> = items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Message(r) => Some(r),
+                Item::Marker(_) => None,
+            })
+            .collect();
+        let markers = merge_markers(items);
+        if rows.is_empty() && markers.is_empty() {
             return Ok(0);
         }
-        debug_assert!(rows.len() <= MAX_BATCH);
+        debug_assert!(items.len() <= MAX_BATCH);
         let mut rooms: Vec<(&str, i64)> = Vec::new();
-        for r in rows {
+        for r in &rows {
             match rooms.iter_mut().find(|(room, _)| *room == r.room) {
                 Some((_, at)) => *at = (*at).min(r.at),
                 None => rooms.push((&r.room, r.at)),
             }
         }
+        let now = now_ms();
         // The same statements on either pool; only the placeholders differ.
         macro_rules! write {
             ($pool:expr, $pg:expr) => {{
                 let mut tx = $pool.begin().await?;
-                let sql = insert_sql(rows.len(), $pg);
-                let mut q = sqlx::query(&sql);
-                for r in rows {
-                    q = q.bind(&r.room).bind(&r.epoch).bind(r.seq).bind(&r.sender);
-                    q = q.bind(&r.body).bind(r.at);
+                let mut n = 0;
+                if !rows.is_empty() {
+                    let sql = insert_sql(rows.len(), $pg);
+                    let mut q = sqlx::query(&sql);
+                    for r in &rows {
+                        q = q.bind(&r.room).bind(&r.epoch).bind(r.seq).bind(&r.sender);
+                        q = q.bind(&r.body).bind(r.at).bind(r.keep_until).bind(now);
+                    }
+                    n = q.execute(&mut *tx).await?.rows_affected();
+                    let sql = rooms_sql(rooms.len(), $pg);
+                    let mut q = sqlx::query(&sql);
+                    for (room, at) in &rooms {
+                        q = q.bind(*room).bind(*at);
+                    }
+                    q.execute(&mut *tx).await?;
                 }
-                let n = q.execute(&mut *tx).await?.rows_affected();
-                let sql = rooms_sql(rooms.len(), $pg);
-                let mut q = sqlx::query(&sql);
-                for (room, at) in &rooms {
-                    q = q.bind(*room).bind(*at);
+                if !markers.is_empty() {
+                    let sql = markers_sql(markers.len(), $pg);
+                    let mut q = sqlx::query(&sql);
+                    for m in &markers {
+                        q = q.bind(&m.room).bind(&m.user).bind(&m.epoch);
+                        q = q.bind(m.read).bind(m.delivered).bind(m.at);
+                    }
+                    q.execute(&mut *tx).await?;
                 }
-                q.execute(&mut *tx).await?;
                 tx.commit().await?;
                 Ok(n)
             }};
@@ -197,6 +269,43 @@ impl Store {
             Self::Postgres(pool) => write!(pool, true),
             Self::Sqlite(pool) => write!(pool, false),
         }
+    }
+
+    /// Every user's markers in `room`, by user.
+    pub async fn markers(&self, room: &str) -> Result<Vec<MarkerRow>, sqlx::Error> {
+        let sql = r#"SELECT "user", epoch, read_seq, delivered_seq, at FROM markers WHERE room = $1 ORDER BY "user""#;
+        type R = (String, String, i64, i64, i64);
+        let rows: Vec<R> = match self {
+            Self::Postgres(p) => sqlx::query_as(sql).bind(room).fetch_all(p).await?,
+            Self::Sqlite(p) => sqlx::query_as(&sqlite(sql)).bind(room).fetch_all(p).await?,
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(user, epoch, read, delivered, at)| MarkerRow {
+                room: room.to_owned(),
+                user,
+                epoch,
+                read,
+                delivered,
+                at,
+            })
+            .collect())
+    }
+
+    /// Deletes at most [`EXPIRE_BATCH`] messages whose `keep_until` is before `now` (unix
+    /// ms); how many it deleted.
+    pub async fn expire(&self, now: i64) -> Result<u64, sqlx::Error> {
+        let sql = format!(
+            "DELETE FROM messages WHERE (room, epoch, seq) IN (SELECT room, epoch, seq FROM messages \
+             WHERE keep_until IS NOT NULL AND keep_until < $1 LIMIT {EXPIRE_BATCH})"
+        );
+        let done = match self {
+            Self::Postgres(p) => sqlx::query(&sql).bind(now).execute(p).await?.rows_affected(),
+            Self::Sqlite(p) => {
+                sqlx::query(&sqlite(&sql)).bind(now).execute(p).await?.rows_affected()
+            }
+        };
+        Ok(done)
     }
 
     /// The epoch of the room's newest archived message (`None`: nothing archived).
@@ -209,40 +318,62 @@ impl Store {
     }
 
     /// At most `limit` messages of `room` in `epoch` from `cursor`: after it oldest first,
-    /// before it newest first. Keyed by `seq`, so a page never shifts while messages
-    /// keep arriving.
+    /// before it newest first. Keyed by `seq`, so a page never shifts while messages keep
+    /// arriving; and it ends before a `seq` still on its way (see [`Page::pending`]), so
+    /// paging on from its last `seq` never skips a message that is archived later.
     pub async fn page(
         &self,
         room: &str,
         epoch: &str,
         cursor: Cursor,
         limit: u32,
-    ) -> Result<Vec<Message>, sqlx::Error> {
-        let (op, order, seq) = match cursor {
-            Cursor::After(s) => (">", "ASC", s),
-            Cursor::Before(s) => ("<", "DESC", s),
+    ) -> Result<Page, sqlx::Error> {
+        // The cursor's own row comes too (when the archive holds it): the first message of
+        // the page must follow it. A cursor the archive does not hold (0, or past the
+        // newest) has nothing to follow.
+        let (op, order, cur) = match cursor {
+            Cursor::After(s) => (">=", "ASC", s),
+            Cursor::Before(s) => ("<=", "DESC", s),
         };
         let body = if matches!(self, Self::Postgres(_)) { "body::text" } else { "body" };
         let sql = format!(
-            "SELECT seq, sender, {body}, at FROM messages WHERE room = $1 AND epoch = $2 \
-             AND seq {op} $3 ORDER BY seq {order} LIMIT $4"
+            "SELECT seq, sender, {body}, at, archived_at FROM messages WHERE room = $1 \
+             AND epoch = $2 AND seq {op} $3 ORDER BY seq {order} LIMIT $4"
         );
-        type R = (i64, String, String, i64);
+        type R = (i64, String, String, i64, i64);
+        let want = i64::from(limit) + 1;
         let rows: Vec<R> = match self {
             Self::Postgres(p) => {
-                let q = sqlx::query_as(&sql).bind(room).bind(epoch).bind(seq);
-                q.bind(i64::from(limit)).fetch_all(p).await?
+                let q = sqlx::query_as(&sql).bind(room).bind(epoch).bind(cur);
+                q.bind(want).fetch_all(p).await?
             }
             Self::Sqlite(p) => {
                 let sql = sqlite(&sql);
-                let q = sqlx::query_as(&sql).bind(room).bind(epoch).bind(seq);
-                q.bind(i64::from(limit)).fetch_all(p).await?
+                let q = sqlx::query_as(&sql).bind(room).bind(epoch).bind(cur);
+                q.bind(want).fetch_all(p).await?
             }
         };
-        Ok(rows
-            .into_iter()
-            .map(|(seq, sender, body, at)| Message { seq, sender, body, at })
-            .collect())
+        let settled = now_ms() - SETTLE.as_millis() as i64;
+        let step = if matches!(cursor, Cursor::After(_)) { 1 } else { -1 };
+        let mut last = None;
+        let mut messages = Vec::with_capacity(rows.len());
+        let mut pending = false;
+        for (seq, sender, body, at, archived_at) in rows {
+            if seq == cur {
+                last = Some(seq);
+                continue;
+            }
+            if messages.len() == limit as usize {
+                break;
+            }
+            if last.is_some_and(|l| seq != l + step) && archived_at > settled {
+                pending = true;
+                break;
+            }
+            last = Some(seq);
+            messages.push(Message { seq, sender, body, at });
+        }
+        Ok(Page { messages, pending })
     }
 
     /// The room's metadata (`None` for a room the archive does not know).
@@ -297,43 +428,90 @@ impl Store {
 /// `INSERT INTO messages ... VALUES (..), (..) ON CONFLICT DO NOTHING` for `n` rows, with
 /// `$N` placeholders (PostgreSQL, the body cast to jsonb) or `?` (SQLite).
 fn insert_sql(n: usize, pg: bool) -> String {
-    let mut sql = String::from("INSERT INTO messages (room, epoch, seq, sender, body, at) VALUES ");
-    for i in 0..n {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        if pg {
-            let b = i * COLUMNS;
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}::jsonb, ${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6
-            ));
-        } else {
-            sql.push_str("(?, ?, ?, ?, ?, ?)");
-        }
-    }
+    let mut sql = String::from(
+        "INSERT INTO messages (room, epoch, seq, sender, body, at, keep_until, archived_at) VALUES ",
+    );
+    let casts = ["", "", "", "", "::jsonb", "", "", ""];
+    push_values(&mut sql, n, pg, &casts);
     sql.push_str(" ON CONFLICT DO NOTHING");
     sql
+}
+
+/// `(..), (..)` for `n` rows of `casts.len()` columns, each placeholder followed by its
+/// cast on PostgreSQL.
+fn push_values(sql: &mut String, n: usize, pg: bool, casts: &[&str]) {
+    use std::fmt::Write;
+    for i in 0..n {
+        sql.push_str(if i > 0 { ", (" } else { "(" });
+        for (c, cast) in casts.iter().enumerate() {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            if pg {
+                let _ = write!(sql, "${}{cast}", i * casts.len() + c + 1);
+            } else {
+                sql.push('?');
+            }
+        }
+        sql.push(')');
+    }
+}
+
+/// The upsert of `n` users' markers: within an epoch each `seq` only rises; a marker of
+/// another epoch replaces the row only when it is newer (`at`).
+fn markers_sql(n: usize, pg: bool) -> String {
+    let mut sql = String::from(
+        r#"INSERT INTO markers (room, "user", epoch, read_seq, delivered_seq, at) VALUES "#,
+    );
+    push_values(&mut sql, n, pg, &[""; MARKER_COLUMNS]);
+    let max = if pg { "GREATEST" } else { "MAX" };
+    let _ = std::fmt::Write::write_fmt(
+        &mut sql,
+        format_args!(
+            r#" ON CONFLICT (room, "user") DO UPDATE SET
+ read_seq = CASE WHEN markers.epoch = excluded.epoch THEN {max}(markers.read_seq, excluded.read_seq) ELSE excluded.read_seq END,
+ delivered_seq = CASE WHEN markers.epoch = excluded.epoch THEN {max}(markers.delivered_seq, excluded.delivered_seq) ELSE excluded.delivered_seq END,
+ at = {max}(markers.at, excluded.at),
+ epoch = excluded.epoch
+ WHERE markers.epoch = excluded.epoch OR excluded.at >= markers.at"#
+        ),
+    );
+    sql
+}
+
+/// The batch's markers, one per room and user (an upsert may touch a row once): within an
+/// epoch the highest of each, across epochs the newest.
+fn merge_markers(items: &[Item]) -> Vec<MarkerRow> {
+    let mut by_user: std::collections::BTreeMap<(&str, &str), MarkerRow> = Default::default();
+    for i in items {
+        let Item::Marker(m) = i else { continue };
+        match by_user.entry((&m.room, &m.user)) {
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(m.clone());
+            }
+            std::collections::btree_map::Entry::Occupied(mut o) => {
+                let old = o.get_mut();
+                if old.epoch == m.epoch {
+                    old.read = old.read.max(m.read);
+                    old.delivered = old.delivered.max(m.delivered);
+                    old.at = old.at.max(m.at);
+                } else if m.at >= old.at {
+                    *old = m.clone();
+                }
+            }
+        }
+    }
+    by_user.into_values().collect()
+}
+
+pub(crate) fn now_ms() -> i64 {
+    shared::protocol::unix_ms() as i64
 }
 
 /// `INSERT INTO rooms (room, created) ...` for `n` rooms, keeping rows that exist.
 fn rooms_sql(n: usize, pg: bool) -> String {
     let mut sql = String::from("INSERT INTO rooms (room, created) VALUES ");
-    for i in 0..n {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        if pg {
-            sql.push_str(&format!("(${}, ${})", 2 * i + 1, 2 * i + 2));
-        } else {
-            sql.push_str("(?, ?)");
-        }
-    }
+    push_values(&mut sql, n, pg, &["", ""]);
     sql.push_str(" ON CONFLICT DO NOTHING");
     sql
 }
@@ -380,9 +558,11 @@ mod tests {
     fn inserts_have_one_placeholder_per_column() {
         assert_eq!(
             insert_sql(2, true),
-            "INSERT INTO messages (room, epoch, seq, sender, body, at) VALUES \
-             ($1, $2, $3, $4, $5::jsonb, $6), ($7, $8, $9, $10, $11::jsonb, $12) ON CONFLICT DO NOTHING"
+            "INSERT INTO messages (room, epoch, seq, sender, body, at, keep_until, archived_at) \
+             VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8), \
+             ($9, $10, $11, $12, $13::jsonb, $14, $15, $16) ON CONFLICT DO NOTHING"
         );
+        assert_eq!(markers_sql(1, false).matches('?').count(), MARKER_COLUMNS);
         assert_eq!(insert_sql(1, false).matches('?').count(), COLUMNS);
         assert_eq!(
             rooms_sql(2, true),
@@ -403,13 +583,16 @@ mod tests {
         let _ = std::fs::create_dir_all(&dir);
         let url = format!("sqlite:{}", dir.join("t.db").display());
         let store = Store::open(&url).await.unwrap();
-        let row = |seq| Row {
-            room: "r".into(),
-            epoch: "e".into(),
-            seq,
-            sender: "ann".into(),
-            body: r#"{"t":"hi"}"#.into(),
-            at: 1000 + seq,
+        let row = |seq| {
+            Item::Message(Row {
+                room: "r".into(),
+                epoch: "e".into(),
+                seq,
+                sender: "ann".into(),
+                body: r#"{"t":"hi"}"#.into(),
+                at: 1000 + seq,
+                keep_until: None,
+            })
         };
         assert_eq!(store.insert(&[row(1), row(2)]).await.unwrap(), 2);
         assert_eq!(store.insert(&[row(2), row(3)]).await.unwrap(), 1);
@@ -427,8 +610,8 @@ mod tests {
         assert_eq!(created, 1001);
         assert_eq!(store.newest_epoch("r").await.unwrap().as_deref(), Some("e"));
         let after = store.page("r", "e", Cursor::After(1), 10).await.unwrap();
-        assert_eq!(after.iter().map(|m| m.seq).collect::<Vec<_>>(), [2, 3]);
-        let before = store.page("r", "e", Cursor::Before(3), 1).await.unwrap();
+        assert_eq!(after.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [2, 3]);
+        let before = store.page("r", "e", Cursor::Before(3), 1).await.unwrap().messages;
         assert_eq!((before[0].seq, before[0].body.as_str()), (2, r#"{"t":"hi"}"#));
         let m =
             Meta { title: Some("T".into()), topic: None, meta: r#"{"a":1}"#.into(), created: 5 };

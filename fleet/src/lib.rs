@@ -58,6 +58,9 @@ impl std::str::FromStr for DataPath {
 /// Records the in-process archive queue holds before the nodes' history writers wait.
 const ARCHIVE_QUEUE: usize = 10_000;
 
+/// How often the in-process archiver deletes messages past their rooms' `archive_days`.
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+
 /// How long shutdown waits for the archiver to write what was queued.
 const ARCHIVE_STOP: Duration = Duration::from_secs(10);
 
@@ -290,6 +293,9 @@ async fn start_archiver(
     let store = archiver::Store::open(&a.db).await?;
     let metrics = archiver::Metrics::new();
     let token = CancellationToken::new();
+    let retention =
+        archiver::retention::run(store.clone(), RETENTION_EVERY, metrics.clone(), token.clone());
+    tokio::spawn(retention);
     let task = match redis {
         None => {
             let (tx, rx) = shared::archive::local_queue(ARCHIVE_QUEUE);

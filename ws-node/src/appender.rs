@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shared::archive::Record;
+use shared::archive::{Marker, Message, Record};
 use shared::ids::RoomId;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -40,8 +40,9 @@ pub(crate) struct Entry {
     /// The owner of a durable room, told how far the store holds its history (its
     /// messages wait for that); `None` for the others, which nothing waits on.
     pub(crate) owner: Option<mpsc::Sender<Input>>,
-    /// The message goes to the archive queue too.
-    pub archive: bool,
+    /// The message goes to the archive queue too, kept that many days (`Some(None)`: for
+    /// good).
+    pub archive: Option<Option<u32>>,
 }
 
 enum Msg {
@@ -60,7 +61,7 @@ impl std::fmt::Debug for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Msg::Entry(e) => write!(f, "Entry({} {})", e.room, e.seq),
-            Msg::Archive(r) => write!(f, "Archive({} {})", r.room, r.seq),
+            Msg::Archive(r) => write!(f, "Archive({})", r.room()),
             Msg::Flush(_) => f.write_str("Flush"),
         }
     }
@@ -82,14 +83,27 @@ impl Appender {
 
     /// Queues a message for the archive only (a spanning room's: the bus stored its
     /// history when it stamped it).
-    pub fn archive(&self, room: &RoomId, epoch: &str, seq: u64, frame: &Utf8Bytes) {
-        let r = Record {
+    pub fn archive(
+        &self,
+        room: &RoomId,
+        epoch: &str,
+        seq: u64,
+        frame: &Utf8Bytes,
+        keep_days: Option<u32>,
+    ) {
+        let r = Record::Message(Message {
             room: room.to_string(),
             epoch: epoch.to_owned(),
             seq,
             frame: frame.as_str().to_owned(),
-        };
+            keep_days,
+        });
         let _ = self.tx.send(Msg::Archive(r));
+    }
+
+    /// Queues a user's markers for the archive (they ride with the next batch).
+    pub fn mark(&self, m: Marker) {
+        let _ = self.tx.send(Msg::Archive(Record::Marker(m)));
     }
 
     /// Returns once everything queued so far was offered to the store (stored, or kept for
@@ -174,8 +188,8 @@ fn take(
 ) {
     match m {
         Msg::Entry(e) => {
-            if e.archive {
-                hold(archive, record(&e), metrics);
+            if let Some(keep_days) = e.archive {
+                hold(archive, record(&e, keep_days), metrics);
             }
             add(pending, e)
         }
@@ -184,13 +198,14 @@ fn take(
     }
 }
 
-fn record(e: &Entry) -> Record {
-    Record {
+fn record(e: &Entry, keep_days: Option<u32>) -> Record {
+    Record::Message(Message {
         room: e.room.to_string(),
         epoch: e.epoch.to_string(),
         seq: e.seq,
         frame: e.frame.as_str().to_owned(),
-    }
+        keep_days,
+    })
 }
 
 /// Keeps a record for the next batch; a hold that overflowed (the queue away for long)

@@ -16,16 +16,19 @@ pub struct RoomPolicy {
     pub history: Policy,
     /// Whether the rooms' messages go to the archive; `None` = the node's `archive`.
     pub archive: Option<bool>,
+    /// Days the archive keeps the rooms' messages; `None` = the node's `archive_days`.
+    pub archive_days: Option<u32>,
 }
 
 impl RoomPolicy {
-    /// Parses `pattern=chat:*,history_size=50,history_ttl=60,archive=true` (what a
+    /// Parses `pattern=chat:*,history_size=50,history_ttl=60,archive=true,archive_days=30` (what a
     /// `[[rooms]]` table becomes on the command line); sizes and TTLs left out take
     /// `defaults`.
     pub fn parse(s: &str, defaults: Policy) -> Result<Self, String> {
         let mut pattern = None;
         let mut history = defaults;
         let mut archive = None;
+        let mut archive_days = None;
         for part in s.split(',') {
             let (k, v) =
                 part.split_once('=').ok_or_else(|| format!("{part:?} is not KEY=VALUE"))?;
@@ -45,9 +48,22 @@ impl RoomPolicy {
                         _ => return Err(format!("archive {v:?} is not true or false")),
                     })
                 }
+                "archive_days" => {
+                    let d: u32 = v
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("archive_days {v:?} is not a number of days"))?;
+                    if d == 0 {
+                        return Err(
+                            "archive_days must be at least 1 (leave it out to keep for good)"
+                                .into(),
+                        );
+                    }
+                    archive_days = Some(d);
+                }
                 other => {
                     return Err(format!(
-                        "unknown [[rooms]] key {other:?} (pattern, history_size, history_ttl, archive)"
+                        "unknown [[rooms]] key {other:?} (pattern, history_size, history_ttl, archive, archive_days)"
                     ));
                 }
             }
@@ -57,7 +73,7 @@ impl RoomPolicy {
         if !id.is_empty() {
             shared::ids::RoomId::parse(id).map_err(|e| format!("pattern {pattern:?}: {e}"))?;
         }
-        Ok(Self { pattern, history, archive })
+        Ok(Self { pattern, history, archive, archive_days })
     }
 }
 
@@ -120,6 +136,9 @@ pub struct Config {
     /// Whether rooms whose `rooms` entry does not say go to the archive (off for a node,
     /// on in `fleet up`).
     pub archive: bool,
+    /// Days the archive keeps the messages of rooms whose `rooms` entry does not say;
+    /// `None` = for good.
+    pub archive_days: Option<u32>,
     /// A resume that missed more than this many messages gets `recovered:false`.
     pub max_recovery: usize,
     /// Messages a room stamps go out and are acked only once the store holds them.
@@ -154,6 +173,16 @@ impl Config {
             .find(|r| shared::ids::pattern_matches(&r.pattern, room))
             .and_then(|r| r.archive)
             .unwrap_or(self.archive)
+    }
+
+    /// Days the archive keeps `room`'s messages: the first matching `rooms` entry that
+    /// says, else `archive_days` (`None`: for good).
+    pub fn archive_days_of(&self, room: &str) -> Option<u32> {
+        self.rooms
+            .iter()
+            .find(|r| shared::ids::pattern_matches(&r.pattern, room) && r.archive_days.is_some())
+            .and_then(|r| r.archive_days)
+            .or(self.archive_days)
     }
 
     /// The longest history TTL of any room (how long the store keeps spanning rooms' logs).
@@ -191,6 +220,7 @@ impl Default for Config {
             history: Policy::default(),
             rooms: Vec::new(),
             archive: false,
+            archive_days: None,
             max_recovery: 500,
             durable_ack: false,
             history_flush: Duration::from_millis(10),
@@ -241,9 +271,27 @@ mod tests {
         assert!(!cfg.archive_of("game1"), "a table that does not say takes the node's default");
         assert!(Config { archive: true, ..cfg.clone() }.archive_of("game1"));
         assert!(!Config { archive: true, ..cfg }.archive_of("chat:tmp1"));
-        for bad in
-            ["history_size=5", "pattern=a b", "pattern=x,archive=yes", "pattern=x,history_size=-1"]
-        {
+    }
+
+    #[test]
+    fn archive_days_follow_the_first_matching_table_that_says() {
+        let d = Policy::default();
+        let month = RoomPolicy::parse("pattern=chat:*,archive=true,archive_days=30", d).unwrap();
+        let week = RoomPolicy::parse("pattern=chat:tmp*,archive_days=7", d).unwrap();
+        let silent = RoomPolicy::parse("pattern=chat:x*,history_size=5", d).unwrap();
+        let cfg = Config { rooms: vec![silent, week, month], ..Config::default() };
+        assert_eq!(cfg.archive_days_of("chat:x1"), Some(30), "a table that does not say");
+        assert_eq!(cfg.archive_days_of("chat:tmp1"), Some(7));
+        assert_eq!(cfg.archive_days_of("game"), None, "kept for good by default");
+        assert_eq!(Config { archive_days: Some(2), ..cfg }.archive_days_of("game"), Some(2));
+        for bad in [
+            "history_size=5",
+            "pattern=a b",
+            "pattern=x,archive=yes",
+            "pattern=x,history_size=-1",
+            "pattern=x,archive_days=0",
+            "pattern=x,archive_days=soon",
+        ] {
             assert!(RoomPolicy::parse(bad, d).is_err(), "{bad}");
         }
     }

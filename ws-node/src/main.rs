@@ -126,7 +126,7 @@ struct Args {
     #[arg(long, env = "WSNODE_HISTORY_TTL", default_value = "300", value_parser = parse_secs)]
     history_ttl: Duration,
     /// History and archive per room-name pattern,
-    /// `pattern=chat:*,history_size=50,history_ttl=60,archive=true`; repeatable, first
+    /// `pattern=chat:*,history_size=50,history_ttl=60,archive=true,archive_days=30`; repeatable, first
     /// match wins. In the config file: `[[rooms]]` tables.
     #[arg(long = "rooms", env = "WSNODE_ROOMS", value_delimiter = ';')]
     rooms: Vec<String>,
@@ -134,6 +134,10 @@ struct Args {
     /// they go to the queue `{prefix}:archive:{N}` that `archiver` drains).
     #[arg(long, env = "WSNODE_ARCHIVE")]
     archive: bool,
+    /// Days the archive keeps the messages of rooms no `--rooms` entry sets `archive_days`
+    /// for (the archiver deletes older ones); absent = for good.
+    #[arg(long, env = "WSNODE_ARCHIVE_DAYS", value_parser = clap::value_parser!(u32).range(1..))]
+    archive_days: Option<u32>,
     /// Shards of the archive queue (streams `{prefix}:archive:{0..N-1}`); every node and
     /// archiver of a fleet must use the same number.
     #[arg(long, env = "WSNODE_ARCHIVE_SHARDS", default_value_t = shared::archive::DEFAULT_SHARDS)]
@@ -243,6 +247,7 @@ impl Args {
             history,
             rooms,
             archive: self.archive,
+            archive_days: self.archive_days,
             max_recovery: self.max_recovery,
             durable_ack: self.durable_ack,
             history_flush: self.history_flush,

@@ -726,7 +726,7 @@ impl Bus for RedisBus {
         // The archive queue rides in the same round trip: one XADD per record, to the
         // stream of its room's shard.
         for r in &archive {
-            let shard = shared::archive::shard(&r.room, self.cfg.archive_shards);
+            let shard = shared::archive::shard(r.room(), self.cfg.archive_shards);
             let cmd =
                 pipe.cmd("XADD").arg(shared::archive::stream_key(&self.cfg.prefix, shard)).arg("*");
             for (k, v) in r.fields() {

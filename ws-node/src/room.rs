@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use serde_json::value::RawValue;
+use shared::archive::Marker;
 use shared::ids::{Resume, RoomId, UserId};
 use shared::protocol::{ClientId, close};
 use tokio::sync::{mpsc, oneshot};
@@ -493,11 +494,23 @@ impl Owner {
                     seq,
                     frame,
                     owner: self.core.durable().then(|| self.handle.tx.clone()),
-                    archive: self.core.archived(),
+                    archive: self.core.archived().then(|| self.core.archive_days()),
                 }),
-                Action::Archive { seq, frame } => {
-                    self.shared.appender.archive(&self.handle.id, self.core.epoch(), seq, &frame)
-                }
+                Action::Archive { seq, frame } => self.shared.appender.archive(
+                    &self.handle.id,
+                    self.core.epoch(),
+                    seq,
+                    &frame,
+                    self.core.archive_days(),
+                ),
+                Action::Mark { user, read, delivered } => self.shared.appender.mark(Marker {
+                    room: self.handle.id.to_string(),
+                    epoch: self.core.epoch().to_string(),
+                    user: user.to_string(),
+                    read,
+                    delivered,
+                    at: shared::protocol::unix_ms() as i64,
+                }),
                 Action::Refuse { conn } => {
                     if let Some((_, reply)) = self.pending.remove(&conn) {
                         let _ = reply.send(Err(JoinError::RoomFull));

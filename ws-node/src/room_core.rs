@@ -57,8 +57,11 @@ pub struct Settings {
     pub durable: bool,
     /// Users whose read (and delivered) markers the room keeps at most.
     pub max_markers: usize,
-    /// The room's messages go to the archive queue as well (`[[rooms]] archive`).
+    /// The room's messages go to the archive queue as well (`[[rooms]] archive`), and so
+    /// do its users' markers.
     pub archive: bool,
+    /// Days the archive keeps them (`[[rooms]] archive_days`); `None` = for good.
+    pub archive_days: Option<u32>,
 }
 
 /// Where the room's events are ordered.
@@ -304,6 +307,14 @@ pub enum Action {
         seq: u64,
         frame: Utf8Bytes,
     },
+    /// Queue a user's markers for the archive (an archived room): its read marker rose to
+    /// `read`, or its last connection here left; `delivered` is how far this node handed
+    /// the room to it.
+    Mark {
+        user: UserId,
+        read: Option<u64>,
+        delivered: u64,
+    },
     /// `node` did not sync in time: do not wait on it in other rooms for a while.
     Suspect {
         node: String,
@@ -503,6 +514,11 @@ impl RoomCore {
     pub fn archived(&self) -> bool {
         self.cfg.archive
     }
+
+    /// Days the archive keeps its messages (`None`: for good).
+    pub fn archive_days(&self) -> Option<u32> {
+        self.cfg.archive_days
+    }
     pub fn epoch(&self) -> &Arc<str> {
         &self.epoch
     }
@@ -661,6 +677,9 @@ impl RoomCore {
             let delivered = self.delivered();
             let presence = &self.presence;
             self.markers.left(&user, delivered, |u| presence.everyone().contains_key(u));
+            if self.cfg.archive {
+                out.push(Action::Mark { user: user.clone(), read: None, delivered });
+            }
         }
         if let Some(c) = change {
             out.push(presence_frame(&c, To::All));
@@ -690,6 +709,9 @@ impl RoomCore {
         let presence = &self.presence;
         if !self.markers.read(&user, seq, |u| presence.everyone().contains_key(u)) {
             return;
+        }
+        if self.cfg.archive {
+            out.push(Action::Mark { user: user.clone(), read: Some(seq), delivered: last });
         }
         let frame = frames::text(&ServerFrame::Read { user: user.clone(), seq });
         out.push(Action::Deliver { to: To::AllBut(conn), frame });

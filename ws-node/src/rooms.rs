@@ -188,6 +188,7 @@ impl Rooms {
             max_markers: MAX_MARKERS,
             durable: self.config.durable_ack,
             archive: self.config.archive_of(id.as_str()),
+            archive_days: self.config.archive_days_of(id.as_str()),
         };
         let me = self.me.clone();
         let shared = Shared {

@@ -1,6 +1,6 @@
 //! The archive on the server API (with `--archive-db`): a room's archived messages by
-//! `seq` cursor within one epoch (`after` oldest first, `before` newest first), and its
-//! metadata (title, topic, custom JSON).
+//! `seq` cursor within one epoch (`after` oldest first, `before` newest first), its users'
+//! read and delivered markers, and its metadata (title, topic, custom JSON).
 
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -9,7 +9,7 @@ use shared::api::ApiError;
 use shared::http::query_param;
 use shared::ids::RoomId;
 
-use archiver::store::{Cursor, Meta, Store};
+use archiver::store::{Cursor, MarkerRow, Meta, Store};
 
 /// Messages per page when `limit` is absent, and at most.
 const DEFAULT_LIMIT: u32 = 100;
@@ -26,6 +26,10 @@ pub(super) struct Page {
     /// The cursor of the next page in the same direction: the last `seq` of this one,
     /// when the page is full.
     next: Option<i64>,
+    /// The page ended early before a message still being archived (a later one already
+    /// is): ask again from the page's last `seq` (or the same cursor) in a moment.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pending: bool,
 }
 
 /// Whether a messages query asks for the archive (it has `before` or `after`).
@@ -81,9 +85,11 @@ pub(super) async fn messages(
         None => store.newest_epoch(room.as_str()).await.map_err(db)?,
     };
     let Some(epoch) = epoch else {
-        return Ok(Page { room: room.to_string(), epoch: None, messages: Vec::new(), next: None });
+        let (messages, next, pending) = (Vec::new(), None, false);
+        return Ok(Page { room: room.to_string(), epoch: None, messages, next, pending });
     };
-    let rows = store.page(room.as_str(), &epoch, cursor, limit).await.map_err(db)?;
+    let page = store.page(room.as_str(), &epoch, cursor, limit).await.map_err(db)?;
+    let rows = page.messages;
     let next = (rows.len() == limit as usize).then(|| rows.last().map(|m| m.seq)).flatten();
     let messages = rows
         .into_iter()
@@ -97,7 +103,43 @@ pub(super) async fn messages(
             RawValue::from_string(f).ok()
         })
         .collect();
-    Ok(Page { room: room.to_string(), epoch: Some(epoch), messages, next })
+    let pending = page.pending;
+    Ok(Page { room: room.to_string(), epoch: Some(epoch), messages, next, pending })
+}
+
+/// A room's markers as the API shows them.
+#[derive(Serialize)]
+pub(super) struct Markers {
+    room: String,
+    markers: Vec<MarkerView>,
+}
+
+/// One user's markers: how far it read (what its clients sent in `read`) and how far a
+/// node delivered to it, in `epoch`; `at` is the newest change (unix ms).
+#[derive(Serialize)]
+struct MarkerView {
+    user: String,
+    epoch: String,
+    read: i64,
+    delivered: i64,
+    at: i64,
+}
+
+/// `GET /api/rooms/{room}/markers`: every user's archived markers (an archived room's;
+/// a room the archive holds nothing of has none).
+pub(super) async fn markers(s: Option<&Store>, room: &RoomId) -> Result<Markers, ApiError> {
+    let rows = store(s)?.markers(room.as_str()).await.map_err(db)?;
+    let markers = rows
+        .into_iter()
+        .map(|MarkerRow { user, epoch, read, delivered, at, .. }| MarkerView {
+            user,
+            epoch,
+            read,
+            delivered,
+            at,
+        })
+        .collect();
+    Ok(Markers { room: room.to_string(), markers })
 }
 
 /// A room's metadata as the API shows it.

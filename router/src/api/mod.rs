@@ -76,6 +76,10 @@ async fn route(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
                     to_value(nodes::messages(proxy, &room, query).await)
                 }
             }
+            (&Method::GET, ["api", "rooms", room, "markers"]) => {
+                let store = proxy.config.archive.as_ref();
+                to_value(archive::markers(store, &room_id(room)?).await)
+            }
             (&Method::GET, ["api", "rooms", room, "meta"]) => {
                 let room = room_id(room)?;
                 to_value(archive::get_meta(proxy.config.archive.as_ref(), &room).await)

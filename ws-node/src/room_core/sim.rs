@@ -156,6 +156,7 @@ impl World {
             durable: false,
             max_markers: 100,
             archive: false,
+            archive_days: None,
         }
     }
 

@@ -19,6 +19,7 @@ fn settings(node: &str) -> Settings {
         durable: false,
         max_markers: 100,
         archive: false,
+        archive_days: None,
     }
 }
 
