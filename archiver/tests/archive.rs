@@ -364,3 +364,42 @@ async fn a_poison_message_is_dead_lettered_while_the_rest_flow() {
     assert!(dead.contains("refused 3 times") && dead.contains("Unicode"), "the reason: {dead}");
     assert!(archiver.metric("archiver_dead_total").await > 0.0);
 }
+
+/// Read markers round-trip through Redis into PostgreSQL: a member's `read` reaches the
+/// room's other member at once, and the archive ends up with each user's read and
+/// delivered markers of the room's epoch (the delivered one written when they leave).
+#[tokio::test]
+async fn read_markers_round_trip_into_postgres() {
+    use shared::testkit::ws::WsClient;
+    let redis = RedisServer::start().await;
+    let pg = PostgresServer::start().await;
+    let node = Node::start(&redis, &[]).await;
+    let _archiver = Archiver::start(&redis, &pg.url(), "m1", 100).await;
+    let (mut ann, welcome) = WsClient::join(&node.url("reads", "ann")).await;
+    let epoch = welcome["epoch"].as_str().unwrap().to_string();
+    let (mut bob, _) = WsClient::join(&node.url("reads", "bob")).await;
+    for n in 1..=3 {
+        ann.publish(json!({"n": n})).await;
+        assert_eq!(bob.recv_type("message").await["seq"], n);
+    }
+    bob.send_json(&json!({"type": "read", "seq": 2})).await;
+    let told = ann.recv_type("read").await;
+    assert_eq!((told["user"].as_str(), told["seq"].as_u64()), (Some("bob"), Some(2)));
+    bob.close().await;
+    let pool = connect(&pg).await;
+    type M = (String, String, i64, i64);
+    let sql = r#"SELECT "user", epoch, read_seq, delivered_seq FROM markers WHERE room = 'reads' ORDER BY "user""#;
+    let want: Vec<M> = vec![("bob".into(), epoch.clone(), 2, 3)];
+    wait_until(Duration::from_secs(20), "bob's markers in PostgreSQL", || async {
+        let got: Vec<M> = sqlx::query_as(sql).fetch_all(&pool).await.unwrap_or_default();
+        got == want
+    })
+    .await;
+    ann.close().await;
+    let want: Vec<M> = vec![("ann".into(), epoch.clone(), 0, 3), ("bob".into(), epoch, 2, 3)];
+    wait_until(Duration::from_secs(20), "ann's delivered marker once she left", || async {
+        let got: Vec<M> = sqlx::query_as(sql).fetch_all(&pool).await.unwrap_or_default();
+        got == want
+    })
+    .await;
+}

@@ -235,3 +235,38 @@ fn a_first_connect_with_history_gets_the_last_messages_after_its_welcome() {
     let (w, replay) = welcome_of(&out);
     assert!(replay.is_empty() && w.history == 0);
 }
+
+/// The markers an event's actions queue for the archive: (user, read, delivered).
+fn marks(actions: &[Action]) -> Vec<(String, Option<u64>, u64)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Mark { user, read, delivered } => Some((user.to_string(), *read, *delivered)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_archived_room_queues_markers_when_a_user_reads_and_when_it_leaves() {
+    let t = Instant::now();
+    let mut plain = chatted(t, 2);
+    plain.on(join(2, "bob"), t);
+    assert!(marks(&plain.on(read(2, 2), t)).is_empty(), "a room not archived queues none");
+    let mut r = local_room_with(Settings { archive: true, ..settings("a") }, t);
+    r.on(join(2, "bob"), t);
+    for i in 0..3 {
+        r.on(publish(1, &format!("m{i}")), t);
+    }
+    let bob = |read, delivered| vec![("bob".to_string(), read, delivered)];
+    assert_eq!(marks(&r.on(read(2, 2), t)), bob(Some(2), 3));
+    assert!(marks(&r.on(read(2, 1), t)).is_empty(), "a marker that did not rise is no news");
+    assert!(marks(&r.on(read(2, 9), t)).is_empty(), "nor is a refused one");
+    r.on(publish(1, "m"), t);
+    assert_eq!(marks(&r.on(Event::Leave { conn: 2 }, t)), bob(None, 4));
+    // A user with a second connection here has not left.
+    r.on(join(3, "cat"), t);
+    r.on(join(4, "cat"), t);
+    assert!(marks(&r.on(Event::Leave { conn: 3 }, t)).is_empty());
+    assert_eq!(marks(&r.on(Event::Leave { conn: 4 }, t)), [("cat".to_string(), None, 4)]);
+}
