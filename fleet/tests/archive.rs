@@ -11,6 +11,11 @@ use shared::testkit::http;
 use shared::testkit::ws::WsClient;
 
 async fn up(db: &str) -> Fleet {
+    up_with(db, Vec::new()).await
+}
+
+/// `fleet up` with the nodes' `[[rooms]]` tables.
+async fn up_with(db: &str, rooms: Vec<ws_node::config::RoomPolicy>) -> Fleet {
     let router = router::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin: "127.0.0.1:0".parse().unwrap(),
@@ -22,6 +27,7 @@ async fn up(db: &str) -> Fleet {
         publish_rate: 1000.0,
         publish_burst: 1000.0,
         archive: true,
+        rooms,
         ..Default::default()
     };
     let archive = Some(Archive::new(db));
@@ -233,6 +239,34 @@ async fn read_markers_round_trip_into_the_archive() {
     .await;
     let (s, v) = api(&f, "GET", "/api/rooms/nobody/markers", "").await;
     assert_eq!((s, markers(&v).len()), (200, 0), "a room the archive does not know: none");
+    f.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn archive_days_mark_each_message_for_retention() {
+    let dir = std::env::temp_dir().join(format!("fleet-archive-days-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let week = ws_node::config::RoomPolicy::parse(
+        "pattern=short:*,archive_days=7",
+        ws_node::history::Policy::default(),
+    )
+    .unwrap();
+    let f = up_with(&format!("sqlite:{}", dir.join("d.db").display()), vec![week]).await;
+    say(&f, "short:1", 3).await;
+    say(&f, "long", 2).await;
+    shared::testkit::wait_until(Duration::from_secs(10), "the archive to hold 5", || async {
+        count(&f, "SELECT COUNT(*) FROM messages").await == 5
+    })
+    .await;
+    let week_ms = 7 * 86_400_000;
+    let sql = format!(
+        "SELECT COUNT(*) FROM messages WHERE room = 'short:1' AND keep_until = at + {week_ms}"
+    );
+    assert_eq!(count(&f, &sql).await, 3, "a week after each was sent");
+    let forever = "SELECT COUNT(*) FROM messages WHERE room = 'long' AND keep_until IS NULL";
+    assert_eq!(count(&f, forever).await, 2, "rooms without archive_days are kept for good");
     f.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
