@@ -14,7 +14,7 @@ const DAY_MS: i64 = 86_400_000;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::store::{Item, MarkerRow, Row, Store, is_permanent};
+use crate::store::{Item, MAX_BATCH, MarkerRow, Row, Store, is_permanent};
 
 /// The first wait after a failed write; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -76,6 +76,14 @@ pub async fn write(
 ) -> Option<Vec<Result<(), String>>> {
     if rows.is_empty() {
         return Some(Vec::new());
+    }
+    if rows.len() > MAX_BATCH {
+        // More bind parameters than one statement may carry: one transaction per part.
+        let mut out = Vec::with_capacity(rows.len());
+        for part in rows.chunks(MAX_BATCH) {
+            out.extend(Box::pin(write(store, part, metrics, token)).await?);
+        }
+        return Some(out);
     }
     match write_retrying(store, rows, metrics, token).await? {
         Ok(()) => Some(vec![Ok(()); rows.len()]),

@@ -153,14 +153,17 @@ async fn consume(
                 own = false;
             }
         }
-        if entries.is_empty() {
-            continue;
+        // One read takes up to COUNT entries from every shard (and claims add theirs):
+        // write them `batch` at a time, each its own transaction.
+        while !entries.is_empty() {
+            let rest = entries.split_off(entries.len().min(batch));
+            let one = std::mem::replace(&mut entries, rest);
+            let Some(left) = handle(&mut conn, store, cfg, metrics, token, failures, one).await?
+            else {
+                return Ok(());
+            };
+            carry.extend(left);
         }
-        let Some(left) = handle(&mut conn, store, cfg, metrics, token, failures, entries).await?
-        else {
-            return Ok(());
-        };
-        carry.extend(left);
     }
 }
 

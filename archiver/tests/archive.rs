@@ -403,3 +403,39 @@ async fn read_markers_round_trip_into_postgres() {
     })
     .await;
 }
+
+/// One `XREADGROUP` takes up to `--batch` entries from every shard: with 4 full shards
+/// and `--batch 5000` that is 20,000 rows, more bind parameters than one PostgreSQL
+/// statement takes. The archiver writes them `--batch` at a time and gets through.
+#[tokio::test]
+async fn a_read_bigger_than_one_statement_is_written_in_parts() {
+    let redis = RedisServer::start().await;
+    let pg = PostgresServer::start().await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    const PER_SHARD: usize = 3000;
+    let mut pipe = redis::pipe();
+    for shard in 0..4u32 {
+        let key = shared::archive::stream_key("roomfleet", shard);
+        for i in 0..PER_SHARD {
+            let rec = shared::archive::Record::Message(shared::archive::Message {
+                room: format!("big-{shard}"),
+                epoch: "e".into(),
+                seq: i as u64 + 1,
+                frame: format!(r#"{{"type":"message","from":"ann","ts":1,"body":{i}}}"#),
+                keep_days: None,
+            });
+            pipe.cmd("XADD").arg(&key).arg("*").arg(&rec.fields()[..]).ignore();
+        }
+    }
+    pipe.query_async::<()>(&mut conn).await.unwrap();
+    let archiver = Archiver::start(&redis, &pg.url(), "big", 5000).await;
+    let pool = connect(&pg).await;
+    wait_until(Duration::from_secs(60), "all 12,000 entries archived", || async {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM messages").fetch_one(&pool).await.unwrap_or(0);
+        n == 4 * PER_SHARD as i64
+    })
+    .await;
+    assert_eq!(archiver.metric("archiver_dead_total").await, 0.0);
+}
