@@ -7,7 +7,8 @@
 # seconds, sampled every 0.5 s from its /metrics), how long it took to drain after the load
 # stopped, and that every published message is archived. Release builds; needs
 # redis-server and Debian's postgresql-15.
-#   bench/archive_live.sh            (DUR=20 seconds of load per run; BATCH=500)
+#   bench/archive_live.sh            (DUR=20 seconds of load per run; BATCH=500; ROUNDS=2
+#                                     of off then on)
 source "$(dirname "$0")/lib.sh"
 EXTRA_BINS="--bin router --bin archiver" build
 DUR=${DUR:-20}
@@ -43,8 +44,8 @@ run() {
   : >"$OUT/alive-$name.lag"
   ( for _ in $(seq $((DUR * 2 + 20))); do
       e=$(metric "http://127.0.0.1:$MPORT/metrics" archiver_lag_entries 2>/dev/null || echo 0)
-      m=$(metric "http://127.0.0.1:$MPORT/metrics" archiver_lag_ms 2>/dev/null || echo 0)
-      echo "$e $m" >>"$OUT/alive-$name.lag"; sleep 0.5
+      m=$(metric "http://127.0.0.1:$MPORT/metrics" archiver_lag_seconds 2>/dev/null || echo 0)
+      echo "${e:-0} ${m:-0}" >>"$OUT/alive-$name.lag"; sleep 0.5
     done ) &
   local sampler=$!
   "$BIN/loadtest" --no-bar --url "ws://127.0.0.1:$PORT/ws" --src-ips 127.0.0.2-127.0.0.254 --conns 2000 --rooms 200 \
@@ -66,12 +67,12 @@ run() {
   python3 - "$OUT/alive-$name.json" "$name" "$(python3 -c "print(f'{$c1-$c0:.1f}')")" "$OUT/alive-$name.lag" "$drained" "$got" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1])); c = r["check"]; l = r["latency_us"]
-lag = [tuple(float(x) for x in line.split()) for line in open(sys.argv[4]) if line.strip()]
+lag = [tuple(float(x) for x in line.split()) for line in open(sys.argv[4]) if len(line.split()) == 2]
 le = max((e for e, _ in lag), default=0); lm = max((m for _, m in lag), default=0)
 archived = sys.argv[6] if sys.argv[2] == "on" else "-"
 print(f"| archive {sys.argv[2]} | {r['connect']['connected']} | {r['published']} | {r['deliveries_per_s']:.0f} | "
       f"{l['p50']/1000:.2f} | {l['p99']/1000:.2f} | {l['max']/1000:.1f} | {c['loss']}/{c['duplicate']}/{c['reorder']} | "
-      f"{sys.argv[3]} | {le:.0f} / {lm/1000:.2f} s | {sys.argv[5]} | {archived} |")
+      f"{sys.argv[3]} | {le:.0f} / {lm:.2f} s | {sys.argv[5]} | {archived} |")
 PY
 }
 
@@ -84,7 +85,10 @@ echo "# scenario (a): 2,000 conns / 200 rooms / 1 msg/s each for ${DUR} s, route
 echo "| run | connected | published | deliveries/s | p50 ms | p99 ms | max ms | loss/dup/reorder | router+nodes CPU s | largest lag (entries / age) | drained after load s | archived |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 a0=$(cpu_secs "$ARCH")
-run off
-run on --archive
+# Alternated, ROUNDS times, so the machine's drift between runs shows as such.
+for ((round = 1; round <= ${ROUNDS:-2}; round++)); do
+  run off
+  run on --archive
+done
 a1=$(cpu_secs "$ARCH")
 echo "# archiver CPU over both runs: $(python3 -c "print(f'{$a1-$a0:.1f}')") s"
