@@ -181,21 +181,85 @@ impl Chatter {
     }
 }
 
-/// Every message in the archive.
-async fn archived(pool: &sqlx::PgPool) -> Vec<Key> {
-    sqlx::query_as("SELECT room, epoch, seq FROM messages ORDER BY room, epoch, seq")
-        .fetch_all(pool)
-        .await
-        .unwrap_or_default()
+/// The archive database of a scenario: a PostgreSQL of the test's own, or an SQLite file.
+/// "Stopping" SQLite holds its write lock from another connection (`BEGIN EXCLUSIVE`):
+/// the archivers' writes fail (busy) as a PostgreSQL that is down fails them.
+enum Db {
+    Postgres(PostgresServer),
+    Sqlite { dir: std::path::PathBuf, lock: Option<sqlx::SqliteConnection> },
+}
+
+impl Db {
+    async fn postgres() -> Self {
+        Self::Postgres(PostgresServer::start().await)
+    }
+
+    fn sqlite(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("archiver-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self::Sqlite { dir, lock: None }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Self::Postgres(pg) => pg.url(),
+            Self::Sqlite { dir, .. } => format!("sqlite:{}", dir.join("archive.db").display()),
+        }
+    }
+
+    async fn stop(&mut self) {
+        let url = self.url();
+        match self {
+            Self::Postgres(pg) => pg.stop(),
+            Self::Sqlite { lock, .. } => {
+                use sqlx::Connection;
+                let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::query("BEGIN EXCLUSIVE").execute(&mut c).await.unwrap();
+                *lock = Some(c);
+            }
+        }
+    }
+
+    async fn start_again(&mut self) {
+        match self {
+            Self::Postgres(pg) => pg.start_again().await,
+            Self::Sqlite { lock, .. } => {
+                if let Some(mut c) = lock.take() {
+                    sqlx::query("ROLLBACK").execute(&mut c).await.unwrap();
+                }
+            }
+        }
+    }
+
+    /// Every message in the archive (empty while it cannot be read).
+    async fn archived(&self) -> Vec<Key> {
+        let sql = "SELECT room, epoch, seq FROM messages ORDER BY room, epoch, seq";
+        let Ok(store) = archiver::Store::open(&self.url()).await else { return Vec::new() };
+        let rows = match &store {
+            archiver::Store::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await,
+            archiver::Store::Sqlite(p) => sqlx::query_as(sql).fetch_all(p).await,
+        };
+        store.close().await;
+        rows.unwrap_or_default()
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if let Self::Sqlite { dir, .. } = self {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 /// Waits until the archive holds every message of `acked`, then checks it holds each once
 /// and (unless `extra` allows some: unacknowledged messages a dead node had stamped)
 /// nothing else.
-async fn assert_archived(pool: &sqlx::PgPool, acked: &BTreeSet<Key>, extra: usize) {
+async fn assert_archived(db: &Db, acked: &BTreeSet<Key>, extra: usize) {
     let deadline = tokio::time::Instant::now() + CATCH_UP;
     loop {
-        let got: BTreeSet<Key> = archived(pool).await.into_iter().collect();
+        let got: BTreeSet<Key> = db.archived().await.into_iter().collect();
         let missing: Vec<&Key> = acked.difference(&got).collect();
         if missing.is_empty() {
             break;
@@ -210,7 +274,7 @@ async fn assert_archived(pool: &sqlx::PgPool, acked: &BTreeSet<Key>, extra: usiz
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let rows = archived(pool).await;
+    let rows = db.archived().await;
     let distinct: BTreeSet<Key> = rows.iter().cloned().collect();
     assert_eq!(rows.len(), distinct.len(), "a message archived twice");
     let others: Vec<&Key> = distinct.difference(acked).collect();
@@ -222,18 +286,36 @@ async fn connect(pg: &PostgresServer) -> sqlx::PgPool {
     pool.unwrap_or_else(|e| panic!("connect to the test's PostgreSQL: {e}"))
 }
 
-#[tokio::test]
-async fn a_database_outage_under_load_loses_nothing_and_slows_no_room() {
+/// Entries of the archive queue read but not acknowledged yet, over every shard.
+async fn pending(redis: &RedisServer) -> u64 {
+    let mut n = 0;
+    for s in 0..shared::archive::DEFAULT_SHARDS {
+        let key = shared::archive::stream_key("roomfleet", s);
+        let r = redis.command(&["XPENDING", &key, shared::archive::GROUP]).await;
+        n += r
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim_start_matches(':').parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    n
+}
+
+async fn dead_letters(redis: &RedisServer) -> usize {
+    let dead = redis.command(&["XLEN", &shared::archive::dead_key("roomfleet")]).await;
+    dead.trim().trim_start_matches(':').parse().unwrap_or(0)
+}
+
+async fn outage_under_load(mut db: Db) {
     let redis = RedisServer::start().await;
-    let mut pg = PostgresServer::start().await;
     let node = Node::start(&redis, &[]).await;
-    let archiver = Archiver::start(&redis, &pg.url(), "a1", 100).await;
+    let archiver = Archiver::start(&redis, &db.url(), "a1", 100).await;
     let mut chat = Chatter::new();
     for i in 0..4 {
         chat.spawn(node.url(&format!("chat:{i}"), "ann"), &format!("chat:{i}"), false);
     }
     chat.more(200, "messages before the outage").await;
-    pg.stop();
+    db.stop().await;
     // Ten seconds without the database; the rooms go on (their acks keep coming) and the
     // queue holds what the archive cannot take yet.
     let outage = tokio::time::Instant::now();
@@ -247,11 +329,10 @@ async fn a_database_outage_under_load_loses_nothing_and_slows_no_room() {
     })
     .await;
     assert!(archiver.metric("archiver_lag_entries").await > 0.0, "the queue holds the backlog");
-    pg.start_again().await;
+    db.start_again().await;
     chat.more(100, "messages after the outage").await;
     let acked = chat.finish().await;
-    let pool = connect(&pg).await;
-    assert_archived(&pool, &acked, 0).await;
+    assert_archived(&db, &acked, 0).await;
     wait_until(Duration::from_secs(10), "the lag back to zero", || async {
         archiver.metric("archiver_lag_entries").await == 0.0
     })
@@ -260,11 +341,19 @@ async fn a_database_outage_under_load_loses_nothing_and_slows_no_room() {
 }
 
 #[tokio::test]
-async fn an_archiver_killed_with_a_batch_in_hand_is_taken_over() {
+async fn a_database_outage_under_load_loses_nothing_and_slows_no_room() {
+    outage_under_load(Db::postgres().await).await;
+}
+
+#[tokio::test]
+async fn a_locked_sqlite_under_load_loses_nothing_and_slows_no_room() {
+    outage_under_load(Db::sqlite("outage")).await;
+}
+
+async fn takeover(mut db: Db) {
     let redis = RedisServer::start().await;
-    let mut pg = PostgresServer::start().await;
     let node = Node::start(&redis, &[]).await;
-    let first = Archiver::start(&redis, &pg.url(), "first", 50).await;
+    let first = Archiver::start(&redis, &db.url(), "first", 50).await;
     let mut chat = Chatter::new();
     for i in 0..4 {
         chat.spawn(node.url(&format!("room-{i}"), "bob"), &format!("room-{i}"), false);
@@ -272,46 +361,42 @@ async fn an_archiver_killed_with_a_batch_in_hand_is_taken_over() {
     chat.more(200, "messages").await;
     // Kill it while it holds entries it read but has not acknowledged: with the database
     // down it cannot commit (and so cannot acknowledge) what it read, whatever the timing.
-    pg.stop();
-    let pending = || async {
-        let mut n = 0;
-        for s in 0..shared::archive::DEFAULT_SHARDS {
-            let key = shared::archive::stream_key("roomfleet", s);
-            let r = redis.command(&["XPENDING", &key, shared::archive::GROUP]).await;
-            n += r
-                .lines()
-                .nth(1)
-                .and_then(|l| l.trim_start_matches(':').parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-        n
-    };
+    db.stop().await;
     wait_until(Duration::from_secs(30), "the first archiver to hold a batch", || async {
-        pending().await > 0
+        pending(&redis).await > 0
     })
     .await;
     first.process.signal("KILL");
-    pg.start_again().await;
+    db.start_again().await;
     chat.more(200, "messages after the kill").await;
-    let second = Archiver::start(&redis, &pg.url(), "second", 50).await;
+    let second = Archiver::start(&redis, &db.url(), "second", 50).await;
     chat.more(100, "messages with the second archiver").await;
     let acked = chat.finish().await;
-    let pool = connect(&pg).await;
-    assert_archived(&pool, &acked, 0).await;
+    assert_archived(&db, &acked, 0).await;
     wait_until(Duration::from_secs(10), "the dead one's entries claimed", || async {
         second.metric("archiver_claimed_total").await > 0.0
     })
     .await;
-    wait_until(Duration::from_secs(10), "nothing left pending", || async { pending().await == 0 })
-        .await;
+    wait_until(Duration::from_secs(10), "nothing left pending", || async {
+        pending(&redis).await == 0
+    })
+    .await;
 }
 
 #[tokio::test]
-async fn a_killed_node_loses_no_acknowledged_message() {
+async fn an_archiver_killed_with_a_batch_in_hand_is_taken_over() {
+    takeover(Db::postgres().await).await;
+}
+
+#[tokio::test]
+async fn an_archiver_killed_with_a_batch_in_hand_is_taken_over_on_sqlite() {
+    takeover(Db::sqlite("takeover")).await;
+}
+
+async fn killed_node(db: Db) {
     let redis = RedisServer::start().await;
-    let pg = PostgresServer::start().await;
     let a = Node::start(&redis, &["--durable-ack"]).await;
-    let _archiver = Archiver::start(&redis, &pg.url(), "a1", 100).await;
+    let _archiver = Archiver::start(&redis, &db.url(), "a1", 100).await;
     let mut chat = Chatter::new();
     for i in 0..4 {
         chat.spawn(a.url(&format!("k{i}"), "cat"), &format!("k{i}"), false);
@@ -329,40 +414,82 @@ async fn a_killed_node_loses_no_acknowledged_message() {
     })
     .await;
     let acked = chat.finish().await;
-    let pool = connect(&pg).await;
     // A message the dead node stored but never acked may be archived too (one per client).
-    assert_archived(&pool, &acked, 4).await;
+    assert_archived(&db, &acked, 4).await;
+}
+
+#[tokio::test]
+async fn a_killed_node_loses_no_acknowledged_message() {
+    killed_node(Db::postgres().await).await;
+}
+
+#[tokio::test]
+async fn a_killed_node_loses_no_acknowledged_message_on_sqlite() {
+    killed_node(Db::sqlite("node")).await;
 }
 
 #[tokio::test]
 async fn a_poison_message_is_dead_lettered_while_the_rest_flow() {
     let redis = RedisServer::start().await;
-    let pg = PostgresServer::start().await;
+    let db = Db::postgres().await;
     let node = Node::start(&redis, &[]).await;
-    let archiver = Archiver::start(&redis, &pg.url(), "a1", 100).await;
+    let archiver = Archiver::start(&redis, &db.url(), "a1", 100).await;
     let mut chat = Chatter::new();
     // PostgreSQL's jsonb refuses a \u0000 in a string: such a body can never be archived.
     chat.spawn(node.url("p:1", "eve"), "p:1", true);
     chat.spawn(node.url("p:2", "fay"), "p:2", false);
     chat.more(300, "messages").await;
     let acked = chat.finish().await;
-    let pool = connect(&pg).await;
-    let rows = archived(&pool).await;
-    let dead_key = shared::archive::dead_key("roomfleet");
+    let rows = db.archived().await;
     wait_until(CATCH_UP, "the poison messages dead-lettered", || async {
-        let dead = redis.command(&["XLEN", &dead_key]).await;
-        let dead: usize = dead.trim().trim_start_matches(':').parse().unwrap_or(0);
-        let n = archived(&pool).await.len();
+        let dead = dead_letters(&redis).await;
+        let n = db.archived().await.len();
         dead > 0 && n + dead == acked.len()
     })
     .await;
     assert!(rows.len() <= acked.len());
     let good: BTreeSet<Key> = acked.iter().filter(|k| k.0 == "p:2").cloned().collect();
-    let got: BTreeSet<Key> = archived(&pool).await.into_iter().collect();
+    let got: BTreeSet<Key> = db.archived().await.into_iter().collect();
     assert!(good.is_subset(&got), "the clean room is archived whole");
+    let dead_key = shared::archive::dead_key("roomfleet");
     let dead = redis.command(&["XRANGE", &dead_key, "-", "+", "COUNT", "1"]).await;
     assert!(dead.contains("refused 3 times") && dead.contains("Unicode"), "the reason: {dead}");
     assert!(archiver.metric("archiver_dead_total").await > 0.0);
+}
+
+/// SQLite keeps any JSON text, a \u0000 too, so nothing a client can send is poison to it;
+/// what is poison is an entry no node would write (a frame that is not a message), put on
+/// the queue between the rooms' messages. It is dead-lettered with the reason; the rooms'
+/// messages are all archived.
+#[tokio::test]
+async fn a_poison_entry_is_dead_lettered_while_the_rest_flow_on_sqlite() {
+    let redis = RedisServer::start().await;
+    let db = Db::sqlite("poison");
+    let node = Node::start(&redis, &[]).await;
+    let archiver = Archiver::start(&redis, &db.url(), "a1", 100).await;
+    let mut chat = Chatter::new();
+    chat.spawn(node.url("p:1", "eve"), "p:1", false);
+    chat.spawn(node.url("p:2", "fay"), "p:2", false);
+    let key = shared::archive::stream_key("roomfleet", shared::archive::shard("p:1", 4));
+    for i in 0..5 {
+        chat.more(40, "messages").await;
+        let seq = (1000 + i).to_string();
+        let fields = ["k", "m", "room", "p:1", "epoch", "e", "seq", &seq, "f", "not a frame"];
+        let mut cmd = vec!["XADD", &key, "*"];
+        cmd.extend(fields);
+        redis.command(&cmd).await;
+    }
+    chat.more(100, "messages after the poison").await;
+    let acked = chat.finish().await;
+    assert_archived(&db, &acked, 0).await;
+    wait_until(CATCH_UP, "the five poison entries dead-lettered", || async {
+        dead_letters(&redis).await == 5
+    })
+    .await;
+    let dead_key = shared::archive::dead_key("roomfleet");
+    let dead = redis.command(&["XRANGE", &dead_key, "-", "+", "COUNT", "1"]).await;
+    assert!(dead.contains("frame:"), "the reason: {dead}");
+    assert_eq!(archiver.metric("archiver_dead_total").await, 5.0);
 }
 
 /// Read markers round-trip through Redis into PostgreSQL: a member's `read` reaches the
