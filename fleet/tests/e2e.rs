@@ -337,3 +337,27 @@ async fn the_server_api_of_fleet_up_publishes_into_a_room() {
     c.close().await;
     f.shutdown().await;
 }
+
+/// Direct connect speaks the same protocol as the router's own data path: a member that
+/// asked `GET /connect` and went to its node itself shares the room with one that came
+/// through the router, in both directions, with the same welcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_client_and_a_routed_client_share_a_room() {
+    let f = up_with(3, steady_health()).await;
+    let (mut ann, aw, answer) =
+        WsClient::join_direct(f.router.proxy_addr(), "room=direct:1&user=ann").await;
+    let (mut bob, bw) = WsClient::join(&url(&f, "direct:1", "bob")).await;
+    assert_eq!(aw["node"], answer["node"], "the node the router named");
+    assert_eq!(bw["node"], aw["node"], "both on the room's node");
+    assert_eq!(placement(&f, "direct:1").await["node"], aw["node"]);
+    assert_eq!(bw["members"], json!(["ann", "bob"]));
+    ann.publish(json!("from ann")).await;
+    assert_eq!(bob.recv_type("message").await["body"], "from ann");
+    assert_eq!(ann.recv_type("message").await["from"], "ann", "a sender gets its own too");
+    bob.publish(json!("from bob")).await;
+    let m = ann.recv_type("message").await;
+    assert_eq!((m["from"].as_str(), m["body"].as_str()), (Some("bob"), Some("from bob")));
+    ann.close().await;
+    bob.close().await;
+    f.shutdown().await;
+}

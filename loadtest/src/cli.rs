@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::access::AccessArgs;
 use crate::dialect::Dialect;
+use crate::direct::ConnectMode;
 use crate::progress::ProgressMode;
 use crate::pusher::PusherApp;
 use crate::reconnect::Backoff;
@@ -98,6 +99,10 @@ pub struct RunArgs {
     /// Wire protocol.
     #[arg(long, env = "LOADTEST_DIALECT", value_enum, default_value_t = Dialect::Native)]
     pub dialect: Dialect,
+    /// `url`: open `--url` (a router proxies or hands off); `direct`: ask the router's
+    /// `GET /connect` where each room lives and open the node's URL it answers.
+    #[arg(long, env = "LOADTEST_CONNECT", value_enum, default_value_t = ConnectMode::Url)]
+    pub connect: ConnectMode,
     /// `--dialect pusher`: the app's `KEY:SECRET`; the key goes in the URL path (`/app/KEY`),
     /// the secret signs each private-channel subscription.
     #[arg(long, env = "LOADTEST_PUSHER_APP", hide_env_values = true)]
@@ -201,8 +206,12 @@ impl RunArgs {
             (_, Some(_)) => bail!("--pusher-app is for --dialect pusher"),
             (_, None) => None,
         };
+        if self.connect == ConnectMode::Direct && (self.dialect != Dialect::Native || target.tls) {
+            bail!("--connect direct needs --dialect native and a ws:// router URL");
+        }
         let config = RunConfig {
             url: self.url.clone(),
+            connect: self.connect,
             access: self.access.access(target.tls)?,
             target,
             dialect: self.dialect,

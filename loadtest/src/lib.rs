@@ -10,6 +10,7 @@ pub mod cli;
 pub mod counters;
 pub mod cpu;
 pub mod dialect;
+pub mod direct;
 pub mod plot;
 pub mod progress;
 pub mod pusher;

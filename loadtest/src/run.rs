@@ -38,6 +38,8 @@ pub fn now_us() -> u64 {
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     pub url: String,
+    /// Open `url`, or ask its router where each room lives first (`--connect direct`).
+    pub connect: crate::direct::ConnectMode,
     pub target: Target,
     pub dialect: Dialect,
     pub conns: usize,
@@ -73,6 +75,7 @@ impl RunConfig {
     pub fn small(url: &str) -> anyhow::Result<Self> {
         Ok(Self {
             url: url.to_owned(),
+            connect: crate::direct::ConnectMode::Url,
             target: Target::parse(url)?,
             dialect: Dialect::Native,
             conns: 20,
@@ -240,7 +243,14 @@ async fn open(sh: &Shared, conn: usize, resume: Option<&str>) -> Result<(Ws, Wel
     request.push_str(resume.unwrap_or_default());
     let url = cfg.access.url(request, &user, &room)?;
     let src = (!cfg.src_ips.is_empty()).then(|| cfg.src_ips[conn % cfg.src_ips.len()]);
-    let stream = dial(cfg.target.addr, src).await?;
+    let (addr, url) = match cfg.connect {
+        crate::direct::ConnectMode::Url => (cfg.target.addr, url),
+        crate::direct::ConnectMode::Direct => {
+            let node = crate::direct::resolve(&cfg.target, src, &url).await?;
+            (node.addr, node.path)
+        }
+    };
+    let stream = dial(addr, src).await?;
     let mut ws = cfg.access.handshake(&url, stream, ws_config()).await.map_err(|e| ws_cause(&e))?;
     let welcome = join(&mut ws, cfg, &room).await?;
     Ok((ws, welcome))

@@ -105,6 +105,21 @@ impl WsClient {
         }
     }
 
+    /// Direct connect: asks the router at `router` (`GET /connect?{query}`, the query an
+    /// upgrade would carry) where the room lives, then joins the node URL it answers, ticket
+    /// included; the welcome and the router's answer.
+    pub async fn join_direct(router: std::net::SocketAddr, query: &str) -> (Self, Value, Value) {
+        let path = format!("/connect?{query}");
+        let (status, body) = super::http(router, "GET", &path, &[], "")
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert_eq!(status, 200, "GET {path}: {body}");
+        let answer: Value = serde_json::from_str(&body).expect("the /connect answer is JSON");
+        let url = answer["url"].as_str().expect("the answer names a url").to_string();
+        let (c, w) = Self::join(&url).await;
+        (c, w, answer)
+    }
+
     /// Connects and reads the `welcome` frame; panics with the reason otherwise.
     pub async fn join(url: &str) -> (Self, Value) {
         let mut c = Self::connect(url).await.unwrap_or_else(|e| panic!("{e}"));
