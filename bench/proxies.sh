@@ -123,7 +123,7 @@ row() {
   local ups cp50 cp99 cpu="—" ncpu
   [ -n "$pid" ] && cpu=$(awk -v a="$c0" -v b="$(cpu_tree "$pid")" -v n="$UP" 'BEGIN {printf "%.0f", (b - a) * 1e6 / n}')
   ncpu=$(awk -v a="$n0" -v b="$(cpu_secs "$NODE_PID")" -v n="$UP" 'BEGIN {printf "%.0f", (b - a) * 1e6 / n}')
-  [ "$name" = fleet-up ] && ncpu="in the router's"
+  [ "$name" = fleet-up ] && ncpu="(same process)"
   ups=$(python3 -c "import json;r=json.load(open('$OUT/px-up-$name.json'));print(int(r['connect']['connected']/max(r['wall_s'],1e-9)))")
   cp50=$(json_get "$OUT/px-up-$name.json" connect.latency_us.p50); cp99=$(json_get "$OUT/px-up-$name.json" connect.latency_us.p99)
   # Message latency through the path.
