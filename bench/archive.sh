@@ -14,16 +14,9 @@ if [ "${PROFILE:-release}" = debug ]; then
 else
   EXTRA_BINS="--bin archiver" build
 fi
-PG=/usr/lib/postgresql/15/bin
 read -r RPORT PPORT MPORT <<<"$(free_ports 3)"
-DIR=$(mktemp -d /tmp/roomfleet-bench-pg.XXXX)
-AS=(); [ "$(id -u)" = 0 ] && { chown postgres "$DIR"; AS=(runuser -u postgres --); }
-"${AS[@]}" "$PG/initdb" -A trust -U postgres --no-sync -D "$DIR/data" >/dev/null
-"${AS[@]}" "$PG/pg_ctl" start -W -o "-p $PPORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$DIR" -l "$DIR/log" -D "$DIR/data" >/dev/null
-trap '"${AS[@]}" "$PG/pg_ctl" stop -m fast -D "$DIR/data" >/dev/null 2>&1; rm -rf "$DIR"; cleanup' EXIT
-for _ in $(seq 100); do "$PG/pg_isready" -q -h 127.0.0.1 -p "$PPORT" && break; sleep 0.1; done
-start redis redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no >/dev/null
-for _ in $(seq 100); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+start_postgres "$PPORT"
+start_redis "$RPORT"
 echo "# $(machine)"
 echo "# $N entries, frames of about 110 bytes, 200 rooms, 4 shards, one archiver (${PROFILE:-release} build), PostgreSQL 15 on loopback (default settings, fsync on)"
 echo "| batch | seconds | messages/s |"

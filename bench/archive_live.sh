@@ -13,15 +13,9 @@ source "$(dirname "$0")/lib.sh"
 EXTRA_BINS="--bin router --bin archiver" build
 DUR=${DUR:-20}
 BATCH=${BATCH:-500}
-PG=/usr/lib/postgresql/15/bin
 read -r RPORT PPORT MPORT PORT APORT N0 N1 N2 <<<"$(free_ports 8)"
 NODES=("$N0" "$N1" "$N2")
-DIR=$(mktemp -d /tmp/roomfleet-bench-pg.XXXX)
-AS=(); [ "$(id -u)" = 0 ] && { chown postgres "$DIR"; AS=(runuser -u postgres --); }
-"${AS[@]}" "$PG/initdb" -A trust -U postgres --no-sync -D "$DIR/data" >/dev/null
-"${AS[@]}" "$PG/pg_ctl" start -W -o "-p $PPORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$DIR" -l "$DIR/log" -D "$DIR/data" >/dev/null
-trap '"${AS[@]}" "$PG/pg_ctl" stop -m fast -D "$DIR/data" >/dev/null 2>&1; rm -rf "$DIR"; cleanup' EXIT
-for _ in $(seq 100); do "$PG/pg_isready" -q -h 127.0.0.1 -p "$PPORT" && break; sleep 0.1; done
+start_postgres "$PPORT"
 DB="postgres://postgres@127.0.0.1:$PPORT/postgres"
 psql_n() { "$PG/psql" -tA -h 127.0.0.1 -p "$PPORT" -U postgres -c "$1" 2>/dev/null || echo 0; }
 sum_cpu() { python3 -c "import sys; print(sum(float(x) for x in sys.argv[1:]))" $(for p in "$@"; do cpu_secs "$p"; done); }
@@ -76,8 +70,7 @@ print(f"| archive {sys.argv[2]} | {r['connect']['connected']} | {r['published']}
 PY
 }
 
-start redis redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no >/dev/null
-for _ in $(seq 100); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+start_redis "$RPORT"
 ARCH=$(start archiver "$BIN/archiver" --queue "redis://127.0.0.1:$RPORT" --db "$DB" --batch "$BATCH" --metrics "127.0.0.1:$MPORT")
 wait_http "http://127.0.0.1:$MPORT/healthz" 30
 echo "# $(machine)"

@@ -98,3 +98,29 @@ ring_ready() {
   curl -fsS "$1/admin/ring" 2>/dev/null | python3 -c 'import json,sys
 print(sum(1 for n in json.load(sys.stdin)["nodes"] if n["healthy"] and not n["draining"] and n["share"] > 0))' 2>/dev/null || echo 0
 }
+
+# start_postgres PORT: a PostgreSQL 15 of the script's own in a temporary directory on
+# 127.0.0.1:PORT (Debian's postgresql-15; initdb and pg_ctl run as postgres when root),
+# stopped and removed at exit. Sets PG (the binaries) and AS (the runuser prefix).
+start_postgres() {
+  local port=$1
+  PG=/usr/lib/postgresql/15/bin
+  PGDIR=$(mktemp -d /tmp/roomfleet-bench-pg.XXXX)
+  AS=(); [ "$(id -u)" = 0 ] && { chown postgres "$PGDIR"; AS=(runuser -u postgres --); }
+  "${AS[@]}" "$PG/initdb" -A trust -U postgres --no-sync -D "$PGDIR/data" >/dev/null
+  "${AS[@]}" "$PG/pg_ctl" start -W -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$PGDIR" -l "$PGDIR/log" -D "$PGDIR/data" >/dev/null
+  trap '"${AS[@]}" "$PG/pg_ctl" stop -m fast -D "$PGDIR/data" >/dev/null 2>&1; rm -rf "$PGDIR"; cleanup' EXIT
+  local i
+  for i in $(seq 100); do "$PG/pg_isready" -q -h 127.0.0.1 -p "$port" && return 0; sleep 0.1; done
+  echo "PostgreSQL on $port did not come up (see $PGDIR/log)" >&2
+  return 1
+}
+
+# start_redis PORT: a redis-server without persistence on 127.0.0.1:PORT, until it answers.
+start_redis() {
+  local i
+  start redis redis-server --port "$1" --bind 127.0.0.1 --save "" --appendonly no >/dev/null
+  for i in $(seq 100); do redis-cli -p "$1" ping >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "redis-server on $1 did not answer" >&2
+  return 1
+}
