@@ -13,15 +13,15 @@ command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y
 command -v node >/dev/null || { echo "needs node and npm (bench/socketio)" >&2; exit 1; }
 [ -d "$ROOT/bench/socketio/node_modules" ] || (cd "$ROOT/bench/socketio" && (npm ci --silent || npm install --silent))
 # sockudo from crates.io, built once and kept between runs (protoc is a build dependency).
+DUR=${DUR:-15}; RATES=${RATES:-"1.5 4.5"}
+SERVERS=${SERVERS:-"socketio sockudo1 sockudo2 fleet proxy handoff node"}
 SOCKUDO_ROOT=${SOCKUDO_ROOT:-$ROOT/bench/.tools/sockudo}
 SOCKUDO="$SOCKUDO_ROOT/bin/sockudo"
-if [ ! -x "$SOCKUDO" ]; then
+if [[ ! -x "$SOCKUDO" && "$SERVERS" == *sockudo* ]]; then
   command -v protoc >/dev/null || { apt-get update -qq && apt-get install -y -qq protobuf-compiler >/dev/null; }
   echo "bench/delivery.sh: installing sockudo into $SOCKUDO_ROOT (once; takes a while)" >&2
   cargo install --locked --root "$SOCKUDO_ROOT" sockudo --no-default-features --features local,redis
 fi
-DUR=${DUR:-15}; RATES=${RATES:-"1.5 4.5"}
-SERVERS=${SERVERS:-"socketio sockudo1 sockudo2 fleet proxy handoff node"}
 [ "${1:-}" = quick ] && { DUR=4; RATES="1.5"; }
 read -r RPORT SIO0 SIO1 SK0 SK1 SK2 FL FLA FLP N0 N1 RT RTA RTAPI HN0 HN1 HR HRA HRAPI ONE <<<"$(free_ports 20)"
 start redis-delivery redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no >/dev/null

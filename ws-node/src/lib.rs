@@ -15,6 +15,7 @@ pub mod markers;
 pub mod metrics;
 mod node;
 mod outbox;
+mod outlet;
 mod posts;
 mod presence;
 mod rate;

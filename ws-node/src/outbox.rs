@@ -1,7 +1,7 @@
-//! A connection's outbound bytes: text frames encoded once as WebSocket wire bytes (a
-//! server frame is unmasked, so every member of a room gets the same bytes), queued as
-//! shared buffers and written with vectored writes straight to the connection. Tungstenite
-//! keeps the handshake, reading and the control frames (ping, pong, close).
+//! Encoded outbound bytes: text frames encoded once as WebSocket wire bytes (a server
+//! frame is unmasked, so every member of a room gets the same bytes), and a writer's batch
+//! of them as shared buffers written with vectored writes, progress kept across partial
+//! and cancelled writes. [`crate::outlet`] decides when they are written.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -47,19 +47,41 @@ impl Outbox {
     /// flushes (a TLS stream holds the last record until then). Cancel-safe.
     pub async fn write_to<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> io::Result<()> {
         while !self.queue.is_empty() {
-            let mut iov = [IoSlice::new(&[]); IOVECS];
-            let mut k = 0;
-            for (slot, b) in iov.iter_mut().zip(&self.queue) {
-                *slot = IoSlice::new(b);
-                k += 1;
-            }
+            let (iov, k) = self.slices();
             let n = w.write_vectored(&iov[..k]).await?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            self.consume(n);
+            self.written(n)?;
         }
         w.flush().await
+    }
+
+    /// One vectored write through `write` (a non-blocking `try_write_vectored`), its
+    /// progress kept.
+    pub fn write_with(
+        &mut self,
+        write: impl FnOnce(&[IoSlice<'_>]) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let (iov, k) = self.slices();
+        let n = write(&iov[..k])?;
+        self.written(n)
+    }
+
+    /// The first [`IOVECS`] queued buffers, and how many there are.
+    fn slices(&self) -> ([IoSlice<'_>; IOVECS], usize) {
+        let mut iov = [IoSlice::new(&[]); IOVECS];
+        let mut k = 0;
+        for (slot, b) in iov.iter_mut().zip(&self.queue) {
+            *slot = IoSlice::new(b);
+            k += 1;
+        }
+        (iov, k)
+    }
+
+    fn written(&mut self, n: usize) -> io::Result<()> {
+        if n == 0 && !self.queue.is_empty() {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        self.consume(n);
+        Ok(())
     }
 
     /// Drops the first `n` queued bytes (written).

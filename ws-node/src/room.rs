@@ -22,6 +22,7 @@ use crate::history::{Loaded, new_epoch};
 use crate::hooks::{HookEvent, Hooks};
 use crate::metrics::Metrics;
 use crate::outbox;
+use crate::outlet::{Outlet, Refused};
 use crate::room_core::{
     Action, BusOp, Conn, Event, Hook, Mode, POST, PostError, RoomCore, Settings, To, Welcome,
 };
@@ -31,6 +32,9 @@ use crate::suspects::Suspects;
 pub const ROOM_QUEUE: usize = 1024;
 /// Bus operations a room queues for its lane before the room waits.
 const LANE_QUEUE: usize = 256;
+/// The largest room that writes to its members' sockets from its own task (see
+/// `Owner::deliver`).
+const DIRECT_FANOUT: usize = 128;
 
 /// Why the node closes a connection: the close code and reason it sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +102,8 @@ pub struct Member {
     pub user: UserId,
     /// The `info` shown to other members (from the connection's token), as JSON text.
     pub info: Option<Arc<str>>,
-    pub tx: mpsc::Sender<Outbound>,
+    /// Where the room hands the connection its frames.
+    pub out: Arc<Outlet>,
     pub kill: Arc<Kill>,
     /// Where the connection asks to resume from (`since`/`epoch`).
     pub resume: Option<Resume>,
@@ -479,7 +484,7 @@ impl Owner {
                         }
                         // The queue is empty: the welcome is the member's first frame, and
                         // what it missed comes before anything live.
-                        let _ = m.tx.try_send(Outbound::Welcome(welcome));
+                        let _ = m.out.push(Outbound::Welcome(welcome), false);
                         self.members.insert(conn, m);
                         for frame in replay {
                             self.deliver(To::One(conn), frame);
@@ -580,26 +585,29 @@ impl Owner {
         tracing::debug!(room = %self.handle.id, from = from.name(), to = to.name(), "room mode");
     }
 
-    /// Queues `frame` to the chosen members, encoded as a WebSocket frame once for all of
+    /// Hands `frame` to the chosen members, encoded as a WebSocket frame once for all of
     /// them; a member whose queue is full is a slow consumer and is closed, so it never
-    /// slows the room.
+    /// slows the room. In a room of at most [`DIRECT_FANOUT`] members the room writes to an
+    /// idle connection itself; a bigger room wakes its members' writers, which spreads its
+    /// fan-out over the runtime's threads.
     fn deliver(&self, to: To, frame: Utf8Bytes) {
         let metrics = &self.shared.metrics;
         let wire = outbox::text(frame);
+        let direct = self.members.len() <= DIRECT_FANOUT;
         let send = |m: &Member| -> u64 {
             if m.kill.is_killed() {
                 return 0;
             }
-            match m.tx.try_send(Outbound::Wire(wire.clone())) {
+            match m.out.push(Outbound::Wire(wire.clone()), direct) {
                 Ok(()) => 1,
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(Refused::Full) => {
                     if m.kill.kill(CloseReason::SLOW_CONSUMER) {
                         metrics.slow_consumer_closes.inc();
                         tracing::info!(conn = m.conn, user = %m.user, "slow consumer: closing");
                     }
                     0
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => 0,
+                Err(Refused::Closed) => 0,
             }
         };
         let n: u64 = match to {

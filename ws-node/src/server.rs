@@ -20,9 +20,8 @@ use shared::http::{
 use shared::ids::{UserId, WsTarget, parse_ws_query};
 use shared::listen::Acceptor;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::node::Node;
 use crate::room::RoomInfo;
@@ -221,11 +220,6 @@ fn upgrade(node: &Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
         None => target.user.clone().unwrap_or_else(anonymous_user),
     };
     let subprotocol = shared::auth::offers_subprotocol(req.headers());
-    let cfg = WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(8192)
-        .max_message_size(Some(node.config.max_frame_bytes))
-        .max_frame_size(Some(node.config.max_frame_bytes));
     let on_upgrade = hyper::upgrade::on(&mut req);
     let held = req.extensions_mut().remove::<Held>();
     let session_node = node.clone();
@@ -233,13 +227,8 @@ fn upgrade(node: &Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
         let _held = held;
         match on_upgrade.await {
             Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(cfg),
-                )
-                .await;
-                crate::session::run(session_node, ws, target, user, access, conn).await;
+                let halves = crate::outlet::open(upgraded, session_node.config.outbound_queue);
+                crate::session::run(session_node, halves, target, user, access, conn).await;
             }
             Err(e) => {
                 session_node.release_slot();
@@ -361,4 +350,14 @@ fn admin_drain(node: &Arc<Node>, query: Option<&str>) -> Response<Body> {
         StatusCode::ACCEPTED,
         &serde_json::json!({"draining": true, "connections": n, "window_ms": window.as_millis() as u64}),
     )
+}
+
+/// The WebSocket settings of every session: frame limits from the node's config; a small
+/// write buffer, since tungstenite writes only control frames.
+pub(crate) fn ws_config(cfg: &crate::Config) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(8192)
+        .max_message_size(Some(cfg.max_frame_bytes))
+        .max_frame_size(Some(cfg.max_frame_bytes))
 }

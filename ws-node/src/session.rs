@@ -1,35 +1,31 @@
-//! One client connection: a single `select!` loop that reads frames, writes the queued
-//! frames in batches, pings, enforces the per-connection limits, and closes with the
-//! documented code. Tungstenite reads and writes control frames; the queued text frames,
-//! already encoded, go out raw through the connection's [`Outbox`].
+//! One client connection: a single `select!` loop that reads frames, writes what its
+//! outlet queued, pings, enforces the per-connection limits, and closes with the
+//! documented code. Tungstenite reads and writes control frames; text frames, already
+//! encoded, go out raw through the connection's [`crate::outlet`] (from the room's own
+//! task while the connection keeps up).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use shared::auth::{Identity, Rights, unix_secs};
 use shared::ids::{RoomId, UserId, WsTarget};
 use shared::protocol::{ClientFrame, ErrorCode, ServerFrame, close, unix_ms};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::frames;
 use crate::node::Node;
-use crate::outbox::{self, Outbox};
+use crate::outbox;
+use crate::outlet::{Duplex, Halves, Leftover, Refused, Writer};
 use crate::rate::TokenBucket;
 use crate::room::{CloseReason, JoinError, Kill, Member, Outbound};
 use crate::rooms::Membership;
 
-type Ws = WebSocketStream<TokioIo<Upgraded>>;
-
-/// Frames written per flush at most, so one busy connection cannot hog its task.
-const MAX_BATCH: usize = 256;
+type Ws = WebSocketStream<Duplex>;
 
 const GOING_AWAY: CloseReason =
     CloseReason { code: close::GOING_AWAY, reason: "node shutting down" };
@@ -59,7 +55,7 @@ impl Drop for ConnGuard {
 /// its rights and `exp` are enforced here.
 pub(crate) async fn run(
     node: Arc<Node>,
-    mut ws: Ws,
+    halves: Halves,
     target: WsTarget,
     user: UserId,
     access: Option<Identity>,
@@ -68,17 +64,24 @@ pub(crate) async fn run(
     let WsTarget { room: room_id, resume, history, .. } = target;
     let _guard = ConnGuard(node.clone());
     let cfg = &node.config;
-    let (tx, mut rx) = mpsc::channel(cfg.outbound_queue.max(2));
+    let Halves { duplex, mut writer, outlet, read_ahead } = halves;
+    let mut ws = WebSocketStream::from_partially_read(
+        duplex,
+        read_ahead,
+        Role::Server,
+        Some(crate::server::ws_config(cfg)),
+    )
+    .await;
     let kill = Arc::new(Kill::child_of(&node.token));
     let info = access.as_ref().and_then(|a| a.info.as_deref()).map(|i| Arc::from(i.get()));
-    let member = Member { conn, user, info, tx, kill: kill.clone(), resume, history };
+    let member = Member { conn, user, info, out: outlet, kill: kill.clone(), resume, history };
     node.kills.insert(conn, kill.clone());
     let joined = tokio::select! {
         j = node.rooms.join(&room_id, member.clone()) => j,
         _ = kill.token().cancelled() => {
             node.kills.remove(conn);
             let reason = kill.reason().or(Some(GOING_AWAY));
-            finish(&mut ws, &mut Outbox::default(), reason, cfg.close_timeout).await;
+            finish(&mut ws, &mut writer, reason, cfg.close_timeout).await;
             return;
         }
     };
@@ -91,12 +94,11 @@ pub(crate) async fn run(
             let err =
                 ServerFrame::error(ErrorCode::RoomFull, "room holds its maximum number of members");
             let _ = ws.feed(Message::Text(frames::text(&err))).await;
-            finish(&mut ws, &mut Outbox::default(), Some(ROOM_FULL), cfg.close_timeout).await;
+            finish(&mut ws, &mut writer, Some(ROOM_FULL), cfg.close_timeout).await;
             return;
         }
     };
-    let mut outbox = Outbox::default();
-    let reason = serve(&node, &mut ws, &membership, &member, access, &mut rx, &mut outbox).await;
+    let reason = serve(&node, &mut ws, &membership, &member, access, &mut writer).await;
     node.kills.remove(conn);
     drop(membership);
     match reason {
@@ -107,7 +109,7 @@ pub(crate) async fn run(
         Some(r) if r == EXPIRED => node.metrics.token_expired_closes.inc(),
         _ => {}
     }
-    finish(&mut ws, &mut outbox, reason, cfg.close_timeout).await;
+    finish(&mut ws, &mut writer, reason, cfg.close_timeout).await;
 }
 
 /// The connection's loop; returns the close to send (`None`: the peer is gone or closed).
@@ -117,13 +119,9 @@ async fn serve(
     room: &Membership,
     member: &Member,
     mut access: Option<Identity>,
-    rx: &mut mpsc::Receiver<Outbound>,
-    outbox: &mut Outbox,
+    writer: &mut Writer,
 ) -> Option<CloseReason> {
     let cfg = &node.config;
-    // Set when tungstenite has a pong of its own to send: it goes out, whole, before the
-    // next raw write, so the two never interleave inside a frame.
-    let mut pong_due = false;
     let expiry = tokio::time::sleep_until(deadline(access.as_ref()));
     tokio::pin!(expiry);
     let mut bucket = TokenBucket::new(cfg.publish_rate, cfg.publish_burst);
@@ -142,12 +140,9 @@ async fn serve(
         tokio::select! {
             _ = &mut stopped => return why(),
             _ = &mut expiry => return Some(EXPIRED),
-            out = rx.recv() => {
-                let first = out?;
-                tokio::select! {
-                    r = write_batch(ws, &mut pong_due, first, rx, outbox) => r.ok()?,
-                    _ = &mut stopped => return why(),
-                }
+            e = writer.run() => {
+                tracing::debug!(conn = member.conn, "write: {e}");
+                return None;
             }
             incoming = ws.next() => {
                 last_seen = Instant::now();
@@ -157,7 +152,6 @@ async fn serve(
                     Some(Err(WsError::Capacity(e))) => {
                         tracing::debug!(conn = member.conn, "frame too large: {e}");
                         reply(node, member, ErrorCode::FrameTooLarge, format!("frame larger than {} bytes", cfg.max_frame_bytes));
-                        let _ = tokio::time::timeout(cfg.close_timeout, drain_queue(ws, &mut pong_due, rx, outbox)).await;
                         return Some(TOO_BIG);
                     }
                     Some(Err(WsError::Utf8(e))) => {
@@ -202,8 +196,7 @@ async fn serve(
                     }
                     Message::Binary(_) => reply(node, member, ErrorCode::BinaryUnsupported, "binary frames are not part of the protocol; send JSON text"),
                     Message::Close(_) => return None,
-                    Message::Ping(_) => pong_due = true,
-                    Message::Pong(_) | Message::Frame(_) => {}
+                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                 }
             }
             _ = ping.tick() => {
@@ -286,81 +279,32 @@ async fn handle(node: &Arc<Node>, room: &Membership, member: &Member, frame: Cli
 fn reply(node: &Node, member: &Member, code: ErrorCode, message: impl Into<String>) {
     node.metrics.error(code);
     let frame = outbox::text(frames::text(&ServerFrame::error(code, message)));
-    if member.tx.try_send(Outbound::Wire(frame)).is_err()
+    if member.out.push(Outbound::Wire(frame), false) == Err(Refused::Full)
         && member.kill.kill(CloseReason::SLOW_CONSUMER)
     {
         node.metrics.slow_consumer_closes.inc();
     }
 }
 
-/// Writes `first` and whatever else is queued with one vectored write (more when the
-/// socket takes less): one syscall for many frames when a connection falls a little behind.
-async fn write_batch(
-    ws: &mut Ws,
-    pong_due: &mut bool,
-    first: Outbound,
-    rx: &mut mpsc::Receiver<Outbound>,
-    outbox: &mut Outbox,
-) -> Result<(), WsError> {
-    outbox.push(wire(first));
-    for _ in 1..MAX_BATCH {
-        match rx.try_recv() {
-            Ok(m) => outbox.push(wire(m)),
-            Err(_) => break,
-        }
-    }
-    write_out(ws, pong_due, outbox).await
-}
-
-/// Tungstenite's pending pong first (whole), then the outbox.
-async fn write_out(ws: &mut Ws, pong_due: &mut bool, outbox: &mut Outbox) -> Result<(), WsError> {
-    if *pong_due {
-        ws.flush().await?;
-        *pong_due = false;
-    }
-    outbox.write_to(ws.get_mut()).await.map_err(WsError::Io)
-}
-
-/// The wire bytes of a queued frame; a welcome is serialized here, by its own
-/// connection's task.
-fn wire(o: Outbound) -> bytes::Bytes {
-    match o {
-        Outbound::Wire(b) => b,
-        Outbound::Welcome(w) => outbox::text(w.to_json()),
-    }
-}
-
-/// Writes out everything still queued (used before closing on our own initiative).
-async fn drain_queue(
-    ws: &mut Ws,
-    pong_due: &mut bool,
-    rx: &mut mpsc::Receiver<Outbound>,
-    outbox: &mut Outbox,
-) {
-    while let Ok(m) = rx.try_recv() {
-        outbox.push(wire(m));
-    }
-    let _ = write_out(ws, pong_due, outbox).await;
-}
-
-/// Sends our close frame (when we close) and waits briefly for the peer's, bounded. What
-/// the outbox still holds (a write cut short by a kill) goes first; when it cannot be
-/// written in time the connection just drops, rather than close inside a frame.
-async fn finish(ws: &mut Ws, outbox: &mut Outbox, reason: Option<CloseReason>, timeout: Duration) {
+/// What was queued goes out first (all of it, or for a slow consumer only the rest of a
+/// frame cut short), then our close frame (when we close), then we wait briefly for the
+/// peer's, bounded; when the queue cannot be written in time the connection just drops,
+/// rather than close inside a frame.
+async fn finish(ws: &mut Ws, writer: &mut Writer, reason: Option<CloseReason>, timeout: Duration) {
+    let leftover =
+        if reason == Some(CloseReason::SLOW_CONSUMER) { Leftover::Drop } else { Leftover::Write };
     let _ = tokio::time::timeout(timeout, async {
-        // A pong cut short comes before the outbox (whose writes start only after it).
-        if !outbox.is_empty()
-            && (ws.flush().await.is_err() || outbox.write_to(ws.get_mut()).await.is_err())
-        {
-            return;
-        }
+        // Tungstenite may still flush a pong here: it goes through the outlet too.
+        let _ = ws.flush().await;
+        writer.close(leftover).await?;
         if let Some(r) = reason {
             let frame = CloseFrame { code: CloseCode::from(r.code), reason: r.reason.into() };
-            if ws.close(Some(frame)).await.is_err() {
-                return;
-            }
+            let _ = ws.close(Some(frame)).await;
+            writer.finish().await?;
         }
         while let Some(Ok(_)) = ws.next().await {}
+        // Tungstenite's answer to the peer's close.
+        writer.finish().await
     })
     .await;
 }
