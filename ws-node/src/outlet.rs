@@ -191,8 +191,9 @@ impl Writer {
         }
     }
 
-    /// Writes everything queued now, then returns.
-    async fn flush(&mut self) -> io::Result<()> {
+    /// Writes everything queued now (after a close: tungstenite's close frame, its reply
+    /// to the peer's), then returns.
+    pub async fn flush(&mut self) -> io::Result<()> {
         loop {
             self.write_taken().await?;
             self.refill();
@@ -300,16 +301,15 @@ pub struct Halves {
 /// `cap` is the most data frames the connection may have queued.
 pub fn open(upgraded: Upgraded, cap: usize) -> Halves {
     let (tcp, read_ahead) = match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(p) => (Ok(p.io.into_inner()), p.read_buf),
+        Ok(p) => (Ok(p.io.into_inner()), p.read_buf.to_vec()),
         Err(u) => match u.downcast::<TokioIo<Prefixed<TcpStream>>>() {
             Ok(p) => {
                 let (tcp, unread) = p.io.into_inner().into_parts();
-                (Ok(tcp), [unread, p.read_buf].concat().into())
+                (Ok(tcp), [unread, p.read_buf].concat())
             }
-            Err(u) => (Err(u), Bytes::new()),
+            Err(u) => (Err(u), Vec::new()),
         },
     };
-    let read_ahead = read_ahead.to_vec();
     match tcp {
         Ok(tcp) => Halves::tcp(tcp, cap, read_ahead),
         Err(other) => {
@@ -348,11 +348,6 @@ impl Writer {
     /// caller's timeout.
     pub async fn close(&mut self, leftover: Leftover) -> io::Result<()> {
         self.outlet.close(leftover);
-        self.flush().await
-    }
-
-    /// Writes what tungstenite queued since (its close frame, its reply to the peer's).
-    pub async fn finish(&mut self) -> io::Result<()> {
         self.flush().await
     }
 }
@@ -400,6 +395,17 @@ mod tests {
             Some(Ok(other)) => panic!("unexpected {other:?}"),
             Some(Err(_)) | None => None,
         }
+    }
+
+    /// Reads every text frame until the connection closes.
+    fn read_all(mut client: WebSocketStream<TcpStream>) -> tokio::task::JoinHandle<Vec<String>> {
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(t) = read_text(&mut client).await {
+                got.push(t);
+            }
+            got
+        })
     }
 
     #[tokio::test]
@@ -453,7 +459,7 @@ mod tests {
         // Queued (a welcome is pushed like this), then offered for a direct write.
         outlet.push(Outbound::Wire(outbox::text("first")), false).unwrap();
         outlet.push(Outbound::Wire(outbox::text("second")), true).unwrap();
-        writer.finish().await.unwrap();
+        writer.flush().await.unwrap();
         assert_eq!(read_text(&mut client).await.as_deref(), Some("first"));
         assert_eq!(read_text(&mut client).await.as_deref(), Some("second"));
     }
@@ -461,24 +467,18 @@ mod tests {
     #[tokio::test]
     async fn nothing_is_written_straight_while_the_writer_holds_a_frame_cut_short() {
         use futures_util::FutureExt;
-        let (halves, mut client) = pair(100).await;
+        let (halves, client) = pair(100).await;
         let Halves { duplex, mut writer, outlet, .. } = halves;
         let big = "b".repeat(1 << 20);
         outlet.push(Outbound::Wire(outbox::text(big.clone())), false).unwrap();
         // One poll: the writer takes the frame, writes what the socket takes, and waits.
-        assert!(writer.finish().now_or_never().is_none(), "the socket is full");
-        let reader = tokio::spawn(async move {
-            let mut got = Vec::new();
-            while let Some(t) = read_text(&mut client).await {
-                got.push(t);
-            }
-            got
-        });
+        assert!(writer.flush().now_or_never().is_none(), "the socket is full");
+        let reader = read_all(client);
         // The reader makes room; a direct write now would land inside the big frame.
         let tcp = outlet.lock().tcp.clone().unwrap();
         tcp.writable().await.unwrap();
         outlet.push(Outbound::Wire(outbox::text("small")), true).unwrap();
-        writer.finish().await.unwrap();
+        writer.flush().await.unwrap();
         drop((duplex, writer, outlet, tcp));
         assert_eq!(reader.await.unwrap(), vec![big, "small".to_string()]);
     }
@@ -486,7 +486,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_refuses_and_a_slow_consumer_close_keeps_only_the_cut_frame() {
         let cap = 8;
-        let (halves, mut client) = pair(cap).await;
+        let (halves, client) = pair(cap).await;
         let Halves { duplex, mut writer, outlet, .. } = halves;
         // Nobody reads and the writer does not run: the socket fills, part of the big
         // frame goes straight out, and the rest queues.
@@ -496,18 +496,28 @@ mod tests {
             outlet.push(frame(i), true).unwrap();
         }
         assert_eq!(outlet.push(frame(cap), true), Err(Refused::Full));
-        let reader = tokio::spawn(async move {
-            let mut got = Vec::new();
-            while let Some(t) = read_text(&mut client).await {
-                got.push(t);
-            }
-            got
-        });
+        let reader = read_all(client);
         writer.close(Leftover::Drop).await.unwrap();
         assert_eq!(outlet.push(frame(0), true), Err(Refused::Closed));
         // The session ends: the socket closes with its last holder.
         drop((duplex, writer, outlet));
         let got = reader.await.unwrap();
         assert_eq!(got, vec![big], "the cut frame whole, then nothing");
+    }
+
+    #[tokio::test]
+    async fn control_frames_past_the_cap_and_its_slack_are_refused() {
+        let cap = 4;
+        let (halves, _client) = pair(cap).await;
+        // Queued, not written: the writer does not run.
+        for i in 0..cap {
+            halves.outlet.push(frame(i), false).unwrap();
+        }
+        assert_eq!(halves.outlet.push(frame(cap), false), Err(Refused::Full));
+        // A client that pings and never reads gets its pongs queued only this far.
+        for _ in 0..CONTROL_SLACK {
+            halves.outlet.push_control(b"\x8a\x00").unwrap();
+        }
+        assert!(halves.outlet.push_control(b"\x8a\x00").is_err());
     }
 }
