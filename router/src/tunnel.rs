@@ -16,7 +16,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use shared::handoff::Prefixed;
 use shared::metrics::Counter;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_rustls::server::TlsStream;
@@ -178,9 +178,22 @@ enum Step {
 /// `async` one: the buffer can never become part of the tunnel's future.
 fn move_once(rd: &OwnedReadHalf, wr: &OwnedWriteHalf, counter: &Counter) -> io::Result<Step> {
     let mut buf = [0u8; READ_CHUNK];
-    let n = match rd.try_read(&mut buf) {
+    // A read shorter than the buffer has emptied the socket. Reporting it to tokio as
+    // WouldBlock clears the readiness, so the next round waits for the socket's next event
+    // instead of paying a read that can only fail (tokio's own `poll_read` does the same;
+    // readiness that arrived meanwhile is kept, and so is a FIN).
+    let mut short = 0;
+    let read = rd.as_ref().try_io(Interest::READABLE, || match rd.try_read(&mut buf)? {
+        n if n > 0 && n < READ_CHUNK => {
+            short = n;
+            Err(ErrorKind::WouldBlock.into())
+        }
+        n => Ok(n),
+    });
+    let n = match read {
         Ok(0) => return Ok(Step::Eof),
         Ok(n) => n,
+        Err(e) if e.kind() == ErrorKind::WouldBlock && short > 0 => short,
         Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Step::Moved),
         Err(e) => return Err(e),
     };
@@ -243,6 +256,35 @@ mod tests {
         drop(client_peer);
         task.await.unwrap().unwrap();
         assert_eq!((metrics.bytes_to_node.get(), metrics.bytes_to_client.get()), (5, 2));
+    }
+
+    /// A short read clears the socket's readiness: every later message must still wake the
+    /// tunnel, and a FIN right behind a message must still end it.
+    #[tokio::test]
+    async fn short_reads_miss_neither_the_next_message_nor_the_fin() {
+        let (task, mut client_peer, mut node_peer, metrics) =
+            tunnel(CancellationToken::new()).await;
+        let rounds = async {
+            for i in 0..300u32 {
+                let msg = i.to_be_bytes();
+                client_peer.write_all(&msg).await.unwrap();
+                let mut buf = [0u8; 4];
+                node_peer.read_exact(&mut buf).await.unwrap();
+                assert_eq!(buf, msg);
+                node_peer.write_all(&msg).await.unwrap();
+                client_peer.read_exact(&mut buf).await.unwrap();
+                assert_eq!(buf, msg);
+            }
+            client_peer.write_all(b"last").await.unwrap();
+            client_peer.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            node_peer.read_to_end(&mut rest).await.unwrap();
+            assert_eq!(rest, b"last");
+        };
+        tokio::time::timeout(Duration::from_secs(10), rounds).await.expect("a message stalled");
+        drop((client_peer, node_peer));
+        task.await.unwrap().unwrap();
+        assert_eq!((metrics.bytes_to_node.get(), metrics.bytes_to_client.get()), (1204, 1200));
     }
 
     #[tokio::test]
