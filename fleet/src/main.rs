@@ -8,10 +8,6 @@ use clap::{Parser, Subcommand};
 use fleet::{Fleet, Options};
 use router::RouterArgs;
 
-/// The router's allocator, for the reason given there (router/src/main.rs).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// roomfleet on one machine: a router and N ws-nodes in one process.
 #[derive(Parser, Debug)]
 #[command(version, about, args_override_self = true)]

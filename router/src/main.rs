@@ -8,12 +8,6 @@ use clap::Parser;
 use router::membership::NodeSpec;
 use router::{Config, Router, RouterArgs};
 
-/// mimalloc instead of glibc's malloc: the upgrade path allocates and frees in many small
-/// pieces across threads, where glibc's arenas also grow and shrink with `mprotect`
-/// (docs/benchmarks.md, stop 25: about 5% of the router's CPU per upgrade).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// The roomfleet router. Every flag is also an environment variable (shown) and a key of the
 /// `--config` TOML file (the flag name with `_` or `-`; `node = ["a=HOST:PORT", ...]`).
 #[derive(Parser, Debug)]

@@ -13,10 +13,6 @@ use ws_node::config::RoomPolicy;
 use ws_node::history::Policy;
 use ws_node::{Bus, Config, LocalBus, Node, RedisBus, RedisConfig};
 
-/// The router's allocator, for the reason given there (router/src/main.rs).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// One roomfleet ws-node. Every flag is also an environment variable (shown) and a key of
 /// the `--config` TOML file (the flag name with `_` or `-`).
 #[derive(Parser, Debug)]
