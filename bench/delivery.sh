@@ -79,14 +79,16 @@ up() {
 }
 down() { local p; for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; for p in "${PIDS[@]}"; do wait_exit "$p" 20 || kill -9 "$p" 2>/dev/null || true; done; }
 # run NAME RATE: two shards of the one load client, each from 250 loopback source addresses
-# (the router limits connections per address); prints a row.
+# (the router limits connections per address), each on one thread (--threads 1: a shard per
+# core, no hand-offs between threads, so the client leaves the servers more of the machine);
+# prints a row.
 run() {
   local name=$1 rate=$2 c0 c1 shards=()
   c0=$(sum_cpu "${PIDS[@]}")
   for k in 0 1; do
     local u=$U0; [ $k = 1 ] && u=$U1
     "$BIN/loadtest" --no-bar --dialect "$DIALECT" "${EXTRA[@]}" --url "$u" --conns 2000 --rooms 200 --senders 10 \
-      --src-ips "127.0.$((10 + k)).1-127.0.$((10 + k)).250" --rate "$rate" --warmup 3 --duration "$DUR" --shard "$k/2" --prefix "d$name${rate/./_}" \
+      --src-ips "127.0.$((10 + k)).1-127.0.$((10 + k)).250" --rate "$rate" --warmup 3 --duration "$DUR" --shard "$k/2" --threads 1 --prefix "d$name${rate/./_}" \
       --json "$OUT/delivery-$name-$rate-$k.json" >"$OUT/delivery-$name-$rate-$k.log" 2>&1 &
     shards+=($!)
   done

@@ -96,6 +96,10 @@ pub struct RunArgs {
     /// Run only connections i with i % N == K; rooms come out the same in every shard.
     #[arg(long, env = "LOADTEST_SHARD", default_value = "0/1")]
     pub shard: Shard,
+    /// Runtime threads: 0 = one per core; 1 = one thread, no hand-offs between threads (the
+    /// cheapest per message: run one shard per core to use them all, as bench/ does).
+    #[arg(long, env = "LOADTEST_THREADS", default_value_t = 0)]
+    pub threads: usize,
     /// Wire protocol.
     #[arg(long, env = "LOADTEST_DIALECT", value_enum, default_value_t = Dialect::Native)]
     pub dialect: Dialect,
@@ -180,6 +184,15 @@ fn secs(v: f64, flag: &str) -> anyhow::Result<Duration> {
 
 impl RunArgs {
     /// Validates everything before a socket opens.
+    /// The tokio runtime `--threads` asks for.
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        match self.threads {
+            1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+            0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+            n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+        }
+    }
+
     pub fn config(&self) -> anyhow::Result<RunConfig> {
         if !(self.rate.is_finite() && (0.0..=100_000.0).contains(&self.rate)) {
             bail!("--rate {}: expected 0 to 100000 publishes per second", self.rate);

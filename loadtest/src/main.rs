@@ -50,7 +50,7 @@ fn main() -> ExitCode {
         })(),
         None => (|| {
             let config = cli.run.config()?;
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let runtime = cli.run.runtime()?;
             let report = runtime.block_on(loadtest::run(config))?;
             finish(&report, &cli.run.prefix, cli.run.json.as_deref(), cli.run.plot.as_deref())
         })(),

@@ -72,16 +72,28 @@ async fn shards_of_one_scenario_form_the_same_rooms_and_merge() {
     let node = TestNode::start().await;
     let mut reports = Vec::new();
     let mut runs = Vec::new();
-    for k in 0..2 {
+    let shard = |k: usize| {
         let mut cfg = RunConfig::small(&node.url).unwrap();
         cfg.conns = 24;
         cfg.rooms = 3;
         cfg.shard = format!("{k}/2").parse().unwrap();
-        runs.push(tokio::spawn(run(cfg)));
-    }
+        cfg
+    };
+    runs.push(tokio::spawn(run(shard(0))));
+    // Shard 1 on a one-thread runtime of its own, as `--threads 1` runs it: the collector
+    // shares that thread with every connection.
+    let one_thread = {
+        let cfg = shard(1);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(run(cfg))
+        })
+    };
     for r in runs {
         reports.push(r.await.unwrap().unwrap());
     }
+    reports
+        .push(tokio::task::spawn_blocking(|| one_thread.join()).await.unwrap().unwrap().unwrap());
     node.stop().await;
     for r in &reports {
         assert_eq!(r.connect.connected, 12);
