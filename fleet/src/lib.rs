@@ -170,6 +170,7 @@ impl Fleet {
         // The server API serves the archive the in-process archiver writes.
         if let Some(a) = &archiver {
             config.archive.get_or_insert_with(|| a.store.clone());
+            config.archiver_metrics = Some(a.metrics.clone());
         }
         config.nodes = nodes
             .iter()

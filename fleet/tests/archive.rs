@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use fleet::{Archive, Fleet, Options};
 use serde_json::json;
-use shared::testkit::http;
 use shared::testkit::ws::WsClient;
+use shared::testkit::{http, wait_until};
 
 async fn up(db: &str) -> Fleet {
     up_with(db, Vec::new()).await
@@ -81,6 +81,14 @@ async fn fleet_up_keeps_what_was_said_across_restarts() {
         );
         // Earlier runs' messages are there from the start.
         assert!(count(&f, archived).await >= 30 * (run - 1));
+        // The in-process archiver's numbers are on the admin `/metrics`, after the router's.
+        let admin = f.router.admin_addr();
+        wait_until(Duration::from_secs(10), "archiver_rows_total >= 35 on /metrics", || async {
+            let (_, text) = http(admin, "GET", "/metrics", &[], "").await.unwrap();
+            let rows = text.lines().find_map(|l| l.strip_prefix("archiver_rows_total "));
+            text.contains("router_") && rows.and_then(|n| n.parse::<u64>().ok()) >= Some(35)
+        })
+        .await;
         let store = f.archive_store().cloned().unwrap();
         f.shutdown().await;
         // Shutdown wrote everything queued; reopen the file as the next run will.

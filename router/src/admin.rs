@@ -45,7 +45,11 @@ async fn route(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET, ["readyz"]) => readyz(proxy),
         (&Method::GET, ["metrics"]) => {
             let view = proxy.membership.view();
-            metrics_text(proxy.metrics.render(view.ring.len(), &view.samples()))
+            let mut text = proxy.metrics.render(view.ring.len(), &view.samples());
+            if let Some(archiver) = &proxy.config.archiver_metrics {
+                text.push_str(&archiver.render());
+            }
+            metrics_text(text)
         }
         (&Method::GET, ["admin", "ring"]) => ring(proxy, req.uri().query()),
         (&Method::GET, ["admin", "placement"]) => placement(proxy, req.uri().query()),

@@ -87,6 +87,9 @@ pub struct Config {
     pub in_process: std::collections::BTreeMap<String, crate::handoff::InProcess>,
     /// The archive database the server API reads (`--archive-db`; opened by the binary).
     pub archive: Option<archiver::Store>,
+    /// The metrics of an archiver in this process (`fleet up`), served after the router's own
+    /// on `GET /metrics`: the archiver has no listener of its own there.
+    pub archiver_metrics: Option<Arc<archiver::Metrics>>,
 }
 
 impl Default for Config {
@@ -123,6 +126,7 @@ impl Default for Config {
             inbox: None,
             in_process: Default::default(),
             archive: None,
+            archiver_metrics: None,
         }
     }
 }
@@ -457,6 +461,7 @@ impl RouterArgs {
             in_process: Default::default(),
             // Opened by the binary (it is async); `archive_db` names it.
             archive: None,
+            archiver_metrics: None,
         })
     }
 }
