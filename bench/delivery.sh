@@ -55,7 +55,10 @@ up() {
       for p in $SK1 $SK2; do PIDS+=("$(sockudo "sockudo-$p" "$p" redis)"); wait_tcp "$p"; done
       U0=ws://127.0.0.1:$SK1; U1=ws://127.0.0.1:$SK2; DIALECT=pusher; EXTRA=(--pusher-app "$APP") ;;
     fleet | fleet-noarchive)
-      local quiet=(); [ "$1" = fleet-noarchive ] && quiet=(--no-archive)
+      # Each run archives into a new database of its own: one left from an earlier run
+      # would make this run's inserts pay for that run's indexes.
+      local quiet=(--archive-db "sqlite:$OUT/delivery-archive.db"); [ "$1" = fleet-noarchive ] && quiet=(--no-archive)
+      rm -f "$OUT"/delivery-archive.db*
       PIDS+=("$(start "$1" "$BIN/fleet" up --nodes 2 --listen "127.0.0.1:$FL" --admin "127.0.0.1:$FLA" --api "127.0.0.1:$FLP" "${quiet[@]}")")
       wait_http "http://127.0.0.1:$FLA/readyz"; U0=ws://127.0.0.1:$FL/ws; U1=$U0 ;;
     proxy | handoff)
