@@ -120,4 +120,6 @@ for s in $SERVERS; do
   up "$s" || continue
   for rate in $RATES; do run "$s" "$rate" | tee -a "$OUT/delivery.md"; done
   down
+  # The archive's writes (and any server's logs) reach the disk now, not in the next row.
+  sync
 done
