@@ -7,6 +7,7 @@
 //! copied to the heap, for as long as that write waits. Most WebSocket clients are idle most
 //! of the time, so this is what makes a proxied idle client cheap (see docs/benchmarks.md).
 
+use std::cell::RefCell;
 use std::io::{self, ErrorKind};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,9 +30,15 @@ use crate::upstream::NodeIo;
 /// WebSocket close frames, short enough that a client gone without a FIN frees its slot.
 pub const HALF_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-/// Most bytes moved by one read. It lives on the stack only while a read and its write run,
-/// so it can be generous: a 16 KiB frame passes in one read.
+/// Most bytes moved by one read: a 16 KiB frame passes in one read.
 const READ_CHUNK: usize = 16 * 1024;
+
+thread_local! {
+    /// The read buffer of every tunnel on this thread, used only while one read and its
+    /// write run (see [`move_once`]). A buffer made for each read was 16 KiB zeroed per
+    /// message moved, most of them a hundred bytes long.
+    static CHUNK: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; READ_CHUNK].into_boxed_slice());
+}
 
 /// The TCP stream under an upgraded connection and the bytes hyper had read past the
 /// headers. Both sides of a tunnel are plain TCP here, so the splice runs on owned socket
@@ -174,16 +181,24 @@ enum Step {
     Unsent(Vec<u8>),
 }
 
-/// One read into a stack buffer and one write of what it got. A plain function, not an
-/// `async` one: the buffer can never become part of the tunnel's future.
+/// One read into the thread's buffer and one write of what it got. A plain function, not an
+/// `async` one: the buffer is never held across an await, so no tunnel owns one.
 fn move_once(rd: &OwnedReadHalf, wr: &OwnedWriteHalf, counter: &Counter) -> io::Result<Step> {
-    let mut buf = [0u8; READ_CHUNK];
+    CHUNK.with_borrow_mut(|buf| move_through(rd, wr, counter, buf))
+}
+
+fn move_through(
+    rd: &OwnedReadHalf,
+    wr: &OwnedWriteHalf,
+    counter: &Counter,
+    buf: &mut [u8],
+) -> io::Result<Step> {
     // A read shorter than the buffer has emptied the socket. Reporting it to tokio as
     // WouldBlock clears the readiness, so the next round waits for the socket's next event
     // instead of paying a read that can only fail (tokio's own `poll_read` does the same;
     // readiness that arrived meanwhile is kept, and so is a FIN).
     let mut short = 0;
-    let read = rd.as_ref().try_io(Interest::READABLE, || match rd.try_read(&mut buf)? {
+    let read = rd.as_ref().try_io(Interest::READABLE, || match rd.try_read(buf)? {
         n if n > 0 && n < READ_CHUNK => {
             short = n;
             Err(ErrorKind::WouldBlock.into())
