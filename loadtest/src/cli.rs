@@ -94,6 +94,11 @@ pub struct RunArgs {
     #[arg(long, env = "LOADTEST_SRC_IPS")]
     pub src_ips: Option<String>,
     /// Run only connections i with i % N == K; rooms come out the same in every shard.
+    /// Seats go round by round (with --dist uniform and --conns a multiple of --rooms,
+    /// connection i is in room i % --rooms), so a room has members in every shard only when
+    /// N and --rooms have no common factor: with `--rooms 200 --shard K/2` each shard holds
+    /// whole rooms, with `--rooms 199` every room is split over both (what a spanning
+    /// scenario with one node per shard needs).
     #[arg(long, env = "LOADTEST_SHARD", default_value = "0/1")]
     pub shard: Shard,
     /// Runtime threads: 0 = one per core; 1 = one thread, no hand-offs between threads (the

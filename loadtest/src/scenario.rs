@@ -210,6 +210,24 @@ mod tests {
         assert!(sizes[0] > 1_000, "zipf:1.1 puts a large share in room 0: {}", sizes[0]);
     }
 
+    /// What `--shard` documents: round-by-round seats, so shards split a room only when
+    /// the shard count and the room count have no common factor.
+    #[test]
+    fn shards_split_rooms_only_with_a_coprime_room_count() {
+        let shards_of = |conns: usize, rooms: usize, n: usize| {
+            let plan = Plan::new(conns, rooms, Dist::Uniform, 1).unwrap();
+            let mut seen = vec![std::collections::BTreeSet::new(); rooms];
+            for (i, seat) in plan.seats.iter().enumerate() {
+                assert_eq!(seat.room as usize, i % rooms);
+                seen[seat.room as usize].insert(i % n);
+            }
+            seen.into_iter().map(|s| s.len()).collect::<Vec<_>>()
+        };
+        assert!(shards_of(2_000, 200, 2).iter().all(|&s| s == 1));
+        assert!(shards_of(1_990, 199, 2).iter().all(|&s| s == 2));
+        assert!(shards_of(990, 99, 2).iter().all(|&s| s == 2));
+    }
+
     #[test]
     fn uniform_rooms_are_not_skewed() {
         let sizes = room_sizes(20_000, 5_000, Dist::Uniform).unwrap();
