@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use loadtest::api::{ApiArgs, run};
-use shared::testkit::process::{RouterProcess, ws_node};
+use shared::testkit::process::{RouterProcess, node_ready, ws_node};
 use shared::testkit::{RedisServer, free_port, wait_until};
 
 #[tokio::test]
@@ -14,6 +14,8 @@ async fn both_phases_deliver_every_publish_to_every_member_once() {
     let url = redis.url();
     let (_a, a) = ws_node("node-a", &["--redis", &url]);
     let (_b, b) = ws_node("node-b", &["--redis", &url]);
+    node_ready(a).await;
+    node_ready(b).await;
     let api: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let (na, nb, api_arg) = (format!("node-a={a}"), format!("node-b={b}"), api.to_string());
     let router = RouterProcess::start(&[

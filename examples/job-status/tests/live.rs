@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use shared::testkit::process::{Process, RouterProcess, ws_node};
+use shared::testkit::process::{Process, RouterProcess, node_ready, ws_node};
 use shared::testkit::ws::WsClient;
 use shared::testkit::{RedisServer, free_port, http, wait_until};
 
@@ -33,6 +33,8 @@ async fn members_of_the_submitters_room_see_each_status_in_order_once() {
     let url = redis.url();
     let (_a, a) = ws_node("node-a", &["--redis", &url]);
     let (_b, b) = ws_node("node-b", &["--redis", &url]);
+    node_ready(a).await;
+    node_ready(b).await;
     let (na, nb) = (format!("node-a={a}"), format!("node-b={b}"));
     let router =
         RouterProcess::start(&["--redis", &url, "--inbox", "--node", &na, "--node", &nb]).await;

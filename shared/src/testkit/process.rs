@@ -148,10 +148,21 @@ impl RouterProcess {
 }
 
 /// The real `ws-node` binary on a free loopback port: `--listen 127.0.0.1:P --node-id ID
-/// ARGS`; returns the process and its address (it is ready once a router finds it healthy).
+/// ARGS`; returns the process and its address. It may not be listening yet: see
+/// [`node_ready`].
 pub fn ws_node(id: &str, args: &[&str]) -> (Process, SocketAddr) {
     let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let mut all = vec!["--listen".to_owned(), addr.to_string(), "--node-id".into(), id.into()];
     all.extend(args.iter().map(|a| a.to_string()));
     (Process::bin("ws-node", &all), addr)
+}
+
+/// Waits until the node at `addr` answers `/readyz` with 200: listening and, with
+/// `--redis`, connected. Waiting for a router's ring is not enough: a router counts a node
+/// given by `--node` as ready until its first probe says otherwise.
+pub async fn node_ready(addr: SocketAddr) {
+    wait_until(Duration::from_secs(15), "the node's /readyz", || async move {
+        matches!(http(addr, "GET", "/readyz", &[], "").await, Ok((200, _)))
+    })
+    .await;
 }
