@@ -57,9 +57,9 @@ up() {
     fleet | fleet-noarchive)
       # Each run archives into a new database of its own: one left from an earlier run
       # would make this run's inserts pay for that run's indexes.
-      local quiet=(--archive-db "sqlite:$OUT/delivery-archive.db"); [ "$1" = fleet-noarchive ] && quiet=(--no-archive)
+      local archive=(--archive-db "sqlite:$OUT/delivery-archive.db"); [ "$1" = fleet-noarchive ] && archive=(--no-archive)
       rm -f "$OUT"/delivery-archive.db*
-      PIDS+=("$(start "$1" "$BIN/fleet" up --nodes 2 --listen "127.0.0.1:$FL" --admin "127.0.0.1:$FLA" --api "127.0.0.1:$FLP" "${quiet[@]}")")
+      PIDS+=("$(start "$1" "$BIN/fleet" up --nodes 2 --listen "127.0.0.1:$FL" --admin "127.0.0.1:$FLA" --api "127.0.0.1:$FLP" "${archive[@]}")")
       wait_http "http://127.0.0.1:$FLA/readyz"; U0=ws://127.0.0.1:$FL/ws; U1=$U0 ;;
     proxy | handoff)
       local a=$N0 b=$N1 r=$RT ra=$RTA api=$RTAPI nodes=() i=0

@@ -36,6 +36,7 @@ lt --url "ws://127.0.0.1:$A/ws" --conns 990 --rooms 99 --senders 10 --rate 1 --p
   --shard 1/2 --json "$OUT/span-single-1.json" >"$OUT/span-single-1.log"
 wait $s0
 "$BIN/loadtest" merge "$OUT/span-single-0.json" "$OUT/span-single-1.json" --json "$OUT/span-single.json" >/dev/null
+before_wide=$(publishes)
 lt --url "ws://127.0.0.1:$A/ws" --conns 990 --rooms 99 --senders 10 --rate 1 --prefix wide \
   --shard 0/2 --json "$OUT/span-wide-0.json" >"$OUT/span-wide-0.log" &
 w0=$!
@@ -43,8 +44,7 @@ lt --url "ws://127.0.0.1:$B/ws" --conns 990 --rooms 99 --senders 10 --rate 1 --p
   --shard 1/2 --json "$OUT/span-wide-1.json" >"$OUT/span-wide-1.log"
 wait $w0
 "$BIN/loadtest" merge "$OUT/span-wide-0.json" "$OUT/span-wide-1.json" --json "$OUT/span-wide.json" >/dev/null
-wide_publishes=$(publishes)
-[ "$wide_publishes" -gt 0 ] || { echo "bench/spanning.sh: the spanning run published nothing to Redis: its rooms did not span" >&2; exit 1; }
+[ "$(publishes)" -gt "$before_wide" ] || { echo "bench/spanning.sh: the spanning run published nothing to Redis: its rooms did not span" >&2; exit 1; }
 {
   echo
   echo "| 99 rooms x 10 members, 1 msg/s each | p50 ms | p99 ms | deliveries/s |"

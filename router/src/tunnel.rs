@@ -3,9 +3,10 @@
 //! the hard stop at the end of the shutdown grace.
 //!
 //! An idle tunnel holds no copy buffer. Each direction waits for readiness, then reads into
-//! a stack buffer and writes it on at once; only bytes the other side cannot take yet are
-//! copied to the heap, for as long as that write waits. Most WebSocket clients are idle most
-//! of the time, so this is what makes a proxied idle client cheap (see docs/benchmarks.md).
+//! its runtime thread's one buffer and writes it on at once; only bytes the other side
+//! cannot take yet are copied to the heap, for as long as that write waits. Most WebSocket
+//! clients are idle most of the time, so this is what makes a proxied idle client cheap
+//! (see docs/benchmarks.md).
 
 use std::cell::RefCell;
 use std::io::{self, ErrorKind};
@@ -199,7 +200,7 @@ fn move_through(
     // readiness that arrived meanwhile is kept, and so is a FIN).
     let mut short = 0;
     let read = rd.as_ref().try_io(Interest::READABLE, || match rd.try_read(buf)? {
-        n if n > 0 && n < READ_CHUNK => {
+        n if n > 0 && n < buf.len() => {
             short = n;
             Err(ErrorKind::WouldBlock.into())
         }
